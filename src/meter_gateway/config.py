@@ -1,0 +1,337 @@
+"""gateway.yaml -> typed, frozen models; every error names the file, the line and what to change."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .core.catalogue import DEFAULT_INTERVALS, PollClass
+from .yamlutil import LineLoader, format_validation_error, line_of
+
+EXIT_CONFIG = 2
+INSTANCE_BLOCK = 100  # BACnet instances reserved per meter: base .. base+99
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; str() is ready to print (file:line: what to change)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Strict):
+    """Gateway-wide settings."""
+
+    name: str = Field("meter-gateway", min_length=1, max_length=64)
+    description: str = ""
+    location: str = ""
+    profile_dirs: list[str] = Field([], description="extra directories of meter profile YAML files")
+    stale_factor: float = Field(3.0, ge=1.5, le=100, description="a value is stale after N x its poll interval")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    timezone: str = Field("UTC", description="site time zone (IANA name), for daily/monthly closings")
+
+
+class _BusBase(_Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=32)
+    timeout: float = Field(1.0, gt=0, le=30, description="seconds to wait for a reply")
+    retries: int = Field(1, ge=0, le=5, description="extra attempts after a failed transaction")
+    simulated: bool = Field(False, description="start built-in simulated meters for this bus (demo, tests)")
+    backoff_max: float = Field(60.0, ge=1, le=3600, description="longest pause between probes of a silent meter")
+    fail_after: int = Field(2, ge=1, le=10, description="failed polls in a row before a meter is in comm failure")
+
+
+class SerialSettings(_Strict):
+    """Common serial line parameters."""
+
+    port: str = Field("", description="serial device, e.g. /dev/ttyUSB0 (ignored when simulated)")
+    baudrate: int = Field(9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+
+class ModbusRtuBus(_BusBase, SerialSettings):
+    """An RS485 line polled with Modbus RTU."""
+
+    type: Literal["modbus_rtu"]
+    inter_frame_gap: float | None = Field(
+        None, ge=0, le=1, description="silence between frames in seconds (default 3.5 characters, at least 1.75 ms)"
+    )
+
+
+class ModbusTcpBus(_BusBase):
+    """Meters (or an RTU gateway) reached over Modbus TCP."""
+
+    type: Literal["modbus_tcp"]
+    host: str = "127.0.0.1"
+    port: int = Field(502, ge=0, le=65535, description="0 only with simulated: a free port is chosen")
+
+
+class MbusBus(_BusBase, SerialSettings):
+    """An M-Bus line (EN 13757-2)."""
+
+    type: Literal["mbus"]
+    baudrate: int = Field(2400, ge=300, le=38400)
+    parity: Literal["N", "E", "O"] = "E"
+    max_telegrams: int = Field(8, ge=1, le=64, description="multi-telegram reads stop after this many frames")
+
+
+Bus = Annotated[ModbusRtuBus | ModbusTcpBus | MbusBus, Field(discriminator="type")]
+
+
+class MeterConfig(_Strict):
+    """One submeter."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=32, description="used in BACnet names and metrics")
+    name: str = ""
+    tenant: str = ""
+    bus: str
+    address: int | str = Field(description="Modbus unit id 1-247, M-Bus primary 0-250 or 8-digit secondary id")
+    profile: str
+    mid: bool = Field(False, description="MID-certified meter: energy and metrology writes are never allowed")
+    serial_number: str = ""
+    poll_intervals: dict[PollClass, float] = Field({}, description="override the default interval per poll class")
+    bacnet_instance_base: int = Field(ge=0, le=4194200)
+    modbus_unit: int = Field(ge=1, le=247, description="unit id of this meter on the upstream Modbus TCP server")
+    allow_config_writes: bool = False
+    allow_energy_reset: bool = False
+    max_power_kw: float | None = Field(None, gt=0, description="overrides the profile's maximum (energy sanity)")
+    enabled: bool = True
+
+    @field_validator("poll_intervals")
+    @classmethod
+    def _intervals(cls, v: dict[PollClass, float]) -> dict[PollClass, float]:
+        for k, sec in v.items():
+            if k not in DEFAULT_INTERVALS:
+                raise ValueError(f"{k} is not a polled class; use one of {', '.join(DEFAULT_INTERVALS)}")
+            if not 0.5 <= sec <= 86400:
+                raise ValueError(f"interval for {k} must be between 0.5 and 86400 s, got {sec}")
+        return v
+
+    def interval(self, pc: PollClass) -> float:
+        """The poll interval of a class for this meter."""
+        return self.poll_intervals.get(pc, DEFAULT_INTERVALS.get(pc, 0.0))
+
+    def intervals(self) -> dict[PollClass, float]:
+        """Every polled class with its interval for this meter."""
+        return {pc: self.interval(pc) for pc in DEFAULT_INTERVALS}
+
+
+def _check_net(v: list[str]) -> list[str]:
+    for item in v:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.0/24)") from exc
+    return v
+
+
+class BacnetSection(_Strict):
+    """The gateway's BACnet/IP device."""
+
+    enabled: bool = True
+    bind: str = "0.0.0.0"
+    port: int = Field(47808, ge=0, le=65535)
+    netmask: int = Field(24, ge=0, le=32)
+    device_instance: int = Field(599, ge=0, le=4194302)
+    device_name: str = ""
+    vendor_name: str = "meter-gateway project"
+    vendor_id: int = Field(999, ge=0, le=65535)
+    location: str = ""
+    description: str = ""
+    energy_object: Literal["accumulator", "analog-input"] = "accumulator"
+    bbmd: bool = Field(False, description="act as a BBMD")
+    bdt: list[str] = Field([], description="broadcast distribution table entries, e.g. 10.0.0.2/24:47808")
+    foreign_bbmd: str = Field("", description="register as a foreign device with this BBMD (host:port)")
+    foreign_ttl: int = Field(300, ge=30, le=65535)
+    stale_reliability: Literal["unreliable-other", "no-sensor", "communication-failure"] = "unreliable-other"
+
+
+class ModbusTcpSection(_Strict):
+    """The gateway's Modbus TCP slave (SCADA side)."""
+
+    enabled: bool = True
+    bind: str = "0.0.0.0"
+    port: int = Field(502, ge=0, le=65535)
+    word_order: Literal["big", "little"] = Field("big", description="word order of 32-bit values; default never changes")
+    write_timeout: float = Field(3.0, gt=0, le=30)
+
+
+class PrometheusSection(_Strict):
+    """The /metrics and /health HTTP endpoint."""
+
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = Field(9105, ge=0, le=65535)
+
+
+class UpstreamSection(_Strict):
+    """Servers the gateway offers to the building's systems."""
+
+    bacnet: BacnetSection = BacnetSection()
+    modbus_tcp: ModbusTcpSection = ModbusTcpSection()
+    prometheus: PrometheusSection = PrometheusSection()
+
+
+class WritesSection(_Strict):
+    """Write policy switches (DESIGN.md section 6)."""
+
+    enabled: bool = Field(False, description="no write reaches any meter unless true")
+    allow_bacnet: list[str] = Field([], description="source networks allowed to write over BACnet (empty: any)")
+    allow_modbus: list[str] = Field([], description="source networks allowed to write over Modbus TCP (empty: any)")
+    audit_log: str = Field("var/audit.jsonl", description="JSON-lines audit file of every write attempt")
+
+    _nets = field_validator("allow_bacnet", "allow_modbus")(classmethod(lambda cls, v: _check_net(v)))
+
+
+class GatewayConfig(_Strict):
+    """The whole gateway.yaml."""
+
+    gateway: GatewaySection = GatewaySection()
+    buses: list[Bus] = Field(min_length=1)
+    meters: list[MeterConfig] = Field(min_length=1)
+    upstream: UpstreamSection = UpstreamSection()
+    writes: WritesSection = WritesSection()
+
+    def bus(self, bus_id: str) -> ModbusRtuBus | ModbusTcpBus | MbusBus:
+        """The bus called `bus_id`."""
+        return next(b for b in self.buses if b.id == bus_id)
+
+    def meter(self, meter_id: str) -> MeterConfig:
+        """The meter called `meter_id`."""
+        return next(m for m in self.meters if m.id == meter_id)
+
+    def meters_on(self, bus_id: str) -> list[MeterConfig]:
+        """Enabled meters of one bus, in file order."""
+        return [m for m in self.meters if m.bus == bus_id and m.enabled]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-field checks: each yields (key path for the line, message)
+def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[Any, ...], str]]:
+    errs: list[tuple[tuple[Any, ...], str]] = []
+    seen_bus: dict[str, int] = {}
+    for i, b in enumerate(cfg.buses):
+        if b.id in seen_bus:
+            errs.append((("buses", i, "id"), f"bus id {b.id!r} is already used by buses[{seen_bus[b.id]}]: rename it"))
+        seen_bus.setdefault(b.id, i)
+        if isinstance(b, (ModbusRtuBus, MbusBus)) and not b.simulated and not b.port:
+            errs.append((("buses", i), f"bus {b.id!r} needs `port: /dev/ttyUSB0` (or `simulated: true`)"))
+        if isinstance(b, ModbusTcpBus) and b.port == 0 and not b.simulated:
+            errs.append((("buses", i, "port"), f"bus {b.id!r}: port 0 is only allowed with `simulated: true`"))
+    ids: dict[str, int] = {}
+    units: dict[int, int] = {}
+    addrs: dict[tuple[str, str], int] = {}
+    ranges: list[tuple[int, int, int]] = []
+    for i, m in enumerate(cfg.meters):
+        if m.id in ids:
+            errs.append((("meters", i, "id"), f"meter id {m.id!r} is already used by meters[{ids[m.id]}]: ids must be unique"))
+        ids.setdefault(m.id, i)
+        if m.modbus_unit in units:
+            errs.append((("meters", i, "modbus_unit"),
+                         f"modbus_unit {m.modbus_unit} is already used by meter {cfg.meters[units[m.modbus_unit]].id!r}"))
+        units.setdefault(m.modbus_unit, i)
+        if m.bus not in seen_bus:
+            errs.append((("meters", i, "bus"), f"bus {m.bus!r} is not defined; defined buses: {', '.join(seen_bus)}"))
+        else:
+            bus = cfg.buses[seen_bus[m.bus]]
+            errs += [(("meters", i, "address"), e) for e in _address_errors(bus, m.address)]
+            key = (m.bus, str(m.address))
+            if key in addrs:
+                errs.append((("meters", i, "address"),
+                             f"address {m.address} on bus {m.bus!r} is already used by meter {cfg.meters[addrs[key]].id!r}"))
+            addrs.setdefault(key, i)
+        lo, hi = m.bacnet_instance_base, m.bacnet_instance_base + INSTANCE_BLOCK - 1
+        for j, (olo, ohi, _) in enumerate(ranges):
+            if lo <= ohi and olo <= hi:
+                errs.append((("meters", i, "bacnet_instance_base"),
+                             f"BACnet instances {lo}-{hi} overlap meter {cfg.meters[j].id!r} ({olo}-{ohi}); "
+                             f"space bases at least {INSTANCE_BLOCK} apart"))
+                break
+        ranges.append((lo, hi, i))
+        dev = cfg.upstream.bacnet.device_instance
+        if lo <= dev <= hi:
+            errs.append((("meters", i, "bacnet_instance_base"), f"range {lo}-{hi} contains the device instance {dev}"))
+        if profiles is not None:
+            if m.profile not in profiles:
+                errs.append((("meters", i, "profile"),
+                             f"unknown profile {m.profile!r}; available: {', '.join(profiles.names())}"))
+            else:
+                prof = profiles.get(m.profile)
+                proto = getattr(prof, "protocol", "modbus")
+                if m.bus in seen_bus:
+                    btype = cfg.buses[seen_bus[m.bus]].type
+                    want = "mbus" if btype == "mbus" else "modbus"
+                    if proto != want:
+                        errs.append((("meters", i, "profile"),
+                                     f"profile {m.profile!r} is for {proto} meters but bus {m.bus!r} is {btype}"))
+    return errs
+
+
+def _address_errors(bus: Any, address: int | str) -> list[str]:
+    if isinstance(bus, MbusBus):
+        if isinstance(address, int):
+            return [] if 0 <= address <= 250 else [f"M-Bus primary address must be 0-250, got {address}"]
+        s = str(address)
+        if len(s) == 8 and all(c in "0123456789" for c in s):
+            return []
+        return [f"M-Bus secondary address must be 8 digits, got {address!r}"]
+    if not isinstance(address, int) or isinstance(address, bool):
+        return [f"Modbus address must be a number 1-247, got {address!r}"]
+    if not 1 <= address <= 247:
+        return [f"Modbus unit address must be 1-247, got {address}"]
+    return []
+
+
+def parse_config(text: str, source: str = "gateway.yaml", profiles: Any | None = None) -> GatewayConfig:
+    """Parse and validate a configuration text; raise ConfigError naming source:line."""
+    try:
+        doc, lines = LineLoader.load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise ConfigError(f"{source}:{line}: YAML syntax error: {exc.problem or exc}; fix the indentation or quoting") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}:1: YAML error: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}:1: the file must be a mapping with `buses:` and `meters:` sections")
+    try:
+        cfg = GatewayConfig.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, lines)) from exc
+    if profiles is None:
+        from .profiles import load_profiles
+
+        base = Path(source).parent
+        try:
+            profiles = load_profiles([base / d for d in cfg.gateway.profile_dirs])
+        except ValueError as exc:
+            raise ConfigError(f"{source}:{line_of(lines, ('gateway', 'profile_dirs'))}: {exc}") from exc
+    errs = _cross_checks(cfg, profiles)
+    if errs:
+        raise ConfigError("\n".join(f"{source}:{line_of(lines, path)}: {msg}" for path, msg in errs))
+    return cfg
+
+
+def load_config(path: str | Path, profiles: Any | None = None) -> GatewayConfig:
+    """Read and validate a configuration file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the configuration: {exc.strerror}") from exc
+    return parse_config(text, str(p), profiles)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of gateway.yaml, generated from the models."""
+    schema = GatewayConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "meter-gateway configuration (gateway.yaml)"
+    return schema

@@ -1,0 +1,1 @@
+"""Downstream drivers: one per bus, behind the small Driver interface of drivers.base."""

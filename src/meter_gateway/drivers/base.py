@@ -1,0 +1,99 @@
+"""The small interface every downstream driver implements, and the statistics every bus keeps."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import MeterConfig
+
+
+class DriverError(Exception):
+    """Base of driver errors."""
+
+
+class NoResponse(DriverError):
+    """The meter did not answer (timeout, after retries) or the link is down."""
+
+
+class FrameError(DriverError):
+    """The reply was malformed (CRC, length, wrong unit/function)."""
+
+
+class MeterException(DriverError):
+    """The meter answered with a protocol exception (e.g. Modbus illegal address)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class WriteRejected(DriverError):
+    """The profile declares no way to write this point or command."""
+
+
+@dataclass(frozen=True, slots=True)
+class PointReading:
+    """One decoded point from a poll: a value, or the reason there is none (sentinel, undecodable)."""
+
+    point: str
+    value: float | int | bool | None
+    raw: tuple[int, ...] | None = None
+    error: str | None = None
+
+
+@dataclass
+class BusStats:
+    """Counters of one bus, read by the upstream diagnostics and Prometheus."""
+
+    transactions: int = 0
+    failed_transactions: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    timeouts: int = 0
+    crc_errors: int = 0
+    frame_errors: int = 0
+    exceptions: int = 0
+    busy_time: float = 0.0  # seconds the bus spent in transactions
+    cycles: int = 0
+    last_cycle_duration: float | None = None
+    cycle_durations: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    started: float = 0.0  # monotonic time the bus started
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain counters for CLI and JSON output."""
+        return {
+            k: v for k, v in self.__dict__.items() if k not in ("cycle_durations",)
+        }
+
+
+class Driver(ABC):
+    """A downstream bus: owns its transport; one poll task uses it at a time (plus accepted writes)."""
+
+    kind: str = "abstract"
+
+    def __init__(self) -> None:
+        self.stats = BusStats()
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Open the transport (serial port or TCP connection). Must not raise for a missing meter."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the transport; idempotent."""
+
+    @abstractmethod
+    async def read(self, meter: MeterConfig, points: Sequence[str]) -> list[PointReading]:
+        """Read the given points of one meter; raise NoResponse when the meter does not answer at all."""
+
+    @abstractmethod
+    async def write(self, meter: MeterConfig, point: str, value: float | int | bool) -> None:
+        """Write a configuration point or carry out a command (value: for Sync_Clock the Unix time)."""
+
+    def transactions_for(self, meter: MeterConfig, points: Sequence[str]) -> int:
+        """How many bus transactions reading `points` takes (for planning and statistics)."""
+        return 1

@@ -1,0 +1,145 @@
+"""Schema of Modbus meter profiles (profiles/data/*.yaml); unknown keys are rejected."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..core.catalogue import PointKind, load_catalogue
+from ..core.codec import DataType, WordOrder, register_count
+
+READ_FUNCTIONS = (1, 2, 3, 4)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(_Strict):
+    """Values every point inherits unless it says otherwise."""
+
+    function: Literal[1, 2, 3, 4] = 3
+    type: DataType = DataType.FLOAT32
+    word_order: WordOrder = WordOrder.BIG
+    scale: float = 1.0
+
+
+class WriteSpec(_Strict):
+    """How a configuration point is written to the meter."""
+
+    function: Literal[6, 16] = 16
+    address: int | None = Field(None, ge=0, le=65535, description="defaults to the point's read address")
+
+
+class RegisterPoint(_Strict):
+    """Where and how one canonical point is read from the meter."""
+
+    address: int = Field(ge=0, le=65535, description="zero-based address as sent on the wire")
+    function: Literal[1, 2, 3, 4] | None = None
+    type: DataType | None = None
+    word_order: WordOrder | None = None
+    scale: float | None = None
+    offset: float = 0.0
+    na: list[int] | None = Field(None, description="raw values that mean 'not available'")
+    bit: int | None = Field(None, ge=0, le=15, description="for a flag inside a register")
+    invert: bool = False
+    map: dict[int, int] | None = Field(None, description="raw value -> canonical state (0-based)")
+    unconfirmed: bool = Field(False, description="the register is from one source only: verify on a real meter")
+    note: str = ""
+    write: WriteSpec | None = None
+
+
+class CommandSpec(_Strict):
+    """How a command is carried out on the meter."""
+
+    function: Literal[5, 6, 15, 16]
+    address: int = Field(ge=0, le=65535)
+    value: int | None = Field(None, description="fixed raw value written (coil: 1 = on)")
+    values: list[int] | None = None
+    format: Literal["unix32", "unix32_le"] | None = Field(None, description="clock format for Sync_Clock")
+    unconfirmed: bool = False
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _one_payload(self) -> CommandSpec:
+        given = sum(x is not None for x in (self.value, self.values, self.format))
+        if given != 1:
+            raise ValueError("a command declares exactly one of value, values or format")
+        if self.function in (5, 15) and self.values is not None:
+            raise ValueError("coil commands take `value`, not `values`")
+        return self
+
+
+class ModbusProfile(_Strict):
+    """A Modbus meter model: how each canonical point is read and which writes it accepts."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    protocol: Literal["modbus"] = "modbus"
+    manufacturer: str
+    model: str
+    description: str = ""
+    version: int = Field(1, ge=1)
+    phases: Literal[1, 3] = 3
+    mid_capable: bool = False
+    max_registers_per_read: int = Field(125, ge=1, le=125)
+    max_bits_per_read: int = Field(2000, ge=1, le=2000)
+    max_gap: int = Field(8, ge=0, le=100, description="unused registers that may be read over to merge two reads")
+    max_power_kw: float = Field(1000.0, gt=0, description="largest power the meter can measure (energy sanity)")
+    energy_wrap: float | None = Field(None, gt=0, description="value at which energy registers roll over")
+    defaults: Defaults = Defaults()
+    points: dict[str, RegisterPoint]
+    commands: dict[str, CommandSpec] = {}
+    energy_reset: CommandSpec | None = Field(None, description="resets energy registers (non-MID meters only)")
+    notes: list[str] = []
+
+    @model_validator(mode="after")
+    def _check_points(self) -> ModbusProfile:
+        cat = load_catalogue()
+        for name, p in self.points.items():
+            if name not in cat:
+                raise ValueError(f"points: {name!r} is not a catalogue point")
+            pdef = cat.get(name)
+            if pdef.kind is PointKind.COMMAND or name == "Communication_Status":
+                raise ValueError(f"points: {name!r} cannot be read from a meter")
+            if p.write is not None and pdef.kind is not PointKind.CONFIG:
+                raise ValueError(f"points.{name}.write: only configuration points are writable")
+            fn = self.function_of(name)
+            if fn in (1, 2) and (p.bit is not None or p.type is not None):
+                raise ValueError(f"points.{name}: coils and discrete inputs take neither type nor bit")
+        for name in self.commands:
+            if name not in cat or cat.get(name).kind is not PointKind.COMMAND:
+                raise ValueError(f"commands: {name!r} is not a catalogue command")
+        if self.phases == 1:
+            three = [n for n in self.points if any(t in n for t in ("L2", "L3"))]
+            if three:
+                raise ValueError(f"single-phase profile declares phase L2/L3 points {three}")
+        return self
+
+    # -- resolved accessors ----------------------------------------------------------------------
+    def function_of(self, name: str) -> int:
+        """Read function code of a point."""
+        p = self.points[name]
+        return p.function if p.function is not None else self.defaults.function
+
+    def type_of(self, name: str) -> DataType:
+        """Data type of a register point (uint16 for bit flags)."""
+        p = self.points[name]
+        if p.bit is not None:
+            return DataType.UINT16
+        return p.type or self.defaults.type
+
+    def word_order_of(self, name: str) -> WordOrder:
+        """Word order of a point."""
+        return self.points[name].word_order or self.defaults.word_order
+
+    def scale_of(self, name: str) -> float:
+        """Scale factor of a point."""
+        s = self.points[name].scale
+        return self.defaults.scale if s is None else s
+
+    def count_of(self, name: str) -> int:
+        """Registers (or bits) a point occupies."""
+        if self.function_of(name) in (1, 2):
+            return 1
+        return register_count(self.type_of(name))

@@ -1,0 +1,80 @@
+"""YAML loading that remembers the line of every key, so errors can name file:line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+Path_ = tuple[Any, ...]
+
+
+class LineLoader:
+    """Parse YAML into plain Python objects plus a map {key path: line number (1-based)}."""
+
+    @staticmethod
+    def load(text: str) -> tuple[Any, dict[Path_, int]]:
+        """Return (document, lines) for a YAML text; duplicate keys are an error."""
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        lines: dict[Path_, int] = {}
+        if node is None:
+            return None, lines
+        LineLoader._walk(node, (), lines)
+        return yaml.safe_load(text), lines
+
+    @staticmethod
+    def _walk(node: yaml.Node, path: Path_, lines: dict[Path_, int]) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for knode, vnode in node.value:
+                key = yaml.safe_load(yaml.serialize(knode)) if not isinstance(knode, yaml.ScalarNode) else _scalar(knode)
+                line = knode.start_mark.line + 1
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {seen[key]})", knode.start_mark
+                    )
+                seen[key] = line
+                lines[path + (key,)] = line
+                LineLoader._walk(vnode, path + (key,), lines)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[path + (i,)] = item.start_mark.line + 1
+                LineLoader._walk(item, path + (i,), lines)
+
+
+def _scalar(node: yaml.ScalarNode) -> Any:
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def line_of(lines: dict[Path_, int], loc: Path_) -> int:
+    """The line of the deepest known prefix of `loc`."""
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return lines.get((), 1)
+
+
+def format_validation_error(exc: ValidationError, source: str, lines: dict[Path_, int]) -> str:
+    """Render a pydantic error as 'file:line: path: message' lines."""
+    out = []
+    for err in exc.errors():
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-after")))
+        # pydantic adds union/tag names to loc; keep only keys present in the document where possible
+        clean = tuple(x for x in loc if x in _keys_of(lines) or isinstance(x, int))
+        line = line_of(lines, clean)
+        where = ".".join(str(x) for x in clean) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key {loc[-1]!r}: remove it or check its spelling"
+        elif err["type"] == "missing":
+            msg = f"missing required key {loc[-1]!r}"
+        out.append(f"{source}:{line}: {where}: {msg}")
+    return "\n".join(out)
+
+
+def _keys_of(lines: dict[Path_, int]) -> set[Any]:
+    return {k for path in lines for k in path}
