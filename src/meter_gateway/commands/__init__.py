@@ -1,0 +1,1 @@
+"""CLI subcommands: each module here defines `add_parser(subparsers)` and is picked up by cli.py."""

@@ -1,0 +1,1 @@
+"""Upstream servers: BACnet/IP, Modbus TCP, Prometheus; each reads the point table only."""
