@@ -1,1 +1,1 @@
-"""CLI subcommands: each module here defines `add_parser(subparsers)` and is picked up by cli.py."""
+"""CLI subcommands: each module here (not starting with _) defines `add_parser(subparsers)`; cli.py picks it up."""

@@ -1,0 +1,77 @@
+"""`meter-gateway read`: poll one meter once and print every point with unit and quality."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+
+from ..core.catalogue import PollClass, load_catalogue
+from ..core.table import COMM_STATUS
+from ._common import add_config_arg, load_or_exit
+
+
+def add_parser(sub) -> None:
+    """Register the subcommand."""
+    p = sub.add_parser("read", help="poll one meter once and print every point")
+    add_config_arg(p)
+    p.add_argument("meter", help="meter id from the configuration")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    cfg, profiles = load_or_exit(args.config)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        meter = cfg.meter(args.meter)
+    except StopIteration:
+        print(f"error: no meter {args.meter!r} in {args.config}; meters: {', '.join(m.id for m in cfg.meters)}",
+              file=sys.stderr)
+        return 2
+    return asyncio.run(_read(cfg, profiles, meter, args.format))
+
+
+async def _read(cfg, profiles, meter, fmt: str) -> int:
+    from ..app import Gateway
+
+    # only this meter's bus, no upstream servers: a one-shot read
+    one = cfg.model_copy(update={
+        "meters": [meter],
+        "buses": [cfg.bus(meter.bus)],
+        "upstream": cfg.upstream.model_copy(update={
+            k: getattr(cfg.upstream, k).model_copy(update={"enabled": False}) for k in ("bacnet", "modbus_tcp", "prometheus")
+        }),
+    })
+    gw = Gateway(one, profiles)
+    await gw.start()
+    try:
+        runner = gw.buses[meter.bus]
+        sched = runner.schedules[meter.id]
+        runner._task.cancel()  # stop the background rhythm: this command polls exactly once
+        ok = await runner.poll(sched, tuple(pc for pc in sched.points_by_class if pc in PollClass))
+        values = gw.table.meter_values(meter.id)
+    finally:
+        await gw.stop()
+    cat = load_catalogue()
+    rows = []
+    for p in cat:
+        v = values[p.name]
+        if p.name not in gw.meter_points(meter.id) and p.name != COMM_STATUS:
+            continue
+        if p.states and v.value is not None and not isinstance(v.value, float):
+            shown = p.states[int(v.value)] if 0 <= int(v.value) < len(p.states) else str(v.value)
+        else:
+            shown = "" if v.value is None else str(v.value)
+        rows.append({"point": p.name, "value": v.value, "display": shown, "unit": p.unit, "quality": str(v.quality),
+                     "reason": v.reason})
+    if fmt == "json":
+        print(json.dumps({"meter": meter.id, "answered": ok, "points": rows}, indent=2, default=str))
+    else:
+        print(f"meter {meter.id} ({meter.profile}) on bus {meter.bus}, address {meter.address}: "
+              f"{'answered' if ok else 'NO ANSWER'}")
+        print(f"{'point':30} {'value':>16} {'unit':8} quality")
+        for r in rows:
+            print(f"{r['point']:30} {r['display']:>16} {r['unit']:8} {r['quality']}{'  ' + r['reason'] if r['reason'] else ''}")
+    return 0 if ok else 1

@@ -1,0 +1,92 @@
+"""`meter-gateway run`: run until SIGTERM/SIGINT; SIGHUP reloads gateway.yaml."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from ..config import ConfigError, load_config
+from ..logsetup import setup_logging
+from ..profiles import ProfileError, load_profiles
+from ._common import add_config_arg, load_or_exit
+
+log = logging.getLogger("meter_gateway.run")
+STOP_TIMEOUT = 10.0
+
+
+def add_parser(sub) -> None:
+    """Register the subcommand."""
+    p = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT (SIGHUP reloads the configuration)")
+    add_config_arg(p)
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    cfg, _profiles = load_or_exit(args.config)
+    setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
+    return asyncio.run(run(Path(args.config)))
+
+
+async def run(path: Path) -> int:
+    """Run the gateway from a config file; returns the exit status."""
+    from ..app import Gateway
+    from ..servers.base import ServerStartError
+
+    cfg = load_config(path)
+    profiles = load_profiles([path.parent / d for d in cfg.gateway.profile_dirs])
+    gw = Gateway(cfg, profiles, config_path=path)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reload_req = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_req.set)
+    try:
+        await gw.start()
+    except (ServerStartError, OSError) as exc:
+        log.error("start-up failed: %s", exc)
+        return 1
+    print(f"meter-gateway {cfg.gateway.name} running ({len(gw.table.meter_ids)} meters); Ctrl-C to stop", flush=True)
+    while not stop.is_set():
+        waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(reload_req.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        if reload_req.is_set() and not stop.is_set():
+            reload_req.clear()
+            gw = await _reload(gw, path)
+    log.info("stopping")
+    try:
+        await asyncio.wait_for(gw.stop(), STOP_TIMEOUT)
+    except TimeoutError:
+        log.error("stop did not finish within %.0f s", STOP_TIMEOUT)
+        return 1
+    log.info("stopped")
+    return 0
+
+
+async def _reload(gw, path: Path):
+    """Validate the new configuration; if good, restart with it, else keep the running one."""
+    from ..app import Gateway
+
+    try:
+        cfg = load_config(path)
+        profiles = load_profiles([path.parent / d for d in cfg.gateway.profile_dirs])
+    except (ConfigError, ProfileError) as exc:
+        log.error("reload refused, keeping the running configuration: %s", str(exc).replace("\n", "; "))
+        return gw
+    log.info("reloading configuration from %s", path)
+    await gw.stop()
+    new = Gateway(cfg, profiles, config_path=path)
+    try:
+        await new.start()
+    except Exception as exc:
+        log.error("reloaded configuration failed to start (%s); restarting the previous one", exc)
+        old = Gateway(gw.config, gw.profiles, config_path=path)
+        await old.start()
+        return old
+    setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
+    log.info("configuration reloaded")
+    return new

@@ -1,0 +1,199 @@
+"""One poll task per bus: due poll classes per meter, staggered meters, back-off for silent meters, statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from .config import MeterConfig
+from .core.catalogue import PointKind, PollClass, load_catalogue
+from .core.table import COMM_STATUS, PointTable
+from .drivers.base import Driver, DriverError, NoResponse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MeterSchedule:
+    """Polling state of one meter on its bus."""
+
+    meter: MeterConfig
+    points_by_class: dict[PollClass, tuple[str, ...]]
+    due: dict[PollClass, float] = field(default_factory=dict)  # monotonic times
+    failures: int = 0
+    backoff_until: float = 0.0
+    polls: int = 0
+    last_poll: float | None = None  # monotonic time of the last successful poll
+    poll_periods: list[float] = field(default_factory=list)  # recent periods of the fastest class
+
+
+class BusRunner:
+    """Owns a driver and polls its meters; the only user of the bus besides accepted writes."""
+
+    def __init__(self, bus_id: str, meters: list[MeterConfig], meter_points: dict[str, frozenset[str]],
+                 driver: Driver, table: PointTable, fail_after: int = 2, backoff_max: float = 60.0) -> None:
+        self.bus_id = bus_id
+        self.driver = driver
+        self.table = table
+        self.fail_after = fail_after
+        self.backoff_max = backoff_max
+        cat = load_catalogue()
+        self.schedules: dict[str, MeterSchedule] = {}
+        for m in meters:
+            by_class: dict[PollClass, list[str]] = {}
+            for p in cat:
+                if p.name in meter_points[m.id] and p.kind is not PointKind.COMMAND and p.name != COMM_STATUS:
+                    by_class.setdefault(p.poll_class, []).append(p.name)
+            self.schedules[m.id] = MeterSchedule(m, {k: tuple(v) for k, v in by_class.items()})
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self.cycle_started: float | None = None
+        self._cycle_seen: set[str] = set()
+
+    @property
+    def meters(self) -> list[MeterConfig]:
+        """The meters of this bus."""
+        return [s.meter for s in self.schedules.values()]
+
+    async def start(self) -> None:
+        """Open the driver and start polling."""
+        await self.driver.open()
+        now = time.monotonic()
+        for s in self.schedules.values():
+            for pc in s.points_by_class:
+                s.due[pc] = now  # first poll reads everything, meter after meter
+        self._task = asyncio.create_task(self._run(), name=f"poll-{self.bus_id}")
+
+    async def stop(self) -> None:
+        """Stop polling and close the driver."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.driver.close()
+
+    def request_poll(self, meter_id: str, classes: tuple[PollClass, ...] | None = None) -> None:
+        """Ask for an early poll of a meter (e.g. configuration after a write)."""
+        s = self.schedules[meter_id]
+        now = time.monotonic()
+        for pc in classes or tuple(s.points_by_class):
+            if pc in s.due:
+                s.due[pc] = now
+        self._wake.set()
+
+    def _next(self) -> tuple[float, MeterSchedule | None]:
+        best, best_s = math.inf, None
+        for s in self.schedules.values():
+            if not s.due:
+                continue
+            t = max(min(s.due.values()), s.backoff_until)
+            if t < best:
+                best, best_s = t, s
+        return best, best_s
+
+    async def _run(self) -> None:
+        n = max(1, len(self.schedules))
+        first = {mid: True for mid in self.schedules}
+        order = {mid: i for i, mid in enumerate(self.schedules)}
+        while True:
+            t, s = self._next()
+            if s is None:
+                await asyncio.sleep(3600)
+                continue
+            delay = t - time.monotonic()
+            if delay > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                continue
+            now = time.monotonic()
+            due = tuple(pc for pc, d in s.due.items() if d <= now + 0.05)
+            if s.backoff_until > now - 0.001 and s.failures:
+                due = due[:1] or tuple(s.due)[:1]  # probe a silent meter with one small read
+            ok = await self.poll(s, due)
+            after = time.monotonic()
+            for pc in due:
+                interval = s.meter.interval(pc)
+                if first[s.meter.id]:
+                    # stagger: meter i of n starts its rhythm i/n of an interval later, so the bus load is even
+                    s.due[pc] = now + interval * (1 + order[s.meter.id] / n)
+                else:
+                    nxt = s.due[pc] + interval
+                    s.due[pc] = nxt if nxt > after else after + interval * 0.5 * (1 + order[s.meter.id] / n)
+            first[s.meter.id] = False
+            if not ok:
+                k = min(s.failures, 10)
+                base = min(s.meter.interval(pc) for pc in s.due) if s.due else 10.0
+                s.backoff_until = after + min(self.backoff_max, base * (2 ** max(0, k - self.fail_after)))
+            else:
+                s.backoff_until = 0.0
+
+    async def poll(self, s: MeterSchedule, classes: tuple[PollClass, ...]) -> bool:
+        """Read the points of the given classes from one meter into the table; False if it did not answer."""
+        points = [p for pc in classes for p in s.points_by_class.get(pc, ())]
+        mid = s.meter.id
+        t0 = time.monotonic()
+        try:
+            readings = await self.driver.read(s.meter, points)
+        except (NoResponse, DriverError) as exc:
+            s.failures += 1
+            if s.failures >= self.fail_after:
+                self.table.set_comm(mid, False, str(exc))
+            else:
+                log.debug("meter %s: %s (failure %d of %d)", mid, exc, s.failures, self.fail_after)
+            self._cycle_done(mid, t0)
+            return False
+        except Exception:
+            log.exception("meter %s: unexpected error while polling", mid)
+            s.failures += 1
+            return False
+        read_time = time.time()
+        s.failures = 0
+        self.table.set_comm(mid, True)
+        for r in readings:
+            if r.error is not None:
+                if r.value is None and r.raw is not None:
+                    self.table.mark_bad(mid, r.point, r.error)
+                continue
+            self.table.update(mid, r.point, r.value, r.raw, read_time=read_time)  # type: ignore[arg-type]
+        fastest = min(s.points_by_class, key=lambda pc: s.meter.interval(pc), default=None)
+        if fastest in classes:
+            if s.last_poll is not None:
+                s.poll_periods.append(t0 - s.last_poll)
+                del s.poll_periods[:-64]
+            s.last_poll = t0
+        s.polls += 1
+        self._cycle_done(mid, t0)
+        return True
+
+    def _cycle_done(self, meter_id: str, t0: float) -> None:
+        """A poll cycle ends when every meter of the bus has been polled once since it began."""
+        if self.cycle_started is None:
+            self.cycle_started = t0
+        self._cycle_seen.add(meter_id)
+        if len(self._cycle_seen) >= len(self.schedules):
+            dur = time.monotonic() - self.cycle_started
+            st = self.driver.stats
+            st.cycles += 1
+            st.last_cycle_duration = dur
+            st.cycle_durations.append(dur)
+            self._cycle_seen.clear()
+            self.cycle_started = None
+
+    async def write(self, meter_id: str, point: str, value: float | int | bool) -> None:
+        """Pass an accepted write to the meter (between two poll transactions)."""
+        await self.driver.write(self.schedules[meter_id].meter, point, value)
+
+    async def read_now(self, meter_id: str, points: list[str]) -> None:
+        """Read points immediately into the table (read-back after a write)."""
+        s = self.schedules[meter_id]
+        readings = await self.driver.read(s.meter, points)
+        now = time.time()
+        for r in readings:
+            if r.error is None:
+                self.table.update(meter_id, r.point, r.value, r.raw, read_time=now)  # type: ignore[arg-type]
