@@ -157,8 +157,8 @@ class BusRunner:
         self.table.set_comm(mid, True)
         for r in readings:
             if r.error is not None:
-                if r.value is None and r.raw is not None:
-                    self.table.mark_bad(mid, r.point, r.error)
+                # sentinel, exception reply, undecodable: not published, last good value kept and flagged
+                self.table.mark_bad(mid, r.point, r.error)
                 continue
             self.table.update(mid, r.point, r.value, r.raw, read_time=read_time)  # type: ignore[arg-type]
         fastest = min(s.points_by_class, key=lambda pc: s.meter.interval(pc), default=None)

@@ -1,0 +1,270 @@
+"""Real pymodbus masters against the simulated meters, over pty pairs (RTU) and loopback TCP, per shipped profile."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from meter_gateway.config import parse_config
+from meter_gateway.core.catalogue import PointKind, load_catalogue
+from meter_gateway.core.quality import Quality
+from meter_gateway.drivers.base import NoResponse
+from meter_gateway.drivers.modbus import ModbusDriver
+from meter_gateway.profiles import ModbusProfile, load_profiles
+from meter_gateway.sim.modbus import RtuSimBus, TcpSimServer, make_meter
+
+MODBUS_PROFILES = [n for n in load_profiles().names() if isinstance(load_profiles().get(n), ModbusProfile)]
+CAT = load_catalogue()
+
+
+def _cfg(profiles, bus: str, profile: str, **bus_opts):
+    opts = ", ".join(f"{k}: {v}" for k, v in ({"timeout": 0.3, "retries": 0} | bus_opts).items())
+    text = f"""
+buses: [{{id: b, {bus}, {opts}}}]
+meters: [{{id: m1, bus: b, address: 7, profile: {profile}, bacnet_instance_base: 1000, modbus_unit: 1}}]
+"""
+    return parse_config(text, profiles=profiles)
+
+
+def _expected(sim, prof: ModbusProfile, name: str):
+    return sim.model.values[name]
+
+
+def _close(a, b, prof: ModbusProfile, name: str) -> bool:
+    if isinstance(b, bool) or isinstance(a, bool):
+        return bool(a) == bool(b)
+    scale = abs(prof.scale_of(name))
+    # registers truncate to the profile's resolution; float32 keeps ~7 significant digits
+    return math.isclose(float(a), float(b), rel_tol=2e-6, abs_tol=scale * 1.0001)
+
+
+@pytest.mark.parametrize("profile", MODBUS_PROFILES)
+@pytest.mark.parametrize("transport", ["rtu", "tcp"])
+async def test_every_point_of_every_profile(profiles, profile, transport):
+    prof = profiles.get(profile)
+    sim = make_meter(7, prof, seed=3)
+    sim.model.frozen = True
+    if transport == "rtu":
+        server = RtuSimBus([sim])
+        port = await server.start()
+        cfg = _cfg(profiles, "type: modbus_rtu", profile, port=port)
+        driver = ModbusDriver(cfg.buses[0], profiles, port=port)
+    else:
+        server = TcpSimServer([sim])
+        tport = await server.start()
+        cfg = _cfg(profiles, "type: modbus_tcp", profile, port=tport)
+        driver = ModbusDriver(cfg.buses[0], profiles, host="127.0.0.1", tcp_port=tport)
+    await driver.open()
+    try:
+        readings = await driver.read(cfg.meters[0], list(prof.points))
+    finally:
+        await driver.close()
+        await server.close()
+    got = {r.point: r for r in readings}
+    assert set(got) == set(prof.points)
+    for name in prof.points:
+        r = got[name]
+        assert r.error is None, (name, r.error)
+        assert _close(r.value, _expected(sim, prof, name), prof, name), (name, r.value, _expected(sim, prof, name))
+        pdef = CAT.get(name)
+        if pdef.is_binary:
+            assert isinstance(r.value, bool)
+    assert driver.stats.transactions == driver.transactions_for(cfg.meters[0], list(prof.points))
+    assert driver.stats.timeouts == driver.stats.crc_errors == 0
+
+
+async def _driver_for(profiles, sim, **bus_opts):
+    server = RtuSimBus([sim])
+    port = await server.start()
+    cfg = _cfg(profiles, "type: modbus_rtu", sim.profile.name, port=port, **bus_opts)
+    driver = ModbusDriver(cfg.buses[0], profiles, port=port)
+    await driver.open()
+    return server, driver, cfg.meters[0]
+
+
+async def test_noise_byte_before_reply_is_filtered(profiles):
+    sim = make_meter(7, profiles.get("generic"), seed=1)
+    sim.fault = "noise"
+    server, driver, meter = await _driver_for(profiles, sim)
+    try:
+        for _ in range(3):
+            r = await driver.read(meter, ["Active_Power_Total", "Active_Energy_Import"])
+            assert all(x.error is None for x in r)
+        assert driver.stats.crc_errors == 0
+    finally:
+        await driver.close()
+        await server.close()
+
+
+@pytest.mark.parametrize("fault,counter", [("no_reply", "timeouts"), ("bad_crc", "crc_errors"),
+                                           ("wrong_unit", "crc_errors"), ("slow", "timeouts")])
+async def test_transport_faults_raise_no_response_and_count(profiles, fault, counter):
+    sim = make_meter(7, profiles.get("generic"), seed=1)
+    sim.fault = fault
+    sim.slow_delay = 1.0
+    server, driver, meter = await _driver_for(profiles, sim, retries=1)
+    try:
+        with pytest.raises(NoResponse):
+            await driver.read(meter, ["Active_Power_Total"])
+        assert getattr(driver.stats, counter) == 2  # first attempt + one retry
+        assert driver.stats.failed_transactions == 2
+        sim.fault = "none"
+        if fault == "slow":
+            await asyncio.sleep(1.2)  # let the late reply pass before the next request
+        r = await driver.read(meter, ["Active_Power_Total"])
+        assert r[0].error is None
+    finally:
+        await driver.close()
+        await server.close()
+
+
+async def test_exception_reply_is_reported_per_point(profiles):
+    sim = make_meter(7, profiles.get("generic"), seed=1)
+    sim.fault = "exception"
+    server, driver, meter = await _driver_for(profiles, sim)
+    try:
+        r = await driver.read(meter, ["Active_Power_Total", "Voltage_L1_N"])
+        assert all(x.value is None and "exception 4" in x.error for x in r)
+        assert driver.stats.exceptions == driver.transactions_for(meter, ["Active_Power_Total", "Voltage_L1_N"]) == 2
+    finally:
+        await driver.close()
+        await server.close()
+
+
+async def test_meter_refusing_merged_reads_is_read_point_by_point(profiles):
+    sim = make_meter(7, profiles.get("generic"), seed=1)
+    sim.strict_holes = True  # exception 2 for a read over unmapped registers
+    server, driver, meter = await _driver_for(profiles, sim)
+    try:
+        pts = ["Active_Power_Total", "Voltage_L1_N"]  # 0-1 and 20-21: merged over a hole
+        r = await driver.read(meter, pts)
+        assert {x.point for x in r if x.error is None} == set(pts)
+        assert driver.transactions_for(meter, pts) == 2
+    finally:
+        await driver.close()
+        await server.close()
+
+
+async def test_writes_reach_the_simulated_meter(profiles):
+    sim = make_meter(7, profiles.get("generic"), seed=1)
+    server, driver, meter = await _driver_for(profiles, sim)
+    try:
+        await driver.write(meter, "Demand_Interval", 30)
+        assert sim.model.values["Demand_Interval"] == 30
+        r = await driver.read(meter, ["Demand_Interval"])
+        assert r[0].value == 30
+        await driver.write(meter, "Reset_Demand_Peak", 1)
+        assert sim.model.values["Demand_Peak_Current"] == 0.0
+        await driver.write(meter, "Sync_Clock", 1_700_000_000)
+        assert sim.model.values["Clock"] == 1_700_000_000
+        assert [w.function for w in sim.writes] == [16, 5, 16]
+    finally:
+        await driver.close()
+        await server.close()
+
+
+GATEWAY_YAML = """
+gateway: {{name: t}}
+buses:
+  - {{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.2, retries: 0, fail_after: 1, backoff_max: 1}}
+  - {{id: tcp, type: modbus_tcp, simulated: true, port: 0, timeout: 0.3, retries: 0, fail_after: 1, backoff_max: 1}}
+meters:
+  - {{id: a, bus: rtu, address: 1, profile: generic, bacnet_instance_base: 1000, modbus_unit: 1, poll_intervals: {intervals}}}
+  - {{id: b, bus: rtu, address: 2, profile: generic, bacnet_instance_base: 1100, modbus_unit: 2, poll_intervals: {intervals}}}
+  - {{id: c, bus: tcp, address: 1, profile: generic, bacnet_instance_base: 1200, modbus_unit: 3, poll_intervals: {intervals}}}
+upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, prometheus: {{enabled: false}}}}
+"""
+FAST = "{power: 0.5, voltage: 0.5, energy: 0.5, alarm: 0.5, status: 0.5, config: 5}"
+
+
+async def _wait(pred, timeout=10.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if pred():
+            return True
+        await asyncio.sleep(0.05)
+    return pred()
+
+
+async def test_gateway_polls_and_flags_unplugged_meter(profiles):
+    from meter_gateway.app import Gateway
+
+    cfg = parse_config(GATEWAY_YAML.format(intervals=FAST), profiles=profiles)
+    gw = Gateway(cfg, profiles)
+    await gw.start()
+    try:
+        for mid in "abc":
+            assert await _wait(lambda mid=mid: gw.table.get(mid, "Active_Energy_Import").quality is Quality.GOOD)
+        v = gw.table.get("a", "Voltage_L1_N")
+        assert 200 < v.value < 260
+        assert gw.table.get("a", "Communication_Status").value is True
+        gw.simulators["b"].online = False
+        assert await _wait(lambda: gw.table.get("b", "Active_Power_Total").quality is Quality.COMM_FAILURE)
+        assert gw.table.get("b", "Communication_Status").value is False
+        # the other meters keep being polled while b is silent
+        before = gw.table.get("a", "Active_Power_Total").read_time
+        assert await _wait(lambda: gw.table.get("a", "Active_Power_Total").read_time > before)
+        assert gw.table.get("c", "Active_Power_Total").quality is Quality.GOOD
+        gw.simulators["b"].online = True
+        assert await _wait(lambda: gw.table.get("b", "Active_Power_Total").quality is Quality.GOOD)
+        assert gw.table.get("b", "Communication_Status").value is True
+        stats = gw.buses["rtu"].driver.stats
+        assert stats.transactions > 0 and stats.timeouts > 0 and stats.cycles > 0
+    finally:
+        await gw.stop()
+
+
+async def test_gateway_exception_replies_flag_bad_data_and_recover(profiles):
+    from meter_gateway.app import Gateway
+
+    cfg = parse_config(GATEWAY_YAML.format(intervals=FAST), profiles=profiles)
+    gw = Gateway(cfg, profiles)
+    await gw.start()
+    try:
+        assert await _wait(lambda: gw.table.get("a", "Active_Power_Total").quality is Quality.GOOD)
+        good = gw.table.get("a", "Active_Power_Total").value
+        gw.simulators["a"].fault = "exception"
+        assert await _wait(lambda: gw.table.get("a", "Active_Power_Total").quality is Quality.BAD_DATA)
+        assert gw.table.get("a", "Active_Power_Total").value is not None
+        assert good is not None
+        gw.simulators["a"].fault = "none"
+        assert await _wait(lambda: gw.table.get("a", "Active_Power_Total").quality is Quality.GOOD)
+    finally:
+        await gw.stop()
+
+
+async def test_energy_jump_backwards_in_meter_is_not_published(profiles):
+    from meter_gateway.app import Gateway
+
+    cfg = parse_config(GATEWAY_YAML.format(intervals=FAST), profiles=profiles)
+    gw = Gateway(cfg, profiles)
+    await gw.start()
+    try:
+        assert await _wait(lambda: gw.table.get("c", "Active_Energy_Import").quality is Quality.GOOD)
+        last = gw.table.get("c", "Active_Energy_Import").value
+        gw.simulators["c"].model.values["Active_Energy_Import"] = last - 500
+        assert await _wait(lambda: gw.table.get("c", "Active_Energy_Import").quality is Quality.BAD_DATA)
+        assert gw.table.get("c", "Active_Energy_Import").value == last
+        assert any(a.meter_id == "c" and "backwards" in a.message for a in gw.table.alarms)
+    finally:
+        await gw.stop()
+
+
+async def test_accepted_write_goes_to_meter_and_is_read_back(profiles):
+    from meter_gateway.app import Gateway
+
+    cfg = parse_config(GATEWAY_YAML.format(intervals=FAST), profiles=profiles)
+    gw = Gateway(cfg, profiles)
+    await gw.start()
+    try:
+        assert await _wait(lambda: gw.table.get("a", "Demand_Interval").quality is Quality.GOOD)
+        reply = await gw.perform_write("a", "Demand_Interval", 30)
+        assert "30" in reply and gw.table.get("a", "Demand_Interval").value == 30
+        await gw.perform_write("a", "Reset_Demand_Peak", 1)
+        assert gw.table.get("a", "Reset_Demand_Peak").value is False
+        assert gw.simulators["a"].writes[-1].function == 5
+    finally:
+        await gw.stop()
