@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/meter-gateway run -c gateway.yaml
+	$(BIN)/meter-gateway run -c gateway.yaml --status-every 10
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests

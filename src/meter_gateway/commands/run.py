@@ -20,16 +20,40 @@ def add_parser(sub) -> None:
     """Register the subcommand."""
     p = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT (SIGHUP reloads the configuration)")
     add_config_arg(p)
+    p.add_argument("--status-every", type=float, default=0, metavar="SECONDS",
+                   help="print a one-line summary of every meter this often (0: never)")
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
     cfg, _profiles = load_or_exit(args.config)
     setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
-    return asyncio.run(run(Path(args.config)))
+    return asyncio.run(run(Path(args.config), args.status_every))
 
 
-async def run(path: Path) -> int:
+def status_line(gw) -> str:
+    """One line per meter: communication, active power and imported energy with their quality."""
+    parts = []
+    for mid in gw.table.meter_ids:
+        vals = gw.table.meter_values(mid)
+        if not vals["Communication_Status"].value:
+            parts.append(f"{mid}: NO COMMUNICATION")
+            continue
+        p, e = vals["Active_Power_Total"], vals["Active_Energy_Import"]
+        pw = f"{p.value:.3f} kW" if p.value is not None else "-"
+        en = f"{e.value:.2f} kWh" if e.value is not None else "-"
+        flag = "" if p.is_good and e.is_good else f" [{p.quality}/{e.quality}]"
+        parts.append(f"{mid}: {pw}, {en}{flag}")
+    return " | ".join(parts)
+
+
+async def _status_loop(get_gw, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        log.info("status: %s", status_line(get_gw()))
+
+
+async def run(path: Path, status_every: float = 0) -> int:
     """Run the gateway from a config file; returns the exit status."""
     from ..app import Gateway
     from ..servers.base import ServerStartError
@@ -49,6 +73,7 @@ async def run(path: Path) -> int:
         log.error("start-up failed: %s", exc)
         return 1
     print(f"meter-gateway {cfg.gateway.name} running ({len(gw.table.meter_ids)} meters); Ctrl-C to stop", flush=True)
+    status_task = asyncio.create_task(_status_loop(lambda: gw, status_every)) if status_every > 0 else None
     while not stop.is_set():
         waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(reload_req.wait())]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -58,6 +83,8 @@ async def run(path: Path) -> int:
             reload_req.clear()
             gw = await _reload(gw, path)
     log.info("stopping")
+    if status_task is not None:
+        status_task.cancel()
     try:
         await asyncio.wait_for(gw.stop(), STOP_TIMEOUT)
     except TimeoutError:

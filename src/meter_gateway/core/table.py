@@ -209,11 +209,12 @@ class PointTable:
         state = self._meters[meter_id]
         if state.online is online:
             return
+        first = state.online is None
         state.online = online
         state.comm_reason = reason
         now = self.clock()
         if online:
-            log.info("meter %s: communication restored", meter_id)
+            log.info("meter %s: communication %s", meter_id, "established" if first else "restored")
         else:
             state.errors += 1
             log.warning("meter %s: communication lost: %s", meter_id, reason)
