@@ -11,10 +11,9 @@ import json
 import time
 
 from meter_gateway.config import parse_config
-from meter_gateway.core.catalogue import POLLED_CLASSES
+from meter_gateway.core.catalogue import POLLED_CLASSES, load_catalogue
 from meter_gateway.core.planner import one_read_per_point
 from meter_gateway.core.table import PointTable
-from meter_gateway.core.catalogue import load_catalogue
 from meter_gateway.drivers.modbus import ModbusDriver
 from meter_gateway.polling import BusRunner
 from meter_gateway.profiles import load_profiles
@@ -38,12 +37,17 @@ async def run(n: int, profile_name: str, baudrate: int, turnaround: float, cycle
     prof = profiles.get(profile_name)
     meters_yaml = "\n".join(
         f"  - {{id: m{i}, bus: b, address: {i}, profile: {profile_name}, bacnet_instance_base: {1000 + 100 * i}, "
-        f"modbus_unit: {i}}}" for i in range(1, n + 1))
+        f"modbus_unit: {i}}}"
+        for i in range(1, n + 1)
+    )
     sims = [make_meter(i, prof, seed=i) for i in range(1, n + 1)]
     bus = RtuSimBus(sims, baudrate=baudrate, paced=True, turnaround=turnaround, bits_per_char=10)
     port = await bus.start()
-    cfg = parse_config(f"buses: [{{id: b, type: modbus_rtu, port: {port}, baudrate: {baudrate}, timeout: 1}}]\n"
-                       f"meters:\n{meters_yaml}\n", profiles=profiles)
+    cfg = parse_config(
+        f"buses: [{{id: b, type: modbus_rtu, port: {port}, baudrate: {baudrate}, timeout: 1}}]\n"
+        f"meters:\n{meters_yaml}\n",
+        profiles=profiles,
+    )
     table = PointTable(load_catalogue(), time.time)
     points = {}
     for m in cfg.meters:
@@ -62,8 +66,11 @@ async def run(n: int, profile_name: str, baudrate: int, turnaround: float, cycle
             await runner.poll(s, tuple(pc for pc in classes if pc in s.points_by_class))
         durations.append(time.monotonic() - t0)
         tx_per_cycle = driver.stats.transactions - tx0
-    blocks = [b for m in cfg.meters for b in driver.plan(m, [p for pc in classes
-                                                               for p in runner.schedules[m.id].points_by_class.get(pc, ())])]
+    blocks = [
+        b
+        for m in cfg.meters
+        for b in driver.plan(m, [p for pc in classes for p in runner.schedules[m.id].points_by_class.get(pc, ())])
+    ]
     char = 10 / baudrate
     # per transaction: request and reply on the wire, the meter turnaround, one 3.5-character silence between frames
     wire = sum((request_bytes() + reply_bytes(b)) * char + turnaround + 3.5 * char for b in blocks)
@@ -72,12 +79,19 @@ async def run(n: int, profile_name: str, baudrate: int, turnaround: float, cycle
     await bus.close()
     best = min(durations)
     return {
-        "meters": n, "profile": profile_name, "baudrate": baudrate, "turnaround_s": turnaround,
-        "transactions_per_cycle": tx_per_cycle, "one_read_per_point": naive,
+        "meters": n,
+        "profile": profile_name,
+        "baudrate": baudrate,
+        "turnaround_s": turnaround,
+        "transactions_per_cycle": tx_per_cycle,
+        "one_read_per_point": naive,
         "ratio_vs_naive": round(tx_per_cycle / naive, 4),
-        "cycle_time_s": round(best, 3), "cycle_times_s": [round(d, 3) for d in durations],
-        "wire_time_lower_bound_s": round(wire, 3), "efficiency": round(wire / best, 3),
-        "timeouts": driver.stats.timeouts, "crc_errors": driver.stats.crc_errors,
+        "cycle_time_s": round(best, 3),
+        "cycle_times_s": [round(d, 3) for d in durations],
+        "wire_time_lower_bound_s": round(wire, 3),
+        "efficiency": round(wire / best, 3),
+        "timeouts": driver.stats.timeouts,
+        "crc_errors": driver.stats.crc_errors,
     }
 
 

@@ -37,8 +37,13 @@ def _load(ref: str) -> Any:
 class Gateway:
     """The running gateway: point table, one poll task per bus, upstream servers."""
 
-    def __init__(self, config: GatewayConfig, profiles: ProfileRegistry, config_path: Path | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        profiles: ProfileRegistry,
+        config_path: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.profiles = profiles
         self.config_path = config_path
@@ -57,7 +62,9 @@ class Gateway:
                 continue
             prof = profiles.get(m.profile)
             self.table.add_meter(
-                m.id, self.meter_points(m.id), m.intervals(),
+                m.id,
+                self.meter_points(m.id),
+                m.intervals(),
                 max_power_kw=m.max_power_kw or getattr(prof, "max_power_kw", 1000.0),
                 energy_wrap=getattr(prof, "energy_wrap", None),
             )
@@ -87,16 +94,28 @@ class Gateway:
                 if not meters:
                     continue
                 driver = await self._make_driver(bus, meters)
-                runner = BusRunner(bus.id, meters, {m.id: self.meter_points(m.id) for m in meters}, driver,
-                                   self.table, fail_after=bus.fail_after, backoff_max=bus.backoff_max)
+                runner = BusRunner(
+                    bus.id,
+                    meters,
+                    {m.id: self.meter_points(m.id) for m in meters},
+                    driver,
+                    self.table,
+                    fail_after=bus.fail_after,
+                    backoff_max=bus.backoff_max,
+                )
                 await runner.start()
                 self.buses[bus.id] = runner
                 self._teardown.append(runner.stop)
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
             await self._start_servers()
             self.started = True
-            log.info("gateway %s started: %d buses, %d meters, servers: %s", self.config.gateway.name,
-                     len(self.buses), len(self.table.meter_ids), ", ".join(s.name for s in self.servers) or "none")
+            log.info(
+                "gateway %s started: %d buses, %d meters, servers: %s",
+                self.config.gateway.name,
+                len(self.buses),
+                len(self.table.meter_ids),
+                ", ".join(s.name for s in self.servers) or "none",
+            )
         except BaseException:
             await self.stop()
             raise
@@ -124,8 +143,9 @@ class Gateway:
                 return ModbusDriver(bus, self.profiles)
             from .sim.modbus import RtuSimBus, TcpSimServer, make_meter
 
-            sims = [make_meter(int(m.address), self.profiles.get(m.profile), seed=zlib.crc32(m.id.encode()))
-                    for m in meters]
+            sims = [
+                make_meter(int(m.address), self.profiles.get(m.profile), seed=zlib.crc32(m.id.encode())) for m in meters
+            ]
             for m, s in zip(meters, sims, strict=True):
                 self.simulators[m.id] = s
             if isinstance(bus, ModbusRtuBus):
@@ -195,13 +215,22 @@ class Gateway:
             self.table.update(meter_id, point, False)
             if point == "Reset_Demand_Peak":
                 with contextlib.suppress(Exception):
-                    await runner.read_now(meter_id, [p for p in ("Demand_Peak_Current", "Demand_Peak_Timestamp")
-                                                     if p in self.meter_points(meter_id)])
+                    await runner.read_now(
+                        meter_id,
+                        [
+                            p
+                            for p in ("Demand_Peak_Current", "Demand_Peak_Timestamp")
+                            if p in self.meter_points(meter_id)
+                        ],
+                    )
             return "ok"
         if pdef.kind is PointKind.CONFIG or pdef.is_energy:
             await runner.write(meter_id, point, value)
-            readback = [point] if pdef.kind is PointKind.CONFIG else [
-                p.name for p in self.catalogue if p.is_energy and p.name in self.meter_points(meter_id)]
+            readback = (
+                [point]
+                if pdef.kind is PointKind.CONFIG
+                else [p.name for p in self.catalogue if p.is_energy and p.name in self.meter_points(meter_id)]
+            )
             await runner.read_now(meter_id, readback)
             got = self.table.get(meter_id, point).value
             return f"ok, read back {got}"

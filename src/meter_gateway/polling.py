@@ -34,8 +34,16 @@ class MeterSchedule:
 class BusRunner:
     """Owns a driver and polls its meters; the only user of the bus besides accepted writes."""
 
-    def __init__(self, bus_id: str, meters: list[MeterConfig], meter_points: dict[str, frozenset[str]],
-                 driver: Driver, table: PointTable, fail_after: int = 2, backoff_max: float = 60.0) -> None:
+    def __init__(
+        self,
+        bus_id: str,
+        meters: list[MeterConfig],
+        meter_points: dict[str, frozenset[str]],
+        driver: Driver,
+        table: PointTable,
+        fail_after: int = 2,
+        backoff_max: float = 60.0,
+    ) -> None:
         self.bus_id = bus_id
         self.driver = driver
         self.table = table

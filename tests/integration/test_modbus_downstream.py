@@ -8,7 +8,7 @@ import math
 import pytest
 
 from meter_gateway.config import parse_config
-from meter_gateway.core.catalogue import PointKind, load_catalogue
+from meter_gateway.core.catalogue import load_catalogue
 from meter_gateway.core.quality import Quality
 from meter_gateway.drivers.base import NoResponse
 from meter_gateway.drivers.modbus import ModbusDriver
@@ -98,8 +98,10 @@ async def test_noise_byte_before_reply_is_filtered(profiles):
         await server.close()
 
 
-@pytest.mark.parametrize("fault,counter", [("no_reply", "timeouts"), ("bad_crc", "crc_errors"),
-                                           ("wrong_unit", "crc_errors"), ("slow", "timeouts")])
+@pytest.mark.parametrize(
+    "fault,counter",
+    [("no_reply", "timeouts"), ("bad_crc", "crc_errors"), ("wrong_unit", "crc_errors"), ("slow", "timeouts")],
+)
 async def test_transport_faults_raise_no_response_and_count(profiles, fault, counter):
     sim = make_meter(7, profiles.get("generic"), seed=1)
     sim.fault = fault
@@ -171,9 +173,12 @@ buses:
   - {{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.2, retries: 0, fail_after: 1, backoff_max: 1}}
   - {{id: tcp, type: modbus_tcp, simulated: true, port: 0, timeout: 0.3, retries: 0, fail_after: 1, backoff_max: 1}}
 meters:
-  - {{id: a, bus: rtu, address: 1, profile: generic, bacnet_instance_base: 1000, modbus_unit: 1, poll_intervals: {intervals}}}
-  - {{id: b, bus: rtu, address: 2, profile: generic, bacnet_instance_base: 1100, modbus_unit: 2, poll_intervals: {intervals}}}
-  - {{id: c, bus: tcp, address: 1, profile: generic, bacnet_instance_base: 1200, modbus_unit: 3, poll_intervals: {intervals}}}
+  - {{id: a, bus: rtu, address: 1, profile: generic, bacnet_instance_base: 1000, modbus_unit: 1,
+     poll_intervals: {intervals}}}
+  - {{id: b, bus: rtu, address: 2, profile: generic, bacnet_instance_base: 1100, modbus_unit: 2,
+     poll_intervals: {intervals}}}
+  - {{id: c, bus: tcp, address: 1, profile: generic, bacnet_instance_base: 1200, modbus_unit: 3,
+     poll_intervals: {intervals}}}
 upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, prometheus: {{enabled: false}}}}
 """
 FAST = "{power: 0.5, voltage: 0.5, energy: 0.5, alarm: 0.5, status: 0.5, config: 5}"

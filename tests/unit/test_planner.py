@@ -16,8 +16,10 @@ def test_generic_profile_plan_is_a_fraction_of_one_read_per_point(profiles):
     assert covered == set(prof.points)
 
 
-@pytest.mark.parametrize("name", ["generic", "eastron_sdm630", "eastron_sdm120", "carlo_gavazzi_em340",
-                                  "schneider_iem3000", "socomec_countis_e23"])
+@pytest.mark.parametrize(
+    "name",
+    ["generic", "eastron_sdm630", "eastron_sdm120", "carlo_gavazzi_em340", "schneider_iem3000", "socomec_countis_e23"],
+)
 def test_blocks_respect_limits_and_cover_points(profiles, name):
     if name not in profiles:
         pytest.skip(f"profile {name} not shipped yet")

@@ -21,8 +21,9 @@ class Clock:
 def setup():
     clock = Clock()
     table = PointTable(load_catalogue(), clock, stale_factor=3)
-    table.add_meter("m1", ["Active_Energy_Import", "Active_Power_Total", "Voltage_L1_N"], dict(DEFAULT_INTERVALS),
-                    max_power_kw=100)
+    table.add_meter(
+        "m1", ["Active_Energy_Import", "Active_Power_Total", "Voltage_L1_N"], dict(DEFAULT_INTERVALS), max_power_kw=100
+    )
     return table, clock
 
 
@@ -82,7 +83,7 @@ def test_declared_wrap_is_not_backwards():
 
 
 def test_comm_failure_flags_every_point_and_listeners_see_it(setup):
-    table, clock = setup
+    table, _clock = setup
     seen = []
     table.add_listener(lambda m, p, old, new: seen.append((p, new.quality)))
     table.update("m1", "Active_Power_Total", 5.0)

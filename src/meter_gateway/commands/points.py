@@ -8,7 +8,18 @@ import sys
 
 from ..core.catalogue import load_catalogue
 
-COLUMNS = ("index", "name", "kind", "bacnet_type", "unit", "bacnet_unit", "poll_class", "range", "modbus", "description")
+COLUMNS = (
+    "index",
+    "name",
+    "kind",
+    "bacnet_type",
+    "unit",
+    "bacnet_unit",
+    "poll_class",
+    "range",
+    "modbus",
+    "description",
+)
 
 
 def add_parser(sub) -> None:
@@ -20,10 +31,16 @@ def add_parser(sub) -> None:
 
 def _row(p) -> dict:
     return {
-        "index": p.index, "name": p.name, "kind": str(p.kind), "bacnet_type": p.bacnet_type, "unit": p.unit,
-        "bacnet_unit": p.bacnet_unit or "", "poll_class": str(p.poll_class),
+        "index": p.index,
+        "name": p.name,
+        "kind": str(p.kind),
+        "bacnet_type": p.bacnet_type,
+        "unit": p.unit,
+        "bacnet_unit": p.bacnet_unit or "",
+        "poll_class": str(p.poll_class),
         "range": "" if p.range is None else f"{p.range[0]:g}..{p.range[1]:g}",
-        "modbus": p.modbus.reference, "description": p.description,
+        "modbus": p.modbus.reference,
+        "description": p.description,
     }
 
 

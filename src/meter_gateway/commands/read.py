@@ -27,8 +27,10 @@ def _main(args) -> int:
     try:
         meter = cfg.meter(args.meter)
     except StopIteration:
-        print(f"error: no meter {args.meter!r} in {args.config}; meters: {', '.join(m.id for m in cfg.meters)}",
-              file=sys.stderr)
+        print(
+            f"error: no meter {args.meter!r} in {args.config}; meters: {', '.join(m.id for m in cfg.meters)}",
+            file=sys.stderr,
+        )
         return 2
     return asyncio.run(_read(cfg, profiles, meter, args.format))
 
@@ -37,13 +39,18 @@ async def _read(cfg, profiles, meter, fmt: str) -> int:
     from ..app import Gateway
 
     # only this meter's bus, no upstream servers: a one-shot read
-    one = cfg.model_copy(update={
-        "meters": [meter],
-        "buses": [cfg.bus(meter.bus)],
-        "upstream": cfg.upstream.model_copy(update={
-            k: getattr(cfg.upstream, k).model_copy(update={"enabled": False}) for k in ("bacnet", "modbus_tcp", "prometheus")
-        }),
-    })
+    one = cfg.model_copy(
+        update={
+            "meters": [meter],
+            "buses": [cfg.bus(meter.bus)],
+            "upstream": cfg.upstream.model_copy(
+                update={
+                    k: getattr(cfg.upstream, k).model_copy(update={"enabled": False})
+                    for k in ("bacnet", "modbus_tcp", "prometheus")
+                }
+            ),
+        }
+    )
     gw = Gateway(one, profiles)
     await gw.start()
     try:
@@ -64,14 +71,25 @@ async def _read(cfg, profiles, meter, fmt: str) -> int:
             shown = p.states[int(v.value)] if 0 <= int(v.value) < len(p.states) else str(v.value)
         else:
             shown = "" if v.value is None else str(v.value)
-        rows.append({"point": p.name, "value": v.value, "display": shown, "unit": p.unit, "quality": str(v.quality),
-                     "reason": v.reason})
+        rows.append(
+            {
+                "point": p.name,
+                "value": v.value,
+                "display": shown,
+                "unit": p.unit,
+                "quality": str(v.quality),
+                "reason": v.reason,
+            }
+        )
     if fmt == "json":
         print(json.dumps({"meter": meter.id, "answered": ok, "points": rows}, indent=2, default=str))
     else:
-        print(f"meter {meter.id} ({meter.profile}) on bus {meter.bus}, address {meter.address}: "
-              f"{'answered' if ok else 'NO ANSWER'}")
+        print(
+            f"meter {meter.id} ({meter.profile}) on bus {meter.bus}, address {meter.address}: "
+            f"{'answered' if ok else 'NO ANSWER'}"
+        )
         print(f"{'point':30} {'value':>16} {'unit':8} quality")
         for r in rows:
-            print(f"{r['point']:30} {r['display']:>16} {r['unit']:8} {r['quality']}{'  ' + r['reason'] if r['reason'] else ''}")
+            reason = f"  {r['reason']}" if r["reason"] else ""
+            print(f"{r['point']:30} {r['display']:>16} {r['unit']:8} {r['quality']}{reason}")
     return 0 if ok else 1

@@ -20,8 +20,13 @@ def add_parser(sub) -> None:
     """Register the subcommand."""
     p = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT (SIGHUP reloads the configuration)")
     add_config_arg(p)
-    p.add_argument("--status-every", type=float, default=0, metavar="SECONDS",
-                   help="print a one-line summary of every meter this often (0: never)")
+    p.add_argument(
+        "--status-every",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="print a one-line summary of every meter this often (0: never)",
+    )
     p.set_defaults(func=_main)
 
 

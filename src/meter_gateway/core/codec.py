@@ -48,7 +48,9 @@ def register_count(dtype: DataType) -> int:
     return struct.calcsize(">" + _STRUCT[dtype]) // 2
 
 
-def decode(registers: list[int] | tuple[int, ...], dtype: DataType, word_order: WordOrder = WordOrder.BIG) -> int | float:
+def decode(
+    registers: list[int] | tuple[int, ...], dtype: DataType, word_order: WordOrder = WordOrder.BIG
+) -> int | float:
     """Decode registers (each 0..65535) into a number."""
     n = register_count(dtype)
     if len(registers) != n:

@@ -25,7 +25,9 @@ class ReadBlock:
         return self.function in BIT_FUNCTIONS
 
 
-def plan_reads(profile: ModbusProfile, points: Iterable[str], split: frozenset[tuple[int, int]] = frozenset()) -> list[ReadBlock]:
+def plan_reads(
+    profile: ModbusProfile, points: Iterable[str], split: frozenset[tuple[int, int]] = frozenset()
+) -> list[ReadBlock]:
     """Group `points` into reads: same function code, sorted by address, merged across gaps up to the profile's limits.
 
     `split` lists (function, address) of points that must be read alone (a meter refused a merged read over them).

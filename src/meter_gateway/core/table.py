@@ -153,8 +153,14 @@ class PointTable:
                 except Exception:  # a broken listener must not stop polling
                     log.exception("table listener %r failed", listener)
 
-    def update(self, meter_id: str, point: str, value: float | int | bool, raw: tuple[int, ...] | None = None,
-               read_time: float | None = None) -> PointValue:
+    def update(
+        self,
+        meter_id: str,
+        point: str,
+        value: float | int | bool,
+        raw: tuple[int, ...] | None = None,
+        read_time: float | None = None,
+    ) -> PointValue:
         """Store a freshly read value after sanity checks; returns what the table now holds."""
         now = self.clock() if read_time is None else read_time
         pdef = self.catalogue.get(point)

@@ -65,9 +65,7 @@ class BusStats:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain counters for CLI and JSON output."""
-        return {
-            k: v for k, v in self.__dict__.items() if k not in ("cycle_durations",)
-        }
+        return {k: v for k, v in self.__dict__.items() if k not in ("cycle_durations",)}
 
 
 class Driver(ABC):

@@ -55,8 +55,15 @@ def expected_reply_length(data: bytes) -> int | None:
 class ModbusDriver(Driver):
     """A Modbus master on one bus (RTU line or TCP endpoint); one transaction at a time."""
 
-    def __init__(self, bus: ModbusRtuBus | ModbusTcpBus, profiles: ProfileRegistry, *, port: str | None = None,
-                 host: str | None = None, tcp_port: int | None = None) -> None:
+    def __init__(
+        self,
+        bus: ModbusRtuBus | ModbusTcpBus,
+        profiles: ProfileRegistry,
+        *,
+        port: str | None = None,
+        host: str | None = None,
+        tcp_port: int | None = None,
+    ) -> None:
         super().__init__()
         self.bus = bus
         self.kind = bus.type
@@ -103,7 +110,9 @@ class ModbusDriver(Driver):
             if n is None or len(data) - k < n:
                 return b""  # wait for the rest of the frame
             if rtu_frame_ok(data[k : k + n]):
-                self._log_once("noise", logging.WARNING, "bus %s: dropped %d noise byte(s) before a reply", self.bus.id, k)
+                self._log_once(
+                    "noise", logging.WARNING, "bus %s: dropped %d noise byte(s) before a reply", self.bus.id, k
+                )
                 return data[k:] + bytes(k)
         return b""
 
@@ -120,14 +129,27 @@ class ModbusDriver(Driver):
         b = self.bus
         if isinstance(b, ModbusRtuBus):
             self._client = AsyncModbusSerialClient(
-                self._port, framer=FramerType.RTU, baudrate=b.baudrate, bytesize=b.bytesize, parity=b.parity,
-                stopbits=b.stopbits, timeout=b.timeout, retries=0, reconnect_delay=0, trace_packet=self._trace,
+                self._port,
+                framer=FramerType.RTU,
+                baudrate=b.baudrate,
+                bytesize=b.bytesize,
+                parity=b.parity,
+                stopbits=b.stopbits,
+                timeout=b.timeout,
+                retries=0,
+                reconnect_delay=0,
+                trace_packet=self._trace,
                 name=f"bus-{b.id}",
             )
         else:
             self._client = AsyncModbusTcpClient(
-                self._host, port=self._tcp_port, timeout=b.timeout, retries=0, reconnect_delay=0,
-                trace_packet=self._trace, name=f"bus-{b.id}",
+                self._host,
+                port=self._tcp_port,
+                timeout=b.timeout,
+                retries=0,
+                reconnect_delay=0,
+                trace_packet=self._trace,
+                name=f"bus-{b.id}",
             )
         self.stats.started = time.monotonic()
         await self._connect()
@@ -252,9 +274,14 @@ class ModbusDriver(Driver):
                         (block.function, prof.points[n].address) for n, _ in block.points
                     )
                     self._plans = {k: v for k, v in self._plans.items() if k[0] != meter.id}
-                    self._log_once(f"split-{meter.id}", logging.WARNING,
-                                   "meter %s refused a merged read at %d+%d: reading those points singly",
-                                   meter.id, block.address, block.count)
+                    self._log_once(
+                        f"split-{meter.id}",
+                        logging.WARNING,
+                        "meter %s refused a merged read at %d+%d: reading those points singly",
+                        meter.id,
+                        block.address,
+                        block.count,
+                    )
                     out += await self.read(meter, [n for n, _ in block.points])
                 else:
                     out += [PointReading(n, None, None, f"meter exception {exc.code}") for n, _ in block.points]
@@ -281,7 +308,9 @@ class ModbusDriver(Driver):
                 if off >= len(data):
                     raise CodecError("short reply")
                 raw_bit = bool(data[off])
-                return PointReading(name, self._state(pdef.bacnet_type, int(raw_bit ^ p.invert), p.map), (int(raw_bit),))
+                return PointReading(
+                    name, self._state(pdef.bacnet_type, int(raw_bit ^ p.invert), p.map), (int(raw_bit),)
+                )
             n = prof.count_of(name)
             regs = tuple(data[off : off + n])
             if len(regs) != n:

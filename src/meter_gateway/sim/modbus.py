@@ -73,7 +73,9 @@ class SimModbusMeter:
         value = self.model.values.get(name, 0)
         dtype = prof.type_of(name)
         pdef = self.catalogue.get(name)
-        if p.bit is not None or (pdef.bacnet_type in ("binary-input", "multi-state-value") and pdef.kind is not PointKind.CONFIG):
+        if p.bit is not None or (
+            pdef.bacnet_type in ("binary-input", "multi-state-value") and pdef.kind is not PointKind.CONFIG
+        ):
             raw = int(value) ^ int(p.invert)
             if p.map:
                 inv = {v: k for k, v in p.map.items()}
@@ -132,7 +134,7 @@ class SimModbusMeter:
         """Carry out a write; False for an address the meter does not accept."""
         self.writes.append(WriteRecord(time.time(), fn, address, list(values)))
         prof = self.profile
-        for cmd_name, cmd in list(prof.commands.items()) + [("energy_reset", prof.energy_reset)]:
+        for cmd_name, cmd in [*list(prof.commands.items()), ("energy_reset", prof.energy_reset)]:
             if cmd is None or cmd.address != address or cmd.function != fn:
                 continue
             if cmd_name == "Reset_Demand_Peak":
@@ -222,8 +224,14 @@ def request_length(buf: bytes) -> int | None:
 class RtuSimBus:
     """Simulated meters sharing one RS485 line, served on the master side of a pty (or any fd)."""
 
-    def __init__(self, meters: list[SimModbusMeter], baudrate: int = 9600, paced: bool = False,
-                 turnaround: float = 0.005, bits_per_char: int = 10) -> None:
+    def __init__(
+        self,
+        meters: list[SimModbusMeter],
+        baudrate: int = 9600,
+        paced: bool = False,
+        turnaround: float = 0.005,
+        bits_per_char: int = 10,
+    ) -> None:
         self.meters = {m.unit: m for m in meters}
         self.baudrate = baudrate
         self.paced = paced
@@ -393,11 +401,20 @@ class TcpSimServer:
             self._server = None
 
 
-def make_meter(unit: int, profile: ModbusProfile, seed: int = 0, clock: Callable[[], float] = time.time,
-               base_kw: float | None = None) -> SimModbusMeter:
+def make_meter(
+    unit: int,
+    profile: ModbusProfile,
+    seed: int = 0,
+    clock: Callable[[], float] = time.time,
+    base_kw: float | None = None,
+) -> SimModbusMeter:
     """A simulated meter with a plausible load scaled to the profile's phases."""
-    model = LoadModel(seed=seed, base_kw=base_kw if base_kw is not None else 4.0 + (seed % 7) * 2.5,
-                      phases=profile.phases, clock=clock)
+    model = LoadModel(
+        seed=seed,
+        base_kw=base_kw if base_kw is not None else 4.0 + (seed % 7) * 2.5,
+        phases=profile.phases,
+        clock=clock,
+    )
     model.values["Modbus_Address"] = float(unit)
     return SimModbusMeter(unit=unit, profile=profile, model=model)
 

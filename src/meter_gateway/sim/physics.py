@@ -30,16 +30,35 @@ class LoadModel:
         v.setdefault("Active_Energy_Export", round(r.random() * 100, 2))
         v.setdefault("Reactive_Energy_Import", round(200 + r.random() * 5000, 2))
         v.setdefault("Reactive_Energy_Export", round(r.random() * 50, 2))
-        v.update({
-            "Demand_Peak_Current": 0.0, "Demand_Peak_Timestamp": 0,
-            "Phase_Loss_L1": False, "Phase_Loss_L2": False, "Phase_Loss_L3": False,
-            "Overload_Alarm": False, "Energy_Direction": 0, "Tamper_Alarm": False, "MID_Certification_Valid": True,
-            "Pulse_Output_Active": False, "Meter_Error": False, "Voltage_Unbalance_Alarm": False,
-            "Current_Unbalance_Alarm": False, "Reverse_Phase_Sequence": False,
-            "CT_Primary_Rating": 100.0, "CT_Secondary_Rating": 5.0, "Demand_Interval": 15.0, "Pulse_Constant": 1000.0,
-            "Modbus_Address": 1.0, "Modbus_Baudrate": 9600, "Display_Backlight_Timeout": 60.0,
-            "Overload_Threshold": 100.0, "Voltage_Unbalance_Threshold": 3.0, "Clock": 0,
-        } | {k: v[k] for k in v})
+        v.update(
+            {
+                "Demand_Peak_Current": 0.0,
+                "Demand_Peak_Timestamp": 0,
+                "Phase_Loss_L1": False,
+                "Phase_Loss_L2": False,
+                "Phase_Loss_L3": False,
+                "Overload_Alarm": False,
+                "Energy_Direction": 0,
+                "Tamper_Alarm": False,
+                "MID_Certification_Valid": True,
+                "Pulse_Output_Active": False,
+                "Meter_Error": False,
+                "Voltage_Unbalance_Alarm": False,
+                "Current_Unbalance_Alarm": False,
+                "Reverse_Phase_Sequence": False,
+                "CT_Primary_Rating": 100.0,
+                "CT_Secondary_Rating": 5.0,
+                "Demand_Interval": 15.0,
+                "Pulse_Constant": 1000.0,
+                "Modbus_Address": 1.0,
+                "Modbus_Baudrate": 9600,
+                "Display_Backlight_Timeout": 60.0,
+                "Overload_Threshold": 100.0,
+                "Voltage_Unbalance_Threshold": 3.0,
+                "Clock": 0,
+            }
+            | {k: v[k] for k in v}
+        )
         self._power = self.base_kw
         self._instant(self.clock())
 
@@ -80,7 +99,9 @@ class LoadModel:
             v[f"Power_Factor_{ph}"] = round(pf + r.gauss(0, 0.003), 4)
         if self.phases == 3:
             for a, b in (("L1", "L2"), ("L2", "L3"), ("L3", "L1")):
-                v[f"Voltage_{a}_{b}"] = round(math.sqrt(3) * (float(v[f"Voltage_{a}_N"]) + float(v[f"Voltage_{b}_N"])) / 2, 2)
+                v[f"Voltage_{a}_{b}"] = round(
+                    math.sqrt(3) * (float(v[f"Voltage_{a}_N"]) + float(v[f"Voltage_{b}_N"])) / 2, 2
+                )
             v["Current_Neutral"] = round(abs(r.gauss(0, 0.5)), 3)
         v["Active_Power_Total"] = round(total, 4)
         v["Reactive_Power_Total"] = round(total * math.tan(math.acos(pf)), 4)
