@@ -1,0 +1,93 @@
+"""A real gateway process: SIGHUP reloads (good and broken configs), SIGTERM stops cleanly in bounded time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASE = """
+gateway: {{name: life, log_level: info}}
+buses:
+  - {{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.3}}
+meters:
+{meters}
+upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, prometheus: {{enabled: false}}}}
+"""
+METER = "  - {{id: {id}, bus: rtu, address: {a}, profile: generic, bacnet_instance_base: {b}, modbus_unit: {a}}}"
+
+
+def config(n: int) -> str:
+    """A config with n simulated generic meters."""
+    return BASE.format(meters="\n".join(METER.format(id=f"m{i}", a=i, b=1000 + 100 * i) for i in range(1, n + 1)))
+
+
+class Proc:
+    """The gateway process with its stderr collected in a file."""
+
+    def __init__(self, cfg: Path, log: Path) -> None:
+        self.log = log
+        self.fh = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.p = subprocess.Popen([sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(cfg)],
+                                  stdout=self.fh, stderr=subprocess.STDOUT)
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if text in self.log.read_text():
+                return True
+            if self.p.poll() is not None:
+                break
+            time.sleep(0.1)
+        return text in self.log.read_text()
+
+    def stop(self) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            return self.p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(timeout=5)
+            return -9
+        finally:
+            self.fh.close()
+
+
+def test_sighup_good_and_broken_config_then_sigterm(tmp_path: Path):
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(config(1))
+    proc = Proc(cfg, tmp_path / "log.txt")
+    try:
+        assert proc.wait_for("meter m1: communication established"), proc.log.read_text()
+        # a broken file is refused and the running gateway keeps going
+        cfg.write_text(config(1).replace("profile: generic", "profile: nosuch"))
+        os.kill(proc.p.pid, signal.SIGHUP)
+        assert proc.wait_for("reload refused, keeping the running configuration"), proc.log.read_text()
+        assert "unknown profile 'nosuch'" in proc.log.read_text()
+        assert proc.p.poll() is None
+        # a good file is applied: the new meter is polled
+        cfg.write_text(config(2))
+        os.kill(proc.p.pid, signal.SIGHUP)
+        assert proc.wait_for("configuration reloaded"), proc.log.read_text()
+        assert proc.wait_for("meter m2: communication established"), proc.log.read_text()
+    finally:
+        rc = proc.stop()
+    text = proc.log.read_text()
+    assert rc == 0, text
+    assert "stopped" in text and "Traceback" not in text
+
+
+def test_sigint_stops_too(tmp_path: Path):
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(config(1))
+    proc = Proc(cfg, tmp_path / "log.txt")
+    try:
+        assert proc.wait_for("running (1 meters)")
+        proc.p.send_signal(signal.SIGINT)
+        assert proc.p.wait(timeout=20) == 0
+    finally:
+        proc.stop()
