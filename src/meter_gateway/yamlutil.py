@@ -36,12 +36,12 @@ class LineLoader:
                         None, None, f"duplicate key {key!r} (first on line {seen[key]})", knode.start_mark
                     )
                 seen[key] = line
-                lines[path + (key,)] = line
-                LineLoader._walk(vnode, path + (key,), lines)
+                lines[(*path, key)] = line
+                LineLoader._walk(vnode, (*path, key), lines)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                lines[path + (i,)] = item.start_mark.line + 1
-                LineLoader._walk(item, path + (i,), lines)
+                lines[(*path, i)] = item.start_mark.line + 1
+                LineLoader._walk(item, (*path, i), lines)
 
 
 def _scalar(node: yaml.ScalarNode) -> Any:
