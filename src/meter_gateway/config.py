@@ -159,7 +159,9 @@ class ModbusTcpSection(_Strict):
     enabled: bool = True
     bind: str = "0.0.0.0"
     port: int = Field(502, ge=0, le=65535)
-    word_order: Literal["big", "little"] = Field("big", description="word order of 32-bit values; default never changes")
+    word_order: Literal["big", "little"] = Field(
+        "big", description="word order of 32-bit values; default never changes"
+    )
     write_timeout: float = Field(3.0, gt=0, le=30)
 
 
@@ -231,11 +233,17 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
     ranges: list[tuple[int, int, int]] = []
     for i, m in enumerate(cfg.meters):
         if m.id in ids:
-            errs.append((("meters", i, "id"), f"meter id {m.id!r} is already used by meters[{ids[m.id]}]: ids must be unique"))
+            errs.append(
+                (("meters", i, "id"), f"meter id {m.id!r} is already used by meters[{ids[m.id]}]: ids must be unique")
+            )
         ids.setdefault(m.id, i)
         if m.modbus_unit in units:
-            errs.append((("meters", i, "modbus_unit"),
-                         f"modbus_unit {m.modbus_unit} is already used by meter {cfg.meters[units[m.modbus_unit]].id!r}"))
+            errs.append(
+                (
+                    ("meters", i, "modbus_unit"),
+                    f"modbus_unit {m.modbus_unit} is already used by meter {cfg.meters[units[m.modbus_unit]].id!r}",
+                )
+            )
         units.setdefault(m.modbus_unit, i)
         if m.bus not in seen_bus:
             errs.append((("meters", i, "bus"), f"bus {m.bus!r} is not defined; defined buses: {', '.join(seen_bus)}"))
@@ -244,15 +252,23 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
             errs += [(("meters", i, "address"), e) for e in _address_errors(bus, m.address)]
             key = (m.bus, str(m.address))
             if key in addrs:
-                errs.append((("meters", i, "address"),
-                             f"address {m.address} on bus {m.bus!r} is already used by meter {cfg.meters[addrs[key]].id!r}"))
+                errs.append(
+                    (
+                        ("meters", i, "address"),
+                        f"address {m.address} on bus {m.bus!r} is already used by meter {cfg.meters[addrs[key]].id!r}",
+                    )
+                )
             addrs.setdefault(key, i)
         lo, hi = m.bacnet_instance_base, m.bacnet_instance_base + INSTANCE_BLOCK - 1
         for j, (olo, ohi, _) in enumerate(ranges):
             if lo <= ohi and olo <= hi:
-                errs.append((("meters", i, "bacnet_instance_base"),
-                             f"BACnet instances {lo}-{hi} overlap meter {cfg.meters[j].id!r} ({olo}-{ohi}); "
-                             f"space bases at least {INSTANCE_BLOCK} apart"))
+                errs.append(
+                    (
+                        ("meters", i, "bacnet_instance_base"),
+                        f"BACnet instances {lo}-{hi} overlap meter {cfg.meters[j].id!r} ({olo}-{ohi}); "
+                        f"space bases at least {INSTANCE_BLOCK} apart",
+                    )
+                )
                 break
         ranges.append((lo, hi, i))
         dev = cfg.upstream.bacnet.device_instance
@@ -260,8 +276,12 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
             errs.append((("meters", i, "bacnet_instance_base"), f"range {lo}-{hi} contains the device instance {dev}"))
         if profiles is not None:
             if m.profile not in profiles:
-                errs.append((("meters", i, "profile"),
-                             f"unknown profile {m.profile!r}; available: {', '.join(profiles.names())}"))
+                errs.append(
+                    (
+                        ("meters", i, "profile"),
+                        f"unknown profile {m.profile!r}; available: {', '.join(profiles.names())}",
+                    )
+                )
             else:
                 prof = profiles.get(m.profile)
                 proto = getattr(prof, "protocol", "modbus")
@@ -269,8 +289,12 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
                     btype = cfg.buses[seen_bus[m.bus]].type
                     want = "mbus" if btype == "mbus" else "modbus"
                     if proto != want:
-                        errs.append((("meters", i, "profile"),
-                                     f"profile {m.profile!r} is for {proto} meters but bus {m.bus!r} is {btype}"))
+                        errs.append(
+                            (
+                                ("meters", i, "profile"),
+                                f"profile {m.profile!r} is for {proto} meters but bus {m.bus!r} is {btype}",
+                            )
+                        )
     return errs
 
 
@@ -296,7 +320,9 @@ def parse_config(text: str, source: str = "gateway.yaml", profiles: Any | None =
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        raise ConfigError(f"{source}:{line}: YAML syntax error: {exc.problem or exc}; fix the indentation or quoting") from exc
+        raise ConfigError(
+            f"{source}:{line}: YAML syntax error: {exc.problem or exc}; fix the indentation or quoting"
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}:1: YAML error: {exc}") from exc
     if not isinstance(doc, dict):

@@ -29,7 +29,9 @@ class LineLoader:
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
             for knode, vnode in node.value:
-                key = yaml.safe_load(yaml.serialize(knode)) if not isinstance(knode, yaml.ScalarNode) else _scalar(knode)
+                key = (
+                    yaml.safe_load(yaml.serialize(knode)) if not isinstance(knode, yaml.ScalarNode) else _scalar(knode)
+                )
                 line = knode.start_mark.line + 1
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
