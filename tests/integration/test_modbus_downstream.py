@@ -273,3 +273,21 @@ async def test_accepted_write_goes_to_meter_and_is_read_back(profiles):
         assert gw.simulators["a"].writes[-1].function == 5
     finally:
         await gw.stop()
+
+
+async def test_scan_finds_answering_units_and_guesses_profile(profiles):
+    from meter_gateway.drivers.modbus import scan_modbus
+
+    sims = [make_meter(3, profiles.get("generic"), seed=1), make_meter(9, profiles.get("generic"), seed=2)]
+    server = RtuSimBus(sims)
+    port = await server.start()
+    cfg = _cfg(profiles, "type: modbus_rtu", "generic", port=port, timeout=0.1)
+    driver = ModbusDriver(cfg.buses[0], profiles, port=port)
+    await driver.open()
+    try:
+        found = await scan_modbus(driver, range(1, 12))
+    finally:
+        await driver.close()
+        await server.close()
+    assert [f["unit"] for f in found] == [3, 9]
+    assert all(f["profile"] is not None for f in found)

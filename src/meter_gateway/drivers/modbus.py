@@ -390,3 +390,45 @@ class ModbusDriver(Driver):
             await self._call(unit, 6, cmd.address, int(cmd.value if cmd.value is not None else cmd.values[0]))
         else:
             await self._call(unit, 16, cmd.address, list(cmd.values) if cmd.values is not None else [int(cmd.value)])
+
+
+async def scan_modbus(driver: ModbusDriver, units: Sequence[int]) -> list[dict]:
+    """Probe unit ids on an open driver; for each answering unit, guess the profile from plausible readings."""
+    found = []
+    for unit in units:
+        try:
+            await driver._call(unit, 3, 0, 1)
+        except MeterException:
+            pass  # an exception reply still proves a device answers at this unit id
+        except NoResponse:
+            continue
+        found.append({"unit": unit, "profile": await _identify(driver, unit)})
+    return found
+
+
+async def _identify(driver: ModbusDriver, unit: int) -> str | None:
+    """The first profile whose voltage and frequency registers read plausibly at this unit (generic last)."""
+    names = sorted(
+        (n for n in driver.profiles.names() if isinstance(driver.profiles.get(n), ModbusProfile)),
+        key=lambda n: (n == "generic", n),
+    )
+    probe = MeterConfig(
+        id="probe", bus=driver.bus.id, address=unit, profile="generic", bacnet_instance_base=0, modbus_unit=1
+    )
+    for name in names:
+        prof = driver.profiles.get(name)
+        checks = {"Voltage_L1_N": (150.0, 300.0), "Frequency": (45.0, 65.0)}
+        pts = [p for p in checks if p in prof.points]
+        if "Voltage_L1_N" not in pts:
+            continue
+        meter = probe.model_copy(update={"profile": name, "id": f"probe-{name}"})
+        try:
+            readings = await driver.read(meter, pts)
+        except (NoResponse, MeterException, FrameError):
+            continue
+        if all(
+            r.error is None and isinstance(r.value, float) and checks[r.point][0] <= r.value <= checks[r.point][1]
+            for r in readings
+        ):
+            return name
+    return None
