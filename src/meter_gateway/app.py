@@ -52,6 +52,7 @@ class Gateway:
         self.buses: dict[str, BusRunner] = {}
         self.servers: list[Server] = []
         self.simulators: dict[str, Any] = {}
+        self.sim_buses: dict[str, Any] = {}  # bus id -> simulated line/server (tests, demo)
         self._sim_handles: list[Any] = []
         self._teardown: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task] = []
@@ -151,11 +152,13 @@ class Gateway:
             if isinstance(bus, ModbusRtuBus):
                 rtu = RtuSimBus(sims, baudrate=bus.baudrate)
                 port = await rtu.start()
+                self.sim_buses[bus.id] = rtu
                 self._teardown.append(rtu.close)
                 log.info("bus %s: simulated RTU meters on %s", bus.id, port)
                 return ModbusDriver(bus, self.profiles, port=port)
             tcp = TcpSimServer(sims, host="127.0.0.1", port=bus.port)
             tport = await tcp.start()
+            self.sim_buses[bus.id] = tcp
             self._teardown.append(tcp.close)
             log.info("bus %s: simulated Modbus TCP meters on 127.0.0.1:%d", bus.id, tport)
             return ModbusDriver(bus, self.profiles, host="127.0.0.1", tcp_port=tport)

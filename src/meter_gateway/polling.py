@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from .config import MeterConfig
@@ -28,7 +29,15 @@ class MeterSchedule:
     backoff_until: float = 0.0
     polls: int = 0
     last_poll: float | None = None  # monotonic time of the last successful poll
-    poll_periods: list[float] = field(default_factory=list)  # recent periods of the fastest class
+    last_read: dict[PollClass, float] = field(default_factory=dict)  # monotonic start of the last good read
+    periods: dict[PollClass, deque[float]] = field(default_factory=dict)  # recent read-to-read periods per class
+
+    def period_stats(self, pc: PollClass) -> tuple[float, float] | None:
+        """(mean, max) of the recent periods of a poll class, or None before two good reads."""
+        d = self.periods.get(pc)
+        if not d:
+            return None
+        return sum(d) / len(d), max(d)
 
 
 class BusRunner:
@@ -121,8 +130,8 @@ class BusRunner:
                 continue
             now = time.monotonic()
             due = tuple(pc for pc, d in s.due.items() if d <= now + 0.05)
-            if s.backoff_until > now - 0.001 and s.failures:
-                due = due[:1] or tuple(s.due)[:1]  # probe a silent meter with one small read
+            if s.failures and len(due) > 1:
+                due = due[:1]  # probe a silent meter with one class; the rest follows once it answers
             ok = await self.poll(s, due)
             after = time.monotonic()
             for pc in due:
@@ -169,12 +178,12 @@ class BusRunner:
                 self.table.mark_bad(mid, r.point, r.error)
                 continue
             self.table.update(mid, r.point, r.value, r.raw, read_time=read_time)  # type: ignore[arg-type]
-        fastest = min(s.points_by_class, key=lambda pc: s.meter.interval(pc), default=None)
-        if fastest in classes:
-            if s.last_poll is not None:
-                s.poll_periods.append(t0 - s.last_poll)
-                del s.poll_periods[:-64]
-            s.last_poll = t0
+        for pc in classes:
+            prev = s.last_read.get(pc)
+            if prev is not None:
+                s.periods.setdefault(pc, deque(maxlen=64)).append(t0 - prev)
+            s.last_read[pc] = t0
+        s.last_poll = t0
         s.polls += 1
         self._cycle_done(mid, t0)
         return True

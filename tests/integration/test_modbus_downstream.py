@@ -291,3 +291,28 @@ async def test_scan_finds_answering_units_and_guesses_profile(profiles):
         await server.close()
     assert [f["unit"] for f in found] == [3, 9]
     assert all(f["profile"] is not None for f in found)
+
+
+async def test_silent_meter_is_backed_off_and_others_keep_their_rhythm(profiles):
+    from meter_gateway.app import Gateway
+
+    cfg = parse_config(GATEWAY_YAML.format(intervals=FAST), profiles=profiles)
+    gw = Gateway(cfg, profiles)
+    await gw.start()
+    try:
+        runner = gw.buses["rtu"]
+        assert await _wait(lambda: gw.table.get("b", "Active_Power_Total").quality is Quality.GOOD)
+        gw.simulators["b"].online = False
+        assert await _wait(lambda: gw.table.get("b", "Communication_Status").value is False)
+        a, b = runner.schedules["a"], runner.schedules["b"]
+        line = gw.sim_buses["rtu"]
+        polls_a, frames_b = a.polls, line.frames_by_unit[2]
+        await asyncio.sleep(3.0)
+        healthy_polls = a.polls - polls_a
+        probes_b = line.frames_by_unit[2] - frames_b
+        assert healthy_polls >= 3  # interval 0.5 s: about 6 in 3 s, whatever the silent meter does
+        # b is probed with growing back-off (one small read at a time), not at a's rhythm
+        assert b.failures >= 2 and b.backoff_until > 0
+        assert probes_b < healthy_polls
+    finally:
+        await gw.stop()

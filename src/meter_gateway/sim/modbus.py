@@ -9,6 +9,7 @@ import os
 import struct
 import time
 import tty
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -244,6 +245,7 @@ class RtuSimBus:
         self._queue: asyncio.Queue[bytes] | None = None
         self._task: asyncio.Task | None = None
         self.frames_in = 0
+        self.frames_by_unit: Counter[int] = Counter()  # valid requests seen per unit id, answered or not
 
     def open_pty(self) -> str:
         """Create the pty pair; returns the slave path the gateway opens as its serial port."""
@@ -305,6 +307,7 @@ class RtuSimBus:
         self.frames_in += 1
         if crc16(frame[:-2]) != int.from_bytes(frame[-2:], "little"):
             return  # a real slave ignores a corrupted request
+        self.frames_by_unit[frame[0]] += 1
         meter = self.meters.get(frame[0])
         if meter is None or not meter.online or meter.fault == "no_reply":
             return
