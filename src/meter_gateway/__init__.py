@@ -1,3 +1,3 @@
-"""meter-gateway: a gateway for electrical submeters (Modbus RTU/TCP, M-Bus in; BACnet/IP, Modbus TCP, Prometheus out)."""
+"""meter-gateway: submeters in (Modbus RTU/TCP, M-Bus), BACnet/IP, Modbus TCP and Prometheus out."""
 
 __version__ = "0.1.0"
