@@ -115,8 +115,14 @@ class BusRunner:
 
     async def _run(self) -> None:
         n = max(1, len(self.schedules))
-        first = {mid: True for mid in self.schedules}
-        order = {mid: i for i, mid in enumerate(self.schedules)}
+        t_start = time.monotonic()
+        # meter i of n starts the rhythm of all its classes at i/n of its fastest interval: the classes of one meter
+        # stay aligned (10 s, 30 s and 60 s polls coincide and merge into the same reads) and meters spread evenly
+        offsets = {
+            mid: i / n * min((s.meter.interval(pc) for pc in s.points_by_class), default=10.0)
+            for i, (mid, s) in enumerate(self.schedules.items())
+        }
+        first = set(self.schedules)
         while True:
             t, s = self._next()
             if s is None:
@@ -134,15 +140,14 @@ class BusRunner:
                 due = due[:1]  # probe a silent meter with one class; the rest follows once it answers
             ok = await self.poll(s, due)
             after = time.monotonic()
+            mid = s.meter.id
             for pc in due:
                 interval = s.meter.interval(pc)
-                if first[s.meter.id]:
-                    # stagger: meter i of n starts its rhythm i/n of an interval later, so the bus load is even
-                    s.due[pc] = now + interval * (1 + order[s.meter.id] / n)
-                else:
-                    nxt = s.due[pc] + interval
-                    s.due[pc] = nxt if nxt > after else after + interval * 0.5 * (1 + order[s.meter.id] / n)
-            first[s.meter.id] = False
+                nxt = t_start + offsets[mid] + interval if mid in first else s.due[pc] + interval
+                while nxt <= after:
+                    nxt += interval  # a late poll skips the slots it missed and keeps the rhythm
+                s.due[pc] = nxt
+            first.discard(mid)
             if not ok:
                 k = min(s.failures, 10)
                 base = min(s.meter.interval(pc) for pc in s.due) if s.due else 10.0
