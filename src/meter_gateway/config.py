@@ -98,7 +98,12 @@ class MeterConfig(_Strict):
     serial_number: str = ""
     poll_intervals: dict[PollClass, float] = Field({}, description="override the default interval per poll class")
     bacnet_instance_base: int = Field(ge=0, le=4194200)
-    modbus_unit: int = Field(ge=1, le=247, description="unit id of this meter on the upstream Modbus TCP server")
+    modbus_unit: int | None = Field(
+        None,
+        ge=1,
+        le=247,
+        description="unit id of this meter on the upstream Modbus TCP server (omit: not served there)",
+    )
     allow_config_writes: bool = False
     allow_energy_reset: bool = False
     max_power_kw: float | None = Field(None, gt=0, description="overrides the profile's maximum (energy sanity)")
@@ -237,14 +242,15 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
                 (("meters", i, "id"), f"meter id {m.id!r} is already used by meters[{ids[m.id]}]: ids must be unique")
             )
         ids.setdefault(m.id, i)
-        if m.modbus_unit in units:
+        if m.modbus_unit is not None and m.modbus_unit in units:
             errs.append(
                 (
                     ("meters", i, "modbus_unit"),
                     f"modbus_unit {m.modbus_unit} is already used by meter {cfg.meters[units[m.modbus_unit]].id!r}",
                 )
             )
-        units.setdefault(m.modbus_unit, i)
+        if m.modbus_unit is not None:
+            units.setdefault(m.modbus_unit, i)
         if m.bus not in seen_bus:
             errs.append((("meters", i, "bus"), f"bus {m.bus!r} is not defined; defined buses: {', '.join(seen_bus)}"))
         else:
