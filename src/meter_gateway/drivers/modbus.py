@@ -12,7 +12,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 
 from ..config import MeterConfig, ModbusRtuBus, ModbusTcpBus
-from ..core.catalogue import PointKind, load_catalogue
+from ..core.catalogue import Catalogue, PointKind, load_catalogue
 from ..core.codec import CodecError, DataType, WordOrder, decode, encode, from_engineering, to_engineering
 from ..core.planner import ReadBlock, plan_reads
 from ..profiles import ModbusProfile, ProfileRegistry
@@ -50,6 +50,48 @@ def expected_reply_length(data: bytes) -> int | None:
     if fn in (5, 6, 15, 16):
         return 8
     return None
+
+
+def decode_point(catalogue: Catalogue, prof: ModbusProfile, name: str, data: list, off: int) -> PointReading:
+    """Decode one point from the registers (or bits) of a read block starting at `off`."""
+    p = prof.points[name]
+    pdef = catalogue.get(name)
+    try:
+        if prof.function_of(name) in (1, 2):
+            if off >= len(data):
+                raise CodecError("short reply")
+            raw_bit = bool(data[off])
+            return PointReading(name, _state(pdef.bacnet_type, int(raw_bit ^ p.invert), p.map), (int(raw_bit),))
+        n = prof.count_of(name)
+        regs = tuple(data[off : off + n])
+        if len(regs) != n:
+            raise CodecError("short reply")
+        dtype = prof.type_of(name)
+        raw = decode(list(regs), dtype, prof.word_order_of(name))
+        if p.na is not None and raw in p.na:
+            return PointReading(name, None, regs, "meter reports the value as not available")
+        if p.bit is not None:
+            bit = (int(raw) >> p.bit) & 1
+            return PointReading(name, _state(pdef.bacnet_type, bit ^ int(p.invert), p.map), regs)
+        if pdef.bacnet_type == "multi-state-value" and pdef.kind is not PointKind.CONFIG:
+            return PointReading(name, _state(pdef.bacnet_type, int(raw), p.map), regs)
+        if dtype is DataType.FLOAT32:
+            raw = float(f"{raw:.7g}")  # float32 carries ~7 significant digits; drop binary noise
+        value = to_engineering(raw, prof.scale_of(name), p.offset)
+        if pdef.name == "Demand_Peak_Timestamp" or pdef.allowed_values:
+            value = round(value)
+        elif pdef.resolution:
+            value = round(value, 6)
+        return PointReading(name, value, regs)
+    except CodecError as exc:
+        return PointReading(name, None, None, f"cannot decode: {exc}")
+
+
+def _state(bacnet_type: str, raw: int, mapping: dict[int, int] | None) -> bool | int:
+    v = mapping.get(raw, raw) if mapping else raw
+    if bacnet_type in ("binary-input", "binary-output"):
+        return bool(v)
+    return int(v)
 
 
 class ModbusDriver(Driver):
@@ -295,52 +337,10 @@ class ModbusDriver(Driver):
             answered += 1
             data = rsp.bits if block.is_bits else rsp.registers
             for name, off in block.points:
-                out.append(self._decode_point(prof, name, data, off))
+                out.append(decode_point(self.catalogue, prof, name, data, off))
         if answered == 0 and last is not None:
             raise last
         return out
-
-    def _decode_point(self, prof: ModbusProfile, name: str, data: list, off: int) -> PointReading:
-        p = prof.points[name]
-        pdef = self.catalogue.get(name)
-        try:
-            if prof.function_of(name) in (1, 2):
-                if off >= len(data):
-                    raise CodecError("short reply")
-                raw_bit = bool(data[off])
-                return PointReading(
-                    name, self._state(pdef.bacnet_type, int(raw_bit ^ p.invert), p.map), (int(raw_bit),)
-                )
-            n = prof.count_of(name)
-            regs = tuple(data[off : off + n])
-            if len(regs) != n:
-                raise CodecError("short reply")
-            dtype = prof.type_of(name)
-            raw = decode(list(regs), dtype, prof.word_order_of(name))
-            if p.na is not None and raw in p.na:
-                return PointReading(name, None, regs, "meter reports the value as not available")
-            if p.bit is not None:
-                bit = (int(raw) >> p.bit) & 1
-                return PointReading(name, self._state(pdef.bacnet_type, bit ^ int(p.invert), p.map), regs)
-            if pdef.bacnet_type == "multi-state-value" and pdef.kind is not PointKind.CONFIG:
-                return PointReading(name, self._state(pdef.bacnet_type, int(raw), p.map), regs)
-            if dtype is DataType.FLOAT32:
-                raw = float(f"{raw:.7g}")  # float32 carries ~7 significant digits; drop binary noise
-            value = to_engineering(raw, prof.scale_of(name), p.offset)
-            if pdef.name == "Demand_Peak_Timestamp" or pdef.allowed_values:
-                value = round(value)
-            elif pdef.resolution:
-                value = round(value, 6)
-            return PointReading(name, value, regs)
-        except CodecError as exc:
-            return PointReading(name, None, None, f"cannot decode: {exc}")
-
-    @staticmethod
-    def _state(bacnet_type: str, raw: int, mapping: dict[int, int] | None) -> bool | int:
-        v = mapping.get(raw, raw) if mapping else raw
-        if bacnet_type in ("binary-input", "binary-output"):
-            return bool(v)
-        return int(v)
 
     # -- writes -------------------------------------------------------------------------------------
     async def write(self, meter: MeterConfig, point: str, value: float | int | bool) -> None:
