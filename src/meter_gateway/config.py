@@ -109,14 +109,16 @@ class MeterConfig(_Strict):
     max_power_kw: float | None = Field(None, gt=0, description="overrides the profile's maximum (energy sanity)")
     enabled: bool = True
 
-    @field_validator("poll_intervals")
+    @field_validator("poll_intervals", mode="before")
     @classmethod
-    def _intervals(cls, v: dict[PollClass, float]) -> dict[PollClass, float]:
+    def _intervals(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
         for k, sec in v.items():
-            if k not in DEFAULT_INTERVALS:
-                raise ValueError(f"{k} is not a polled class; use one of {', '.join(DEFAULT_INTERVALS)}")
-            if not 0.5 <= sec <= 86400:
-                raise ValueError(f"interval for {k} must be between 0.5 and 86400 s, got {sec}")
+            if k not in {str(pc) for pc in DEFAULT_INTERVALS}:
+                raise ValueError(f"@{k}: {k!r} is not a poll class; use one of {', '.join(DEFAULT_INTERVALS)}")
+            if isinstance(sec, bool) or not isinstance(sec, (int, float)) or not 0.5 <= sec <= 86400:
+                raise ValueError(f"@{k}: interval for {k} must be a number of seconds between 0.5 and 86400, got {sec}")
         return v
 
     def interval(self, pc: PollClass) -> float:
@@ -129,11 +131,11 @@ class MeterConfig(_Strict):
 
 
 def _check_net(v: list[str]) -> list[str]:
-    for item in v:
+    for i, item in enumerate(v):
         try:
             ipaddress.ip_network(item, strict=False)
         except ValueError as exc:
-            raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.0/24)") from exc
+            raise ValueError(f"@{i}: {item!r} is not an IP address or network (e.g. 10.0.0.0/24)") from exc
     return v
 
 
@@ -326,9 +328,9 @@ def parse_config(text: str, source: str = "gateway.yaml", profiles: Any | None =
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        raise ConfigError(
-            f"{source}:{line}: YAML syntax error: {exc.problem or exc}; fix the indentation or quoting"
-        ) from exc
+        problem = str(exc.problem or exc)
+        hint = "remove or rename one of them" if "duplicate key" in problem else "fix the indentation or quoting"
+        raise ConfigError(f"{source}:{line}: YAML syntax error: {problem}; {hint}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}:1: YAML error: {exc}") from exc
     if not isinstance(doc, dict):

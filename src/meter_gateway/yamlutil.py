@@ -61,15 +61,24 @@ def line_of(lines: dict[Path_, int], loc: Path_) -> int:
 
 
 def format_validation_error(exc: ValidationError, source: str, lines: dict[Path_, int]) -> str:
-    """Render a pydantic error as 'file:line: path: message' lines."""
+    """Render a pydantic error as 'file:line: path: message' lines.
+
+    A validator may start its message with '@dotted.key.path: ' to point at the key it is about.
+    """
     out = []
     for err in exc.errors():
         loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-after")))
         # pydantic adds union/tag names to loc; keep only keys present in the document where possible
         clean = tuple(x for x in loc if x in _keys_of(lines) or isinstance(x, int))
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if msg.startswith("@"):
+            # a model validator names the key it is about: "@points.Energy_Total: message"
+            path, _, msg = msg[1:].partition(": ")
+            clean = clean + tuple(int(x) if x.isdigit() else x for x in path.split("."))
         line = line_of(lines, clean)
         where = ".".join(str(x) for x in clean) or "(top level)"
-        msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {loc[-1]!r}: remove it or check its spelling"
         elif err["type"] == "missing":

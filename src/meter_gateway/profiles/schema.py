@@ -98,22 +98,22 @@ class ModbusProfile(_Strict):
         cat = load_catalogue()
         for name, p in self.points.items():
             if name not in cat:
-                raise ValueError(f"points: {name!r} is not a catalogue point")
+                raise ValueError(f"@points.{name}: {name!r} is not a catalogue point (see `meter-gateway points`)")
             pdef = cat.get(name)
             if pdef.kind is PointKind.COMMAND or name == "Communication_Status":
-                raise ValueError(f"points: {name!r} cannot be read from a meter")
+                raise ValueError(f"@points.{name}: {name!r} cannot be read from a meter")
             if p.write is not None and pdef.kind is not PointKind.CONFIG:
-                raise ValueError(f"points.{name}.write: only configuration points are writable")
+                raise ValueError(f"@points.{name}.write: only configuration points are writable")
             fn = self.function_of(name)
             if fn in (1, 2) and (p.bit is not None or p.type is not None):
-                raise ValueError(f"points.{name}: coils and discrete inputs take neither type nor bit")
+                raise ValueError(f"@points.{name}: coils and discrete inputs take neither type nor bit")
         for name in self.commands:
             if name not in cat or cat.get(name).kind is not PointKind.COMMAND:
-                raise ValueError(f"commands: {name!r} is not a catalogue command")
+                raise ValueError(f"@commands.{name}: {name!r} is not a catalogue command")
         if self.phases == 1:
             three = [n for n in self.points if any(t in n for t in ("L2", "L3"))]
             if three:
-                raise ValueError(f"single-phase profile declares phase L2/L3 points {three}")
+                raise ValueError(f"@points.{three[0]}: single-phase profile declares phase L2/L3 points {three}")
         return self
 
     # -- resolved accessors ----------------------------------------------------------------------
