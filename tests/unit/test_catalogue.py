@@ -1,0 +1,79 @@
+"""The point catalogue: 53 points, fixed indexes, valid BACnet types and units, consistent upstream map."""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+
+import pytest
+import yaml
+
+from meter_gateway.core.catalogue import CatalogueError, PointKind, load_catalogue, parse_catalogue
+
+RAW = yaml.safe_load(resources.files("meter_gateway").joinpath("data/catalogue.yaml").read_text())
+
+
+def test_53_points_by_kind():
+    cat = load_catalogue()
+    assert len(cat) == 53
+    assert [len(cat.of_kind(k)) for k in PointKind] == [29, 2, 13, 9]
+
+
+def test_indexes_are_fixed_forever():
+    cat = load_catalogue()
+    # these numbers are a contract: BACnet instances and documentation derive from them
+    assert cat.get("Active_Energy_Import").index == 1
+    assert cat.get("THD_Current_L1").index == 29
+    assert cat.get("Reset_Demand_Peak").index == 30
+    assert cat.get("Communication_Status").index == 32
+    assert cat.get("Voltage_Unbalance_Threshold").index == 53
+    assert [p.index for p in cat] == list(range(1, 54))
+
+
+def test_upstream_map_follows_the_spec_references():
+    cat = load_catalogue()
+    e = cat.get("Active_Energy_Import")
+    assert (e.modbus.table, e.modbus.address, e.modbus.type, e.resolution) == ("input", 0, "uint32", 0.01)
+    p = cat.get("Active_Power_Total")
+    assert (p.modbus.table, p.modbus.address, p.modbus.type) == ("holding", 0, "float32")
+    assert cat.get("Reset_Demand_Peak").modbus.address == 0 and cat.get("Sync_Clock").modbus.address == 2
+    assert cat.get("Communication_Status").modbus.table == "discrete_input"
+    assert cat.get("CT_Primary_Rating").modbus.address == 1000
+    assert cat.get("Demand_Peak_Timestamp").modbus.type == "uint32"
+
+
+def test_types_units_states():
+    cat = load_catalogue()
+    assert {p.bacnet_type for p in cat} == {
+        "accumulator",
+        "analog-input",
+        "binary-input",
+        "multi-state-value",
+        "binary-output",
+        "analog-value",
+    }
+    assert cat.get("Energy_Direction").states == ("import", "export")
+    assert cat.get("Modbus_Baudrate").allowed_values == (9600, 19200, 38400)
+    assert cat.get("Modbus_Address").config_class == "comm"
+    assert cat.get("CT_Primary_Rating").config_class == "metrology"
+    assert cat.get("Demand_Interval").config_class == "other"
+    assert cat.get("Demand_Interval").in_range(15) and not cat.get("Demand_Interval").in_range(61)
+
+
+@pytest.mark.parametrize(
+    "corrupt,message",
+    [
+        (lambda d: d["points"][1].update(name="Active_Energy_Import"), "duplicate point name"),
+        (lambda d: d["points"][1].update(index=1), "index 1 duplicated"),
+        (lambda d: d["points"][0].update(bacnet_type="analog-output"), "unknown BACnet object type"),
+        (lambda d: d["points"][0].update(bacnet_unit="furlongs"), "unknown BACnet unit"),
+        (lambda d: d["points"][1]["modbus"].update(address=1), "already used by Active_Energy_Import"),
+        (lambda d: d["points"][31].update(states=["ok"]), "exactly two state texts"),
+        (lambda d: d["points"][44].pop("config_class"), "config_class"),
+    ],
+)
+def test_corrupted_catalogue_is_refused(corrupt, message):
+    doc = copy.deepcopy(RAW)
+    corrupt(doc)
+    with pytest.raises(CatalogueError, match=message):
+        parse_catalogue(doc)
