@@ -23,7 +23,7 @@ from .servers.base import Server, ServerStartError
 log = logging.getLogger(__name__)
 
 SERVER_FACTORIES = {
-    "modbus_tcp": "meter_gateway.servers.modbus_tcp:ModbusTcpServer",
+    "modbus_tcp": "meter_gateway.servers.modbus_tcp:ModbusTcpGatewayServer",
     "bacnet": "meter_gateway.servers.bacnet:BacnetServer",
     "prometheus": "meter_gateway.servers.prometheus:PrometheusServer",
 }
@@ -123,6 +123,10 @@ class Gateway:
 
     async def _start_servers(self) -> None:
         up = self.config.upstream
+        if any(getattr(up, key).enabled for key in SERVER_FACTORIES):
+            from .writes import WriteService
+
+            self.write_service = WriteService(self)
         for key, ref in SERVER_FACTORIES.items():
             section = getattr(up, key)
             if not section.enabled:
@@ -191,15 +195,15 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
-        if self.write_service is not None and hasattr(self.write_service, "close"):
-            with contextlib.suppress(Exception):
-                await self.write_service.close()
         while self._teardown:
             step = self._teardown.pop()
             try:
                 await asyncio.wait_for(step(), timeout=5.0)
             except Exception:
                 log.exception("error while stopping %r", step)
+        if self.write_service is not None:
+            await self.write_service.close()
+            self.write_service = None
         self.servers.clear()
         self.buses.clear()
         self.started = False
