@@ -77,3 +77,9 @@ def test_corrupted_catalogue_is_refused(corrupt, message):
     corrupt(doc)
     with pytest.raises(CatalogueError, match=message):
         parse_catalogue(doc)
+
+
+def test_pulse_constant_is_a_range_not_two_allowed_values():
+    # regression: the spec's "1-10000 Wh/imp" was once read as the two values {1, 10000}
+    p = load_catalogue().get("Pulse_Constant")
+    assert p.allowed_values is None and p.in_range(500) and not p.in_range(0) and not p.in_range(10001)

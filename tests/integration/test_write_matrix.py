@@ -1,0 +1,180 @@
+"""The full write matrix over Modbus TCP: every writable and read-only target x MID / non-MID x writes on/off x
+allowed / denied source. Expectations are written from DESIGN.md section 6, independently of the policy code."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+
+import pytest
+from pymodbus.client import AsyncModbusTcpClient
+
+from helpers import FAST, wait_for
+from meter_gateway.core.catalogue import PointKind, load_catalogue
+from meter_gateway.core.quality import Quality
+
+CAT = load_catalogue()
+DT = AsyncModbusTcpClient.DATATYPE
+
+# meters: a MID meter that may write "other" configuration, a non-MID meter that may write configuration,
+# and a non-MID meter that may not
+METERS = {
+    "mid": {"unit": 1, "mid": True, "cfg": True},
+    "free": {"unit": 2, "mid": False, "cfg": True},
+    "locked": {"unit": 3, "mid": False, "cfg": False},
+}
+IN_RANGE = {
+    "CT_Primary_Rating": 200,
+    "CT_Secondary_Rating": 1,
+    "Demand_Interval": 30,
+    "Pulse_Constant": 500,
+    "Modbus_Address": 9,
+    "Modbus_Baudrate": 19200,
+    "Display_Backlight_Timeout": 120,
+    "Overload_Threshold": 110,
+    "Voltage_Unbalance_Threshold": 5,
+}
+OUT_OF_RANGE = {
+    "CT_Primary_Rating": 9000,
+    "CT_Secondary_Rating": 7,
+    "Demand_Interval": 90,
+    "Pulse_Constant": 0,
+    "Modbus_Address": 250,
+    "Modbus_Baudrate": 4800,
+    "Display_Backlight_Timeout": 999,
+    "Overload_Threshold": 50,
+    "Voltage_Unbalance_Threshold": 20,
+}
+METROLOGY = {"CT_Primary_Rating", "CT_Secondary_Rating", "Pulse_Constant"}
+COMM = {"Modbus_Address", "Modbus_Baudrate"}
+
+
+def expected(meter: str, point: str, enabled: bool, allowed: bool, in_range: bool) -> str:
+    """The answer DESIGN.md section 6 demands, as 'accepted' or the Modbus exception code."""
+    m = METERS[meter]
+    p = CAT.get(point)
+    if not enabled or not allowed:
+        return "0x02"
+    if p.kind is PointKind.COMMAND:
+        return "accepted"  # the generic profile declares both commands
+    if p.kind is not PointKind.CONFIG:
+        return "0x02"
+    if point in COMM:
+        return "0x02"
+    if point in METROLOGY and m["mid"]:
+        return "0x02"
+    if not m["cfg"]:
+        return "0x02"
+    return "accepted" if in_range else "0x03"
+
+
+def config_yaml(enabled: bool, allowed: bool, audit: str) -> str:
+    meters = "\n".join(
+        f"  - {{id: {mid}, bus: rtu, address: {m['unit']}, profile: generic, mid: {str(m['mid']).lower()},"
+        f" allow_config_writes: {str(m['cfg']).lower()}, bacnet_instance_base: {1000 + 100 * m['unit']},"
+        f" modbus_unit: {m['unit']}, poll_intervals: {FAST}}}"
+        for mid, m in METERS.items()
+    )
+    allow = "[127.0.0.0/8]" if allowed else "[192.0.2.0/24]"
+    return f"""
+gateway: {{name: matrix}}
+buses:
+  - {{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.3}}
+meters:
+{meters}
+upstream:
+  bacnet: {{enabled: false}}
+  prometheus: {{enabled: false}}
+  modbus_tcp: {{enabled: true, bind: 127.0.0.1, port: 0}}
+writes: {{enabled: {str(enabled).lower()}, allow_modbus: {allow}, audit_log: {audit}}}
+"""
+
+
+def targets() -> list[tuple[str, object]]:
+    """(point, value) pairs: both commands, every config point in and out of range, every holding measurement."""
+    out: list[tuple[str, object]] = [("Reset_Demand_Peak", 1), ("Sync_Clock", 1)]
+    for name in IN_RANGE:
+        out += [(name, IN_RANGE[name]), (name, OUT_OF_RANGE[name])]
+    out += [(p.name, 1.0) for p in CAT if p.kind is PointKind.MEASUREMENT and p.modbus.table == "holding"]
+    return out
+
+
+async def _write(c, unit: int, point: str, value) -> str:
+    p = CAT.get(point)
+    if p.modbus.table == "coil":
+        r = await c.write_coil(p.modbus.address, bool(value), device_id=unit)
+    else:
+        if p.modbus.type == "uint32":
+            regs = c.convert_to_registers(int(value), DT.UINT32)
+        else:
+            regs = c.convert_to_registers(float(value), DT.FLOAT32)
+        r = await c.write_registers(p.modbus.address, regs, device_id=unit)
+    return f"0x{r.exception_code:02x}" if r.isError() else "accepted"
+
+
+@pytest.mark.parametrize("enabled,allowed", list(itertools.product([True, False], [True, False])))
+async def test_write_matrix(gateways, tmp_path, enabled, allowed):
+    audit = tmp_path / "audit.jsonl"
+    gw = await gateways(config_yaml(enabled, allowed, str(audit)))
+    assert await wait_for(lambda: all(gw.table.get(m, "Demand_Interval").quality is Quality.GOOD for m in METERS), 15)
+    host, port = gw.servers[0].address()
+    c = AsyncModbusTcpClient(host, port=port, timeout=5, retries=0)
+    assert await c.connect()
+    cases = []
+    try:
+        for meter, (point, value) in itertools.product(METERS, targets()):
+            sim = gw.simulators[meter]
+            before = len(sim.writes)
+            got = await _write(c, METERS[meter]["unit"], point, value)
+            want = expected(meter, point, enabled, allowed, value == IN_RANGE.get(point, value))
+            assert got == want, (meter, point, value, enabled, allowed, got, want)
+            reached = len(sim.writes) - before
+            assert reached == (1 if want == "accepted" else 0), (meter, point, "writes reaching the meter", reached)
+            cases.append((meter, point, value, want))
+    finally:
+        c.close()
+    # every attempt is in the audit log with its decision, in order
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert len(records) == len(cases)
+    for rec, (meter, point, _value, want) in zip(records, cases, strict=True):
+        assert (rec["meter"], rec["point"], rec["protocol"], rec["source"]) == (meter, point, "modbus", "127.0.0.1")
+        decision = {"accepted": "accepted", "0x02": "denied", "0x03": "out-of-range"}[want]
+        assert rec["decision"] == decision and rec["reason"], rec
+        if decision == "accepted":
+            assert rec["meter_reply"].startswith("ok")
+    # accepted configuration writes were read back into the table
+    if enabled and allowed:
+        assert gw.table.get("free", "CT_Primary_Rating").value == 200
+        assert gw.table.get("mid", "Demand_Interval").value == 30
+        assert gw.table.get("mid", "CT_Primary_Rating").value == 100  # MID metrology untouched
+
+
+async def test_meter_that_fails_an_accepted_write_answers_0x04(gateways, tmp_path):
+    gw = await gateways(config_yaml(True, True, str(tmp_path / "audit.jsonl")))
+    assert await wait_for(lambda: gw.table.get("free", "Demand_Interval").quality is Quality.GOOD, 15)
+    gw.simulators["free"].fault = "exception"
+    host, port = gw.servers[0].address()
+    c = AsyncModbusTcpClient(host, port=port, timeout=10, retries=0)
+    assert await c.connect()
+    try:
+        assert await _write(c, 2, "Demand_Interval", 20) == "0x04"
+    finally:
+        c.close()
+    rec = json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[-1])
+    assert rec["decision"] == "failed" and "exception" in rec["meter_reply"]
+
+
+async def test_write_to_silent_meter_times_out_with_0x04(gateways, tmp_path):
+    gw = await gateways(config_yaml(True, True, str(tmp_path / "audit.jsonl")))
+    assert await wait_for(lambda: gw.table.get("free", "Demand_Interval").quality is Quality.GOOD, 15)
+    gw.simulators["free"].online = False
+    host, port = gw.servers[0].address()
+    c = AsyncModbusTcpClient(host, port=port, timeout=10, retries=0)
+    assert await c.connect()
+    try:
+        assert await _write(c, 2, "Demand_Interval", 20) == "0x04"
+    finally:
+        c.close()
+    await asyncio.sleep(0)
+    assert gw.simulators["free"].writes == []
