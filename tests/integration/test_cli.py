@@ -79,3 +79,36 @@ def test_points_lists_the_53_points(fmt):
     else:
         assert len(res.stdout.strip().splitlines()) == 54
         assert "Voltage_Unbalance_Threshold" in res.stdout
+
+
+def test_registers_lists_the_whole_map():
+    res = run_cli("registers", "--format", "csv")
+    assert res.returncode == 0
+    lines = res.stdout.strip().splitlines()
+    assert lines[0].startswith("table,modicon,address")
+    assert any(",30001,0,2,Active_Energy_Import," in ln for ln in lines)
+    assert any("HR 1001" in ln and "CT_Primary_Rating" in ln for ln in lines)
+    assert any("diag.comm_state" in ln for ln in lines)
+    md = run_cli("registers").stdout
+    assert md.startswith("| table |") and "| 40001 |" in md
+
+
+def test_audit_command_shows_recent_attempts(tmp_path: Path):
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(SDM630_YAML + "writes: {enabled: true, audit_log: audit.jsonl}\n")
+    res = run_cli("audit", "-c", str(cfg))
+    assert res.returncode == 0 and "no write attempts" in res.stdout
+    rec = {
+        "time": "2026-01-01T00:00:00Z",
+        "protocol": "modbus",
+        "source": "10.0.0.5",
+        "meter": "sdm",
+        "point": "Demand_Interval",
+        "value": 30,
+        "decision": "denied",
+        "reason": "writes are disabled",
+        "meter_reply": "",
+    }
+    (tmp_path / "audit.jsonl").write_text(json.dumps(rec) + "\n" + "not json\n")
+    res = run_cli("audit", "-c", str(cfg), "-n", "5")
+    assert "sdm.Demand_Interval=30 DENIED: writes are disabled" in res.stdout

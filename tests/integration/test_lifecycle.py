@@ -31,8 +31,9 @@ class Proc:
     def __init__(self, cfg: Path, log: Path) -> None:
         self.log = log
         self.fh = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.p = subprocess.Popen([sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(cfg)],
-                                  stdout=self.fh, stderr=subprocess.STDOUT)
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(cfg)], stdout=self.fh, stderr=subprocess.STDOUT
+        )
 
     def wait_for(self, text: str, timeout: float = 20.0) -> bool:
         end = time.monotonic() + timeout

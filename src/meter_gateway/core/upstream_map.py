@@ -69,6 +69,7 @@ class UpstreamMap:
         self.catalogue = catalogue
         self.word_order = word_order
         self._at: dict[tuple[str, int], tuple[PointDef, int]] = {}
+        self._touched: dict[tuple[str, int, int], list[PointDef]] = {}
         for p in catalogue:
             for k in range(p.modbus.count):
                 self._at[(p.modbus.table, p.modbus.address + k)] = (p, k)
@@ -88,13 +89,17 @@ class UpstreamMap:
         return any(lo <= address and address + count <= hi for lo, hi in self.regions[table])
 
     def points_in(self, table: str, address: int, count: int) -> list[PointDef]:
-        """Distinct points touched by a request, in address order."""
-        seen: dict[str, PointDef] = {}
-        for a in range(address, address + count):
-            hit = self._at.get((table, a))
-            if hit:
-                seen.setdefault(hit[0].name, hit[0])
-        return list(seen.values())
+        """Distinct points touched by a request, in address order (memoized: clients repeat their requests)."""
+        key = (table, address, count)
+        found = self._touched.get(key)
+        if found is None:
+            seen: dict[str, PointDef] = {}
+            for a in range(address, address + count):
+                hit = self._at.get((table, a))
+                if hit:
+                    seen.setdefault(hit[0].name, hit[0])
+            found = self._touched[key] = list(seen.values())
+        return found
 
     def touches_diagnostics(self, table: str, address: int, count: int) -> bool:
         """True when an input-register request overlaps the diagnostics block."""

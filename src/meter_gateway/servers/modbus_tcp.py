@@ -72,6 +72,7 @@ class GatewayContext:
         self.gw = server.gateway
         self.map = server.map
         self._echo: dict[tuple[int, int], list[bool]] = {}
+        self._encoded: dict[tuple[str, object], list[int]] = {}  # (point, value) -> registers: values repeat a lot
 
     def device_ids(self) -> list[int]:
         """Unit ids served."""
@@ -90,15 +91,16 @@ class GatewayContext:
             return self._echo.pop((device_id, address))
         if not self.map.in_map(table, address, count):
             return ExcCodes.ILLEGAL_ADDRESS
-        values = self.gw.table.meter_values(meter_id)
         touched = self.map.points_in(table, address, count)
-        if not self.gw.table.is_online(meter_id) and any(p.name != COMM_STATUS for p in touched):
+        table_ = self.gw.table
+        if not table_.is_online(meter_id) and any(p.name != COMM_STATUS for p in touched):
             return ExcCodes.GATEWAY_NO_RESPONSE  # never let SCADA take a stale value for a fresh one
+        values = {p.name: table_.get(meter_id, p.name) for p in touched}
         if table in ("coil", "discrete_input"):
-            return [self._bit(meter_id, values, table, a) for a in range(address, address + count)]
+            return [self._bit(values, table, a) for a in range(address, address + count)]
         regs: list[int] = []
         cache: dict[str, list[int]] = {}
-        diag = self._diagnostics(meter_id, values) if self.map.touches_diagnostics(table, address, count) else {}
+        diag = self._diagnostics(meter_id) if self.map.touches_diagnostics(table, address, count) else {}
         for a in range(address, address + count):
             if a in diag:
                 regs.append(diag[a])
@@ -110,20 +112,29 @@ class GatewayContext:
             p, k = hit
             if p.name not in cache:
                 v = values[p.name]
-                supported = v.quality is not Quality.UNSUPPORTED
-                cache[p.name] = self.map.encode_value(p, v.value if supported else None)
+                cache[p.name] = self._encode(p, v.value if v.quality is not Quality.UNSUPPORTED else None)
             regs.append(cache[p.name][k])
         return regs
 
-    def _bit(self, meter_id: str, values, table: str, address: int) -> bool:
+    def _encode(self, p, value) -> list[int]:
+        key = (p.name, value)
+        words = self._encoded.get(key)
+        if words is None:
+            if len(self._encoded) > 20000:
+                self._encoded.clear()
+            words = self._encoded[key] = self.map.encode_value(p, value)
+        return words
+
+    def _bit(self, values, table: str, address: int) -> bool:
         hit = self.map.point_at(table, address)
         if hit is None:
             return False
         v = values[hit[0].name].value
         return bool(v) if v is not None else False
 
-    def _diagnostics(self, meter_id: str, values) -> dict[int, int]:
+    def _diagnostics(self, meter_id: str) -> dict[int, int]:
         t = self.gw.table
+        values = t.meter_values(meter_id)
         state = t.meter(meter_id)
         runner = self.gw.runner_of(meter_id) if meter_id in self.gw.table.meter_ids else None
         stats = runner.driver.stats if runner is not None and hasattr(runner, "driver") else None
