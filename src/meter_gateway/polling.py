@@ -199,11 +199,7 @@ class BusRunner:
             self.cycle_started = t0
         self._cycle_seen.add(meter_id)
         if len(self._cycle_seen) >= len(self.schedules):
-            dur = time.monotonic() - self.cycle_started
-            st = self.driver.stats
-            st.cycles += 1
-            st.last_cycle_duration = dur
-            st.cycle_durations.append(dur)
+            self.driver.stats.observe_cycle(time.monotonic() - self.cycle_started)
             self._cycle_seen.clear()
             self.cycle_started = None
 

@@ -45,6 +45,10 @@ class PointReading:
     error: str | None = None
 
 
+#: Upper bounds (seconds) of the poll-cycle duration histogram.
+CYCLE_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+
+
 @dataclass
 class BusStats:
     """Counters of one bus, read by the upstream diagnostics and Prometheus."""
@@ -62,6 +66,18 @@ class BusStats:
     last_cycle_duration: float | None = None
     cycle_durations: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     started: float = 0.0  # monotonic time the bus started
+    cycle_bucket_counts: list[int] = field(default_factory=lambda: [0] * len(CYCLE_BUCKETS))
+    cycle_sum: float = 0.0
+
+    def observe_cycle(self, duration: float) -> None:
+        """Record one full poll cycle (every meter of the bus polled once)."""
+        self.cycles += 1
+        self.last_cycle_duration = duration
+        self.cycle_durations.append(duration)
+        self.cycle_sum += duration
+        for i, bound in enumerate(CYCLE_BUCKETS):
+            if duration <= bound:
+                self.cycle_bucket_counts[i] += 1
 
     def as_dict(self) -> dict[str, Any]:
         """Plain counters for CLI and JSON output."""

@@ -1,0 +1,261 @@
+"""Prometheus exporter and health endpoint: a custom collector over one snapshot of the table per scrape."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .. import __version__
+from ..core.catalogue import PointKind
+from ..core.quality import Quality
+from ..core.table import COMM_STATUS
+from ..drivers.base import CYCLE_BUCKETS
+from .base import Server
+from .http import HttpServer, Response
+
+P = "meter_gateway_"
+
+#: catalogue point -> (metric, extra labels, factor from the canonical unit to the metric's base unit)
+MEASURES: dict[str, tuple[str, dict[str, str], float]] = {
+    "Active_Energy_Import": ("active_energy_joules_total", {"direction": "import"}, 3.6e6),
+    "Active_Energy_Export": ("active_energy_joules_total", {"direction": "export"}, 3.6e6),
+    "Reactive_Energy_Import": ("reactive_energy_varh_total", {"direction": "import"}, 1000.0),
+    "Reactive_Energy_Export": ("reactive_energy_varh_total", {"direction": "export"}, 1000.0),
+    "Active_Power_Total": ("active_power_watts", {"phase": "total"}, 1000.0),
+    "Active_Power_L1": ("active_power_watts", {"phase": "L1"}, 1000.0),
+    "Active_Power_L2": ("active_power_watts", {"phase": "L2"}, 1000.0),
+    "Active_Power_L3": ("active_power_watts", {"phase": "L3"}, 1000.0),
+    "Reactive_Power_Total": ("reactive_power_var", {"phase": "total"}, 1000.0),
+    "Apparent_Power_Total": ("apparent_power_va", {"phase": "total"}, 1000.0),
+    "Voltage_L1_N": ("voltage_volts", {"phase": "L1-N"}, 1.0),
+    "Voltage_L2_N": ("voltage_volts", {"phase": "L2-N"}, 1.0),
+    "Voltage_L3_N": ("voltage_volts", {"phase": "L3-N"}, 1.0),
+    "Voltage_L1_L2": ("voltage_volts", {"phase": "L1-L2"}, 1.0),
+    "Voltage_L2_L3": ("voltage_volts", {"phase": "L2-L3"}, 1.0),
+    "Voltage_L3_L1": ("voltage_volts", {"phase": "L3-L1"}, 1.0),
+    "Current_L1": ("current_amperes", {"phase": "L1"}, 1.0),
+    "Current_L2": ("current_amperes", {"phase": "L2"}, 1.0),
+    "Current_L3": ("current_amperes", {"phase": "L3"}, 1.0),
+    "Current_Neutral": ("current_amperes", {"phase": "N"}, 1.0),
+    "Power_Factor_Total": ("power_factor_ratio", {"phase": "total"}, 1.0),
+    "Power_Factor_L1": ("power_factor_ratio", {"phase": "L1"}, 1.0),
+    "Power_Factor_L2": ("power_factor_ratio", {"phase": "L2"}, 1.0),
+    "Power_Factor_L3": ("power_factor_ratio", {"phase": "L3"}, 1.0),
+    "Frequency": ("frequency_hertz", {}, 1.0),
+    "Demand_Peak_Current": ("demand_peak_watts", {}, 1000.0),
+    "Demand_Peak_Timestamp": ("demand_peak_timestamp_seconds", {}, 1.0),
+    "THD_Voltage_L1": ("thd_ratio", {"quantity": "voltage", "phase": "L1"}, 0.01),
+    "THD_Current_L1": ("thd_ratio", {"quantity": "current", "phase": "L1"}, 0.01),
+}
+HELP = {
+    "active_energy_joules_total": "Cumulative active energy (1 kWh = 3.6e6 J)",
+    "reactive_energy_varh_total": "Cumulative reactive energy in var-hours",
+    "active_power_watts": "Active power",
+    "reactive_power_var": "Reactive power",
+    "apparent_power_va": "Apparent power",
+    "voltage_volts": "Voltage (phase to neutral or phase to phase)",
+    "current_amperes": "Current",
+    "power_factor_ratio": "Power factor (-1..1)",
+    "frequency_hertz": "Grid frequency",
+    "demand_peak_watts": "Maximum demand over the demand window",
+    "demand_peak_timestamp_seconds": "Unix time of the maximum demand",
+    "thd_ratio": "Total harmonic distortion (0..1)",
+}
+
+
+def _counter_or_gauge(name: str, doc: str, labels: list[str]) -> Metric:
+    if name.endswith("_total"):
+        return CounterMetricFamily(P + name[: -len("_total")], doc, labels=labels)
+    return GaugeMetricFamily(P + name, doc, labels=labels)
+
+
+class GatewayCollector:
+    """Builds every metric from one consistent snapshot of the table and the bus statistics."""
+
+    def __init__(self, gateway) -> None:
+        self.gw = gateway
+
+    def describe(self) -> list[Metric]:
+        """No fixed description: collect() is cheap and called per scrape only."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """All metrics for one scrape."""
+        gw = self.gw
+        snap = gw.table.snapshot()
+        now = time.time()
+        meters = {m.id: m for m in gw.config.meters if m.id in snap}
+        families: dict[str, Metric] = {}
+        base = ["meter", "tenant"]
+        for mid, vals in snap.items():
+            tenant = meters[mid].tenant
+            for pname, (metric, extra, factor) in MEASURES.items():
+                v = vals[pname]
+                if v.quality is not Quality.GOOD or v.value is None:
+                    continue  # never exported as if fresh: stale, comm-failure and bad-data samples are omitted
+                fam = families.get(metric)
+                if fam is None:
+                    fam = families[metric] = _counter_or_gauge(metric, HELP[metric], base + list(extra))
+                # round away the binary noise of the unit conversion (e.g. 4.9107 kW -> 4910.7 W)
+                fam.add_metric([mid, tenant, *extra.values()], round(float(v.value) * factor, 6))
+        yield from families.values()
+
+        up = GaugeMetricFamily(
+            P + "meter_up",
+            "1 when the meter answers its polls, 0 in communication failure",
+            labels=["meter", "tenant", "bus"],
+        )
+        age = GaugeMetricFamily(
+            P + "point_age_seconds", "Seconds since the last good read of the point", labels=["meter", "point"]
+        )
+        quality = GaugeMetricFamily(
+            P + "point_quality",
+            "1 for the current quality of each supported point",
+            labels=["meter", "point", "quality"],
+        )
+        states = GaugeMetricFamily(
+            P + "state",
+            "Status and alarm points (0/1; Energy_Direction 0 import 1 export)",
+            labels=["meter", "tenant", "point"],
+        )
+        config = GaugeMetricFamily(
+            P + "config_value",
+            "Configuration read from the meter, in the catalogue's unit",
+            labels=["meter", "point", "unit"],
+        )
+        for mid, vals in snap.items():
+            m = meters[mid]
+            up.add_metric([mid, m.tenant, m.bus], 1.0 if vals[COMM_STATUS].value else 0.0)
+            for p in gw.catalogue:
+                v = vals[p.name]
+                if v.quality is Quality.UNSUPPORTED or p.kind is PointKind.COMMAND or p.name == COMM_STATUS:
+                    continue
+                quality.add_metric([mid, p.name, str(v.quality)], 1.0)
+                if v.read_time is not None:
+                    age.add_metric([mid, p.name], max(0.0, now - v.read_time))
+                if v.quality is not Quality.GOOD or v.value is None:
+                    continue
+                if p.kind is PointKind.STATUS:
+                    states.add_metric([mid, m.tenant, p.name], float(v.value))
+                elif p.kind is PointKind.CONFIG:
+                    config.add_metric([mid, p.name, p.unit], float(v.value))
+        yield from (up, age, quality, states, config)
+
+        alarms = CounterMetricFamily(P + "bad_data", "Readings rejected as bad data (not published)", labels=["meter"])
+        losses = CounterMetricFamily(
+            P + "comm_losses", "Times the meter went into communication failure", labels=["meter"]
+        )
+        for mid in snap:
+            st = gw.table.meter(mid)
+            alarms.add_metric([mid], st.bad_data)
+            losses.add_metric([mid], st.errors)
+        yield from (alarms, losses)
+        yield from self._bus_metrics()
+        writes = CounterMetricFamily(P + "write_attempts", "Upstream write attempts by decision", labels=["decision"])
+        ws = gw.write_service
+        for decision in ("accepted", "denied", "out-of-range", "failed"):
+            writes.add_metric([decision], ws.counts.get(decision, 0) if ws is not None else 0)
+        yield writes
+        info = GaugeMetricFamily(P + "build_info", "Gateway version and name", labels=["version", "gateway"])
+        info.add_metric([__version__, gw.config.gateway.name], 1.0)
+        yield info
+
+    def _bus_metrics(self) -> Iterator[Metric]:
+        counters = {
+            "transactions": ("bus_transactions", "Bus transactions (requests sent)"),
+            "failed_transactions": ("bus_failed_transactions", "Transactions that failed after retries"),
+            "timeouts": ("bus_timeouts", "Transactions without a reply in time"),
+            "crc_errors": ("bus_crc_errors", "Replies with a bad CRC or corrupted frame"),
+            "exceptions": ("bus_exceptions", "Protocol exception replies from meters"),
+        }
+        fams = {k: CounterMetricFamily(P + name, doc, labels=["bus"]) for k, (name, doc) in counters.items()}
+        sent = CounterMetricFamily(P + "bus_bytes", "Bytes on the bus", labels=["bus", "direction"])
+        busy = GaugeMetricFamily(P + "bus_busy_ratio", "Fraction of time the bus spent in transactions", labels=["bus"])
+        hist = HistogramMetricFamily(
+            P + "bus_poll_cycle_seconds",
+            "Duration of a full poll cycle (every meter of the bus polled once)",
+            labels=["bus"],
+        )
+        now = time.monotonic()
+        for bus_id, runner in self.gw.buses.items():
+            st = runner.driver.stats
+            for k, fam in fams.items():
+                fam.add_metric([bus_id], getattr(st, k))
+            sent.add_metric([bus_id, "sent"], st.bytes_sent)
+            sent.add_metric([bus_id, "received"], st.bytes_received)
+            up_for = now - st.started if st.started else 0.0
+            busy.add_metric([bus_id], min(1.0, st.busy_time / up_for) if up_for > 0 else 0.0)
+            buckets = [(f"{b:g}", c) for b, c in zip(CYCLE_BUCKETS, st.cycle_bucket_counts, strict=True)]
+            buckets.append(("+Inf", st.cycles))
+            hist.add_metric([bus_id], buckets, st.cycle_sum)
+        yield from fams.values()
+        yield from (sent, busy, hist)
+
+
+def health(gw) -> tuple[int, dict]:
+    """Health of buses and meters: 200 when ok or degraded, 503 when failed (see docs/metrics.md)."""
+    meters = {}
+    for mid in gw.table.meter_ids:
+        online = gw.table.meter(mid).online
+        meters[mid] = "ok" if online else ("starting" if online is None else "failed")
+    buses = {}
+    for bus_id, runner in gw.buses.items():
+        states = [meters[m.id] for m in runner.meters]
+        if all(s == "failed" for s in states):
+            buses[bus_id] = "failed"
+        elif any(s == "failed" for s in states):
+            buses[bus_id] = "degraded"
+        else:
+            buses[bus_id] = "ok"
+    if not gw.started or (buses and all(s == "failed" for s in buses.values())):
+        status = "failed"
+    elif any(s != "ok" for s in buses.values()):
+        status = "degraded"
+    else:
+        status = "ok"
+    return (503 if status == "failed" else 200), {"status": status, "buses": buses, "meters": meters}
+
+
+class PrometheusServer(Server):
+    """/metrics and /health over HTTP, answered inside the event loop (no scrape thread)."""
+
+    name = "prometheus"
+
+    def __init__(self, gateway) -> None:
+        super().__init__(gateway)
+        cfg = gateway.config.upstream.prometheus
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(GatewayCollector(gateway))
+        self.http = HttpServer(cfg.bind, cfg.port, "prometheus")
+        self.http.route("/metrics", self._metrics)
+        self.http.route("/health", self._health)
+        self.http.route("/", self._index)
+        self._bound: tuple[str, int] | None = None
+
+    def _metrics(self, _query) -> Response:
+        return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+
+    def _health(self, _query) -> Response:
+        code, doc = health(self.gateway)
+        return Response(code, (json.dumps(doc, indent=2) + "\n").encode(), "application/json")
+
+    def _index(self, _query) -> Response:
+        paths = "\n".join(sorted(self.http.routes))
+        return Response(200, f"meter-gateway {__version__}\n{paths}\n".encode())
+
+    async def start(self) -> None:
+        """Bind and serve."""
+        self._bound = await self.http.start()
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        await self.http.stop()
+
+    def address(self) -> tuple[str, int] | None:
+        """The bound address."""
+        return self._bound

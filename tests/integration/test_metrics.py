@@ -1,0 +1,148 @@
+"""Prometheus /metrics and /health over real HTTP, values checked against the simulated meters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers import FAST, wait_for
+from meter_gateway.core.quality import Quality
+
+YAML = f"""
+gateway: {{name: metrics-test}}
+buses:
+  - {{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.2, retries: 0, fail_after: 1, backoff_max: 1}}
+  - {{id: tcp, type: modbus_tcp, simulated: true, port: 0, timeout: 0.3}}
+meters:
+  - {{id: a, bus: rtu, address: 1, profile: eastron_sdm630, tenant: Tenant A, mid: true, bacnet_instance_base: 1000,
+     modbus_unit: 1, poll_intervals: {FAST}}}
+  - {{id: b, bus: rtu, address: 2, profile: eastron_sdm120, tenant: Tenant B, bacnet_instance_base: 1100,
+     modbus_unit: 2, poll_intervals: {FAST}}}
+  - {{id: c, bus: tcp, address: 1, profile: generic, tenant: Landlord, bacnet_instance_base: 1200, modbus_unit: 3,
+     poll_intervals: {FAST}}}
+upstream:
+  bacnet: {{enabled: false}}
+  modbus_tcp: {{enabled: false}}
+  prometheus: {{enabled: true, bind: 127.0.0.1, port: 0}}
+"""
+
+
+async def get(gw, path: str) -> tuple[int, str]:
+    host, port = gw.servers[0].address()
+
+    def fetch():
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    return await asyncio.to_thread(fetch)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def pick(smp, name, **labels):
+    want = set(labels.items())
+    hits = [v for (n, lab), v in smp.items() if n == name and want <= set(lab)]
+    assert len(hits) == 1, (name, labels, hits)
+    return hits[0]
+
+
+async def _settled(gw):
+    def good():
+        return all(
+            v.quality in (Quality.GOOD, Quality.UNSUPPORTED)
+            for mid in gw.table.meter_ids
+            for v in gw.table.meter_values(mid).values()
+        )
+
+    assert await wait_for(good, 15)
+    for sim in gw.simulators.values():
+        sim.model.frozen = True
+    await asyncio.sleep(1.2)
+
+
+async def test_metrics_match_the_simulators(gateways):
+    gw = await gateways(YAML)
+    await _settled(gw)
+    code, text = await get(gw, "/metrics")
+    assert code == 200
+    smp = samples(text)
+    for mid in "abc":
+        sim = gw.simulators[mid].model.values
+        tenant = gw.config.meter(mid).tenant
+        assert pick(smp, "meter_gateway_meter_up", meter=mid) == 1
+        e = pick(smp, "meter_gateway_active_energy_joules_total", meter=mid, direction="import", tenant=tenant)
+        assert math.isclose(e / 3.6e6, sim["Active_Energy_Import"], abs_tol=0.011)
+        w = pick(smp, "meter_gateway_active_power_watts", meter=mid, phase="total")
+        assert math.isclose(w, sim["Active_Power_Total"] * 1000, rel_tol=1e-5, abs_tol=1.0)
+        v = pick(smp, "meter_gateway_voltage_volts", meter=mid, phase="L1-N")
+        assert math.isclose(v, sim["Voltage_L1_N"], abs_tol=0.01)
+        hz = pick(smp, "meter_gateway_frequency_hertz", meter=mid)
+        assert math.isclose(hz, sim["Frequency"], abs_tol=0.001)
+        assert pick(smp, "meter_gateway_point_age_seconds", meter=mid, point="Voltage_L1_N") < 5
+    # a single-phase meter exports no L2/L3 series
+    assert not [
+        k for k in smp if k[0] == "meter_gateway_voltage_volts" and ("meter", "b") in k[1] and ("phase", "L2-N") in k[1]
+    ]
+    # per bus statistics and the poll-cycle histogram
+    assert pick(smp, "meter_gateway_bus_transactions_total", bus="rtu") > 0
+    assert pick(smp, "meter_gateway_bus_poll_cycle_seconds_count", bus="rtu") > 0
+    assert 0 < pick(smp, "meter_gateway_bus_busy_ratio", bus="rtu") <= 1
+    assert pick(smp, "meter_gateway_bus_bytes_total", bus="tcp", direction="received") > 0
+    assert pick(smp, "meter_gateway_write_attempts_total", decision="accepted") == 0
+    assert pick(smp, "meter_gateway_state", meter="c", point="MID_Certification_Valid") == 1
+
+
+async def test_unplugged_meter_goes_down_and_ages_grow(gateways):
+    gw = await gateways(YAML)
+    await _settled(gw)
+    gw.simulators["b"].online = False
+    assert await wait_for(lambda: gw.table.get("b", "Communication_Status").value is False, 10)
+    _, text = await get(gw, "/metrics")
+    smp = samples(text)
+    assert pick(smp, "meter_gateway_meter_up", meter="b") == 0
+    # its measurements are not exported as if fresh; the age of the last good read keeps growing
+    assert not [k for k in smp if k[0] == "meter_gateway_active_power_watts" and ("meter", "b") in k[1]]
+    age1 = pick(smp, "meter_gateway_point_age_seconds", meter="b", point="Active_Power_Total")
+    assert pick(smp, "meter_gateway_point_quality", meter="b", point="Active_Power_Total", quality="comm-failure") == 1
+    await asyncio.sleep(1.0)
+    age2 = pick(
+        samples((await get(gw, "/metrics"))[1]),
+        "meter_gateway_point_age_seconds",
+        meter="b",
+        point="Active_Power_Total",
+    )
+    assert age2 > age1
+    code, body = await get(gw, "/health")
+    doc = json.loads(body)
+    assert code == 200 and doc["status"] == "degraded" and doc["meters"]["b"] == "failed"
+    assert doc["buses"] == {"rtu": "degraded", "tcp": "ok"}
+    gw.simulators["b"].online = True
+    assert await wait_for(lambda: gw.table.get("b", "Communication_Status").value is True, 10)
+    smp = samples((await get(gw, "/metrics"))[1])
+    assert pick(smp, "meter_gateway_meter_up", meter="b") == 1
+
+
+async def test_health_failed_is_503_and_http_errors(gateways):
+    gw = await gateways(YAML)
+    await _settled(gw)
+    for mid in ("a", "b"):
+        gw.simulators[mid].online = False
+    gw.sim_buses["tcp"].meters[1].online = False
+    assert await wait_for(lambda: not any(gw.table.is_online(m) for m in "abc"), 15)
+    code, body = await get(gw, "/health")
+    assert code == 503 and json.loads(body)["status"] == "failed"
+    assert (await get(gw, "/nope"))[0] == 404
