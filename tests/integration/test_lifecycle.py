@@ -28,11 +28,14 @@ def config(n: int) -> str:
 class Proc:
     """The gateway process with its stderr collected in a file."""
 
-    def __init__(self, cfg: Path, log: Path) -> None:
+    def __init__(self, cfg: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         self.fh = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(cfg)], stdout=self.fh, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(cfg)],
+            stdout=self.fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
 
     def wait_for(self, text: str, timeout: float = 20.0) -> bool:
@@ -92,3 +95,30 @@ def test_sigint_stops_too(tmp_path: Path):
         assert proc.p.wait(timeout=20) == 0
     finally:
         proc.stop()
+
+
+def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path):
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(20)
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(config(1))
+    proc = Proc(cfg, tmp_path / "log.txt", env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"})
+    got: list[str] = []
+    try:
+        while "WATCHDOG=1" not in got:
+            got.append(sock.recv(256).decode())
+        assert got[0] == "READY=1"
+    finally:
+        assert proc.stop() == 0
+    sock.settimeout(2)
+    try:
+        while True:
+            got.append(sock.recv(256).decode())
+    except TimeoutError:
+        pass
+    sock.close()
+    assert "STOPPING=1" in got

@@ -33,7 +33,7 @@ upstream:
 
 
 async def get(gw, path: str) -> tuple[int, str]:
-    host, port = gw.servers[0].address()
+    host, port = next(s for s in gw.servers if s.name == "prometheus").address()
 
     def fetch():
         try:
@@ -146,3 +146,22 @@ async def test_health_failed_is_503_and_http_errors(gateways):
     code, body = await get(gw, "/health")
     assert code == 503 and json.loads(body)["status"] == "failed"
     assert (await get(gw, "/nope"))[0] == 404
+
+
+async def test_shipped_demo_config_serves_metrics(gateways):
+    """The README's demo: the shipped gateway.yaml (ports moved to free ones) shows live data on /metrics."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "gateway.yaml").read_text()
+    for fixed in ("port: 5020", "port: 9105", "port: 47808"):
+        text = text.replace(fixed, "port: 0")
+    gw = await gateways(text)
+    assert await wait_for(lambda: all(gw.table.is_online(m) for m in gw.table.meter_ids), 15)
+    assert await wait_for(lambda: all(gw.table.get(m, "Active_Power_Total").is_good for m in gw.table.meter_ids), 15)
+    smp = samples((await get(gw, "/metrics"))[1])
+    for mid in gw.table.meter_ids:
+        assert pick(smp, "meter_gateway_meter_up", meter=mid) == 1
+        assert pick(smp, "meter_gateway_active_power_watts", meter=mid, phase="total") > 0
+    code, body = await get(gw, "/health")
+    assert code == 200 and json.loads(body)["status"] == "ok"

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..config import ConfigError, load_config
 from ..logsetup import setup_logging
 from ..profiles import ProfileError, load_profiles
+from ..sdnotify import notify, watchdog_interval
 from ._common import add_config_arg, load_or_exit
 
 log = logging.getLogger("meter_gateway.run")
@@ -58,6 +59,14 @@ async def _status_loop(get_gw, every: float) -> None:
         log.info("status: %s", status_line(get_gw()))
 
 
+async def _watchdog(get_gw, every: float) -> None:
+    """Pet the systemd watchdog while the event loop runs and the gateway is started."""
+    while True:
+        if get_gw().started:
+            notify("WATCHDOG=1")
+        await asyncio.sleep(every)
+
+
 async def run(path: Path, status_every: float = 0) -> int:
     """Run the gateway from a config file; returns the exit status."""
     from ..app import Gateway
@@ -79,6 +88,9 @@ async def run(path: Path, status_every: float = 0) -> int:
         return 1
     print(f"meter-gateway {cfg.gateway.name} running ({len(gw.table.meter_ids)} meters); Ctrl-C to stop", flush=True)
     status_task = asyncio.create_task(_status_loop(lambda: gw, status_every)) if status_every > 0 else None
+    notify("READY=1")
+    wd = watchdog_interval()
+    watchdog_task = asyncio.create_task(_watchdog(lambda: gw, wd)) if wd else None
     while not stop.is_set():
         waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(reload_req.wait())]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -88,8 +100,10 @@ async def run(path: Path, status_every: float = 0) -> int:
             reload_req.clear()
             gw = await _reload(gw, path)
     log.info("stopping")
-    if status_task is not None:
-        status_task.cancel()
+    notify("STOPPING=1")
+    for task in (status_task, watchdog_task):
+        if task is not None:
+            task.cancel()
     try:
         await asyncio.wait_for(gw.stop(), STOP_TIMEOUT)
     except TimeoutError:
@@ -110,6 +124,7 @@ async def _reload(gw, path: Path):
         log.error("reload refused, keeping the running configuration: %s", str(exc).replace("\n", "; "))
         return gw
     log.info("reloading configuration from %s", path)
+    notify("RELOADING=1")
     await gw.stop()
     new = Gateway(cfg, profiles, config_path=path)
     try:
@@ -118,7 +133,9 @@ async def _reload(gw, path: Path):
         log.error("reloaded configuration failed to start (%s); restarting the previous one", exc)
         old = Gateway(gw.config, gw.profiles, config_path=path)
         await old.start()
+        notify("READY=1")
         return old
     setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
     log.info("configuration reloaded")
+    notify("READY=1")
     return new

@@ -1,0 +1,94 @@
+"""Deployment files: the Dockerfile's required instructions, the systemd unit, the Grafana dashboard."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """Dockerfile instructions (continuation lines joined, comments dropped)."""
+    joined = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_is_small_non_root_with_healthcheck():
+    ins = instructions((ROOT / "Dockerfile").read_text())
+    words = [w for w, _ in ins]
+    assert [r for w, r in ins if w == "FROM"][-1].startswith("python:3.11-slim")
+    users = [r for w, r in ins if w == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    expose = " ".join(r for w, r in ins if w == "EXPOSE")
+    for port in ("502/tcp", "47808/udp", "9105/tcp"):
+        assert port in expose
+    health = next(r for w, r in ins if w == "HEALTHCHECK")
+    assert "/health" in health and "9105" in health
+    assert "ENTRYPOINT" in words and "VOLUME" in words
+    cmd = next(r for w, r in ins if w == "CMD")
+    assert "/etc/meter-gateway/gateway.yaml" in cmd
+    assert "dialout" in " ".join(r for w, r in ins if w == "RUN")  # serial devices passed through
+
+
+def test_dockerignore_keeps_the_image_small():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored and "tests" in ignored
+
+
+def test_systemd_unit_is_hardened():
+    unit = (ROOT / "systemd" / "meter-gateway.service").read_text()
+    for directive in (
+        "User=meter-gateway",
+        "SupplementaryGroups=dialout",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "Restart=on-failure",
+        "Type=notify",
+        "WatchdogSec=",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "RestartPreventExitStatus=2",
+    ):
+        assert directive in unit, directive
+
+
+def test_systemd_analyze_verify(tmp_path: Path):
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    exe = Path(sys.executable).parent / "meter-gateway"
+    unit = (
+        (ROOT / "systemd" / "meter-gateway.service")
+        .read_text()
+        .replace("/opt/meter-gateway/bin/meter-gateway", str(exe))
+    )
+    path = tmp_path / "meter-gateway.service"
+    path.write_text(unit)
+    res = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "meter-gateway.service" not in res.stderr, res.stderr  # no warning about our unit
+
+
+def test_grafana_dashboard_uses_existing_metrics():
+    from meter_gateway.servers import prometheus
+
+    dash = json.loads((ROOT / "grafana" / "meter-gateway-dashboard.json").read_text())
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    used = set(re.findall(r"meter_gateway_[a-z_]+", exprs))
+    documented = (ROOT / "docs" / "metrics.md").read_text()
+    known = {prometheus.P + m for m, _, _ in prometheus.MEASURES.values()}
+    for name in used:
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert base in documented or base in known, name
