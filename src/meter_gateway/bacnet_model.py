@@ -1,0 +1,130 @@
+"""The BACnet object model of a gateway (DESIGN.md section 4), without any BACnet stack: used by the BACnet server
+and by the EDE export, so the two always agree."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import GatewayConfig
+from .core.catalogue import Catalogue, PointDef
+from .core.table import COMM_STATUS
+
+#: COV increment per canonical unit (analog objects)
+COV_INCREMENT = {
+    "kWh": 0.01,
+    "kVArh": 0.01,
+    "kW": 0.1,
+    "kVAr": 0.1,
+    "kVA": 0.1,
+    "V": 1.0,
+    "A": 0.1,
+    "": 0.01,
+    "Hz": 0.05,
+    "%": 0.5,
+    "unix_s": 1.0,
+    "min": 1.0,
+    "s": 1.0,
+    "Wh/imp": 1.0,
+    "bps": 1.0,
+}
+ACCUMULATOR_MAX = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectSpec:
+    """One BACnet object of the device: which meter point it shows and how."""
+
+    meter_id: str
+    point: PointDef
+    object_type: str  # bacpypes3 object type name: accumulator, analog-input, binary-input, ...
+    instance: int
+    name: str
+    description: str
+
+    @property
+    def writable(self) -> bool:
+        """Present-value writes are offered (and decided by the write policy) on BO and AV objects only."""
+        return self.object_type in ("binary-output", "analog-value")
+
+    @property
+    def cov_increment(self) -> float | None:
+        """COV increment for analog objects."""
+        if self.object_type in ("analog-input", "analog-value"):
+            return COV_INCREMENT.get(self.point.unit, 0.1)
+        return None
+
+    @property
+    def accumulator_scale(self) -> int:
+        """Power of ten of an accumulator's present value (0.01 kWh -> -2)."""
+        res = self.point.resolution or 1.0
+        return round(math.log10(res))
+
+
+def object_type_of(point: PointDef, energy_object: str) -> str:
+    """The BACnet object type of a point (energies: accumulator unless the gateway is told analog-input)."""
+    if point.bacnet_type == "accumulator" and energy_object == "analog-input":
+        return "analog-input"
+    return point.bacnet_type
+
+
+def object_specs(
+    config: GatewayConfig, catalogue: Catalogue, meter_points: dict[str, frozenset[str]]
+) -> list[ObjectSpec]:
+    """Every object of the device: one per supported point per enabled meter, instance = base + fixed index."""
+    out = []
+    energy_object = config.upstream.bacnet.energy_object
+    for m in config.meters:
+        if not m.enabled:
+            continue
+        pts = meter_points[m.id]
+        for p in catalogue:
+            if p.name not in pts and p.name != COMM_STATUS:
+                continue
+            desc = p.description if not m.name else f"{p.description} ({m.name})"
+            out.append(
+                ObjectSpec(
+                    m.id,
+                    p,
+                    object_type_of(p, energy_object),
+                    m.bacnet_instance_base + p.index,
+                    f"{m.id}.{p.name}",
+                    desc[:255],
+                )
+            )
+    return out
+
+
+def present_value(spec: ObjectSpec, value: float | int | bool | None) -> float | int | str:
+    """The present-value to show for a table value (accumulator units, 1-based multi-state, binary texts)."""
+    p = spec.point
+    t = spec.object_type
+    if t == "accumulator":
+        if value is None:
+            return 0
+        raw = round(float(value) / (p.resolution or 1.0))
+        return min(max(raw, 0), ACCUMULATOR_MAX)
+    if t in ("binary-input", "binary-output"):
+        return "active" if value else "inactive"
+    if t == "multi-state-value":
+        if value is None:
+            return 1
+        if p.allowed_values:
+            try:
+                return p.allowed_values.index(int(value)) + 1
+            except ValueError:
+                return 1
+        return int(value) + 1
+    return 0.0 if value is None else float(value)
+
+
+def table_value(spec: ObjectSpec, written) -> float | int:
+    """The table (canonical) value of a present-value written by a BACnet client."""
+    p = spec.point
+    if spec.object_type in ("binary-output", "binary-input"):
+        return 1 if str(written) in ("active", "1", "BinaryPV(active)") or written == 1 else 0
+    if spec.object_type == "multi-state-value":
+        idx = int(written) - 1
+        return p.allowed_values[idx] if p.allowed_values and 0 <= idx < len(p.allowed_values) else idx
+    return float(written)
+

@@ -1,0 +1,257 @@
+"""The gateway's BACnet/IP device against a bacpypes3 client running in another process (distinct UDP ports)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import FAST, wait_for
+from meter_gateway.bacnet_model import object_specs
+from meter_gateway.config import parse_config
+from meter_gateway.core.quality import Quality
+from meter_gateway.profiles import load_profiles
+
+CLIENT = Path(__file__).with_name("bacnet_client.py")
+
+METERS = f"""
+  - {{id: gen, bus: rtu, address: 1, profile: generic, mid: false, allow_config_writes: true,
+     bacnet_instance_base: 1000, modbus_unit: 1, poll_intervals: {FAST}}}
+  - {{id: sdm, bus: rtu, address: 2, profile: eastron_sdm630, mid: true, allow_config_writes: true,
+     bacnet_instance_base: 2000, modbus_unit: 2, poll_intervals: {FAST}}}
+  - {{id: midgen, bus: rtu, address: 3, profile: generic, mid: true, allow_config_writes: true,
+     bacnet_instance_base: 3000, modbus_unit: 3, poll_intervals: {FAST}}}
+"""
+
+
+def yaml_for(meters: str = METERS, writes: str = "{enabled: true}", extra_bacnet: str = "") -> str:
+    return f"""
+gateway: {{name: bacnet-test, location: Plant room}}
+buses:
+  - {{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.2, retries: 0, fail_after: 1, backoff_max: 1}}
+meters:
+{meters}
+upstream:
+  bacnet: {{enabled: true, bind: 127.0.0.1, netmask: 8, port: 0, device_instance: 599{extra_bacnet}}}
+  modbus_tcp: {{enabled: false}}
+  prometheus: {{enabled: false}}
+writes: {writes}
+"""
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Client:
+    """The client process; every call is bounded in time."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, target_port: int) -> Client:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(CLIENT),
+            str(free_udp_port()),
+            f"127.0.0.1:{target_port}",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        c = cls(proc)
+        assert json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))["ready"]
+        return c
+
+    async def __call__(self, cmd: str, **kw) -> dict:
+        self.proc.stdin.write((json.dumps({"cmd": cmd, **kw}) + "\n").encode())
+        await self.proc.stdin.drain()
+        return json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 30))
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.stdin.write(b'{"cmd": "quit"}\n')
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+@pytest.fixture
+async def bacnet(gateways):
+    """Start a gateway with a BACnet device and a client process; both stop at the end."""
+    clients: list[Client] = []
+
+    async def make(text: str | None = None):
+        gw = await gateways(text or yaml_for())
+        port = gw.servers[0].address()[1]
+        client = await Client.start(port)
+        clients.append(client)
+        assert await wait_for(lambda: all(gw.table.is_online(m) for m in gw.table.meter_ids), 10)
+        return gw, client
+
+    yield make
+    for c in clients:
+        await c.close()
+
+
+async def test_who_is_and_device_properties(bacnet):
+    gw, c = await bacnet()
+    assert (await c("whois"))["devices"] == [599]
+    assert (await c("whois", range=[600, 700]))["devices"] == []
+    dev = await c("rpm", obj="device,599", props=["object-name", "location", "vendor-identifier", "object-list"])
+    vals = dev["values"]
+    assert vals["objectName"] == "bacnet-test" and vals["location"] == "Plant room"
+    specs = object_specs(gw.config, gw.catalogue, {m: gw.meter_points(m) for m in gw.table.meter_ids})
+    assert len(vals["objectList"]) == len(specs) + 2  # + device + network port
+
+
+async def test_read_every_object_type(bacnet):
+    gw, c = await bacnet()
+    assert await wait_for(lambda: gw.table.get("gen", "Demand_Interval").quality is Quality.GOOD, 10)
+    sim = gw.simulators["gen"].model
+    sim.frozen = True
+    await asyncio.sleep(1.2)
+    # accumulator: 0.01 kWh units with scale 10^-2
+    acc = (
+        await c(
+            "rpm",
+            obj="accumulator,1001",
+            props=["present-value", "scale", "units", "object-name", "status-flags", "reliability"],
+        )
+    )["values"]
+    assert acc["objectName"] == "gen.Active_Energy_Import"
+    assert abs(acc["presentValue"] / 100 - gw.table.get("gen", "Active_Energy_Import").value) < 0.006
+    assert acc["units"] == "kilowattHours" and acc["reliability"] == "noFaultDetected"
+    ai = (await c("rpm", obj="analog-input,1011", props=["all"]))["values"]
+    assert abs(ai["presentValue"] - sim.values["Voltage_L1_N"]) < 0.01 and ai["units"] == "volts"
+    assert ai["objectName"] == "gen.Voltage_L1_N" and "covIncrement" in ai
+    bi = (await c("rpm", obj="binary-input,1039", props=["present-value", "active-text", "inactive-text"]))["values"]
+    assert bi == {"presentValue": "active", "activeText": "valid", "inactiveText": "invalid"}
+    msv = await c("rpm", obj="multi-state-value,1037", props=["present-value", "state-text", "number-of-states"])
+    assert msv["values"] == {"presentValue": 1, "stateText": ["import", "export"], "numberOfStates": 2}
+    av = (await c("rp", obj="analog-value,1047", prop="present-value"))["value"]
+    assert av == 15.0
+    bo = (await c("rp", obj="binary-output,1030", prop="present-value"))["value"]
+    assert bo == "inactive"
+    comm = (await c("rp", obj="binary-input,1032", prop="present-value"))["value"]
+    assert comm == "active"
+    req = (await c("rpm", obj="analog-input,1005", props=["required"]))["values"]
+    assert {"presentValue", "statusFlags", "units", "objectName"} <= set(req)
+    # points the single-phase-less SDM630 profile lacks are not created; its THD exists
+    assert "error" in await c("rp", obj="analog-value,2045", prop="present-value")  # no CT ratio on SDM630
+    assert "error" not in await c("rp", obj="analog-input,2028", prop="present-value")
+
+
+async def test_writes_follow_the_policy(bacnet, tmp_path):
+    gw, c = await bacnet()
+    assert await wait_for(lambda: gw.table.get("gen", "Demand_Interval").quality is Quality.GOOD, 10)
+    assert (await c("wp", obj="analog-value,1047", value=30.0)) == {"ok": True}  # other config, non-MID
+    assert gw.table.get("gen", "Demand_Interval").value == 30
+    assert gw.simulators["gen"].model.values["Demand_Interval"] == 30
+    assert "value-out-of-range" in (await c("wp", obj="analog-value,1047", value=99.0))["error"]
+    assert "write-access-denied" in (await c("wp", obj="analog-value,1049", value=9.0))["error"]  # comm config
+    assert "unknown-object" in (await c("wp", obj="analog-value,2045", value=200.0))["error"]  # SDM630 has no CT
+    assert "write-access-denied" in (await c("wp", obj="analog-value,3045", value=200.0))["error"]  # MID metrology
+    assert (await c("wp", obj="analog-value,3047", value=20.0)) == {"ok": True}  # MID: other config allowed
+    assert "write-access-denied" in (await c("wp", obj="analog-input,1011", value=1.0))["error"]  # measurement
+    assert "write-access-denied" in (await c("wp", obj="accumulator,2001", value=0))["error"]  # MID energy
+    assert (await c("wp", obj="binary-output,1030", value="active")) == {"ok": True}  # reset peak demand
+    assert gw.simulators["gen"].writes[-1].function == 5
+    assert (await c("rp", obj="binary-output,1030", prop="present-value"))["value"] == "inactive"  # pulse
+    # other properties are read-only
+    records = [json.loads(x) for x in gw.write_service.audit.path.read_text().splitlines()]
+    expected = ["accepted", "out-of-range", "denied", "denied", "accepted", "denied", "denied", "accepted"]
+    assert [r["decision"] for r in records] == expected
+    assert all(r["protocol"] == "bacnet" and r["source"] == "127.0.0.1" for r in records)
+
+
+async def test_writes_disabled_are_denied(bacnet):
+    gw, c = await bacnet(yaml_for(writes="{enabled: false}"))
+    assert "write-access-denied" in (await c("wp", obj="analog-value,1047", value=30.0))["error"]
+    assert gw.simulators["gen"].writes == []
+
+
+async def test_cov_value_and_reliability_notifications(bacnet):
+    gw, c = await bacnet()
+    assert await wait_for(lambda: gw.table.get("gen", "Active_Power_Total").quality is Quality.GOOD, 10)
+    assert (await c("subscribe", obj="analog-input,1005"))["ok"]
+    assert (await c("subscribe", obj="multi-state-value,1037"))["ok"]
+    first = (await c("notifications", wait=1.0))["notifications"]
+    assert any(n["obj"] == "analog-input,1005" and n["prop"] == "presentValue" for n in first)
+    # a value change beyond the COV increment is notified
+    gw.simulators["gen"].model.values["Energy_Direction"] = 1
+    got = (await c("notifications", wait=3.0))["notifications"]
+    assert any(n["obj"] == "multi-state-value,1037" and n["prop"] == "presentValue" and n["value"] == 2 for n in got)
+    # unplugged: reliability and status flags change, with a notification; then back
+    gw.simulators["gen"].online = False
+    assert await wait_for(lambda: not gw.table.is_online("gen"), 10)
+    got = (await c("notifications", wait=2.0))["notifications"]
+    flags = [n["value"] for n in got if n["obj"] == "analog-input,1005" and n["prop"] == "statusFlags"]
+    assert flags and flags[-1][1] == 1, got  # status flags: in-alarm, FAULT, overridden, out-of-service
+    rel = await c("rp", obj="analog-input,1005", prop="reliability")
+    assert rel["value"] == "communicationFailure"
+    gw.simulators["gen"].online = True
+    assert await wait_for(lambda: gw.table.get("gen", "Active_Power_Total").quality is Quality.GOOD, 10)
+    got = (await c("notifications", wait=2.0))["notifications"]
+    flags = [n["value"] for n in got if n["obj"] == "analog-input,1005" and n["prop"] == "statusFlags"]
+    assert flags and flags[-1][1] == 0, got
+    assert (await c("rp", obj="analog-input,1005", prop="reliability"))["value"] == "noFaultDetected"
+
+
+async def test_write_property_multiple_and_dcc_are_not_offered(bacnet):
+    _gw, c = await bacnet()
+    services = (await c("rp", obj="device,599", prop="protocol-services-supported"))["value"]
+    # bit positions of BACnetServicesSupported
+    read_property, write_property, write_property_multiple, dcc, subscribe_cov = 12, 15, 16, 17, 5
+    assert services[read_property] == services[write_property] == services[subscribe_cov] == 1
+    assert services[write_property_multiple] == 0 and services[dcc] == 0
+
+
+def test_instances_are_stable_across_restarts_and_added_meters():
+    profiles = load_profiles()
+    cfg1 = parse_config(yaml_for(), profiles=profiles)
+    more = METERS + "  - {id: extra, bus: rtu, address: 4, profile: eastron_sdm120, bacnet_instance_base: 1500}\n"
+    cfg2 = parse_config(yaml_for(meters=more), profiles=profiles)
+
+    def table(cfg):
+        from meter_gateway.app import Gateway
+
+        gw = Gateway(cfg, profiles)
+        specs = object_specs(cfg, gw.catalogue, {m: gw.meter_points(m) for m in gw.table.meter_ids})
+        return {s.name: (s.object_type, s.instance) for s in specs}
+
+    a, again, b = table(cfg1), table(cfg1), table(cfg2)
+    assert a == again
+    assert {k: v for k, v in b.items() if not k.startswith("extra.")} == a
+    assert b["extra.Active_Energy_Import"] == ("accumulator", 1501)
+    assert a["gen.Voltage_Unbalance_Threshold"] == ("analog-value", 1053)
+
+
+async def test_instances_served_are_the_same_after_a_restart(gateways):
+    got = []
+    for _ in range(2):
+        gw = await gateways(yaml_for())
+        srv = gw.servers[0]
+        got.append(sorted((str(o.objectIdentifier), str(o.objectName)) for o in srv.objects.values()))
+        await gw.stop()
+    assert got[0] == got[1] and len(got[0]) > 50
+
+
+async def test_port_in_use_is_a_clear_start_error(gateways):
+    from meter_gateway.servers.base import ServerStartError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        text = yaml_for().replace("port: 0, device_instance", f"port: {port}, device_instance")
+        with pytest.raises(ServerStartError, match="cannot bind"):
+            await gateways(text)
