@@ -127,4 +127,3 @@ def table_value(spec: ObjectSpec, written) -> float | int:
         idx = int(written) - 1
         return p.allowed_values[idx] if p.allowed_values and 0 <= idx < len(p.allowed_values) else idx
     return float(written)
-

@@ -255,3 +255,60 @@ async def test_port_in_use_is_a_clear_start_error(gateways):
         text = yaml_for().replace("port: 0, device_instance", f"port: {port}, device_instance")
         with pytest.raises(ServerStartError, match="cannot bind"):
             await gateways(text)
+
+
+async def test_ede_export_matches_what_the_device_serves(bacnet, tmp_path):
+    import csv
+    import subprocess
+
+    from bacpypes3.basetypes import EngineeringUnits
+
+    from meter_gateway.commands.ede import OBJECT_TYPE_NUMBER, UNIT_NUMBER
+
+    for name, number in UNIT_NUMBER.items():
+        assert int(EngineeringUnits(name)) == number, name
+    _gw, c = await bacnet()
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(yaml_for())
+    res = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "meter_gateway.cli", "ede", "-c", str(cfg), "-o", str(tmp_path / "ede")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    rows = [
+        r
+        for r in csv.reader((tmp_path / "ede" / "bacnet-test_EDE.csv").open(), delimiter=";")
+        if r and not r[0].startswith("#") and len(r) > 5
+    ]
+    exported = {(int(r[3]), int(r[4])): r[2] for r in rows}
+    served = (await c("rp", obj="device,599", prop="object-list"))["value"]
+    type_number = {
+        "analogInput": 0,
+        "analogValue": 2,
+        "binaryInput": 3,
+        "binaryOutput": 4,
+        "multiStateValue": 19,
+        "accumulator": 23,
+    }
+    served_points = {(type_number[t], i) for t, i in served if t in type_number}
+    assert set(exported) == served_points
+    assert set(type_number.values()) == set(OBJECT_TYPE_NUMBER.values())
+    # names agree with the device too (a sample of every type)
+    for (tnum, inst), name in list(exported.items())[::7]:
+        tname = next(k for k, v in type_number.items() if v == tnum)
+        assert (await c("rp", obj=f"{tname},{inst}", prop="object-name"))["value"] == name
+    texts = (tmp_path / "ede" / "bacnet-test_StateTexts.csv").read_text()
+    assert "import;export" in texts
+
+
+async def test_stale_values_show_the_configured_reliability(bacnet):
+    gw, c = await bacnet(yaml_for(extra_bacnet=", stale_reliability: no-sensor"))
+    assert await wait_for(lambda: gw.table.get("gen", "Voltage_L1_N").quality is Quality.GOOD, 10)
+    gw.buses["rtu"]._task.cancel()  # polling stops, the meter is not in communication failure: values age
+    assert await wait_for(lambda: gw.table.get("gen", "Voltage_L1_N").quality is Quality.STALE, 10)
+    await asyncio.sleep(1.2)  # the staleness refresh pushes the change
+    vals = (await c("rpm", obj="analog-input,1011", props=["reliability", "status-flags"]))["values"]
+    assert vals["reliability"] == "noSensor" and vals["statusFlags"][1] == 1

@@ -1,0 +1,153 @@
+"""`meter-gateway ede`: write the BACnet EDE files (data points, state texts, units) of the configured device."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+from ..bacnet_model import object_specs
+from ..core.catalogue import load_catalogue
+from ._common import add_config_arg, load_or_exit
+
+# EDE object type numbers (BACnet object type enumeration)
+OBJECT_TYPE_NUMBER = {
+    "analog-input": 0,
+    "analog-value": 2,
+    "binary-input": 3,
+    "binary-output": 4,
+    "multi-state-value": 19,
+    "accumulator": 23,
+}
+# BACnet engineering unit numbers of the units the catalogue uses
+UNIT_NUMBER = {
+    "kilowattHours": 19,
+    "kilovoltAmpereHoursReactive": 243,
+    "kilowatts": 48,
+    "kilovoltAmperesReactive": 12,
+    "kilovoltAmperes": 9,
+    "volts": 5,
+    "amperes": 3,
+    "noUnits": 95,
+    "hertz": 27,
+    "seconds": 73,
+    "percent": 98,
+    "minutes": 72,
+    "wattHours": 18,
+}
+
+
+def add_parser(sub) -> None:
+    """Register the subcommand."""
+    p = sub.add_parser("ede", help="write the BACnet EDE files (CSV) for the configured device")
+    add_config_arg(p)
+    p.add_argument("-o", "--output", default=".", help="output directory (default: current directory)")
+    p.add_argument("--project", default="", help="project name written in the EDE header")
+    p.set_defaults(func=_main)
+
+
+def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
+    """(data point rows, state text rows) for the configured device."""
+    from ..app import Gateway
+
+    gw = Gateway(cfg, profiles)
+    specs = object_specs(cfg, gw.catalogue, {m: gw.meter_points(m) for m in gw.table.meter_ids})
+    dev = cfg.upstream.bacnet.device_instance
+    states: dict[tuple[str, ...], int] = {}
+    rows = []
+    for s in specs:
+        p = s.point
+        ref = ""
+        if p.states and s.object_type in ("binary-input", "binary-output", "multi-state-value"):
+            ref = str(states.setdefault(tuple(p.states), len(states) + 1))
+        lo, hi = (f"{p.range[0]:g}", f"{p.range[1]:g}") if p.range else ("", "")
+        rows.append(
+            [
+                s.name,
+                str(dev),
+                s.name,
+                str(OBJECT_TYPE_NUMBER[s.object_type]),
+                str(s.instance),
+                s.description,
+                "",
+                lo,
+                hi,
+                "Y" if s.writable else "N",
+                "Y",
+                "",
+                "",
+                ref,
+                str(UNIT_NUMBER.get(p.bacnet_unit or "", "")) if p.bacnet_unit else "",
+                f"{s.meter_id}/{p.name}",
+            ]
+        )
+    state_rows = [[str(ref), *texts] for texts, ref in states.items()]
+    return rows, state_rows
+
+
+def _main(args) -> int:
+    cfg, profiles = load_or_exit(args.config)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    name = args.project or cfg.gateway.name
+    rows, state_rows = ede_rows(cfg, profiles)
+    stamp = time.strftime("%d.%m.%Y")
+    header = [
+        ["#Engineering-Data-Exchange - B.I.G.-EU"],
+        ["PROJECT_NAME", name],
+        ["VERSION_OF_REFERENCEFILE", "1"],
+        ["TIMESTAMP_OF_LAST_CHANGE", stamp],
+        ["AUTHOR_OF_LAST_CHANGE", "meter-gateway"],
+        ["VERSION_OF_LAYOUT", "2.3"],
+        [
+            "#mandatory",
+            "mandatory",
+            "mandatory",
+            "mandatory",
+            "mandatory",
+            "optional",
+            "optional",
+            "optional",
+            "optional",
+            "optional",
+            "optional",
+            "optional",
+            "optional",
+            "optional",
+            "optional",
+            "optional",
+        ],
+        [
+            "# keyname",
+            "device obj.-instance",
+            "object-name",
+            "object-type",
+            "object-instance",
+            "description",
+            "present-value-default",
+            "min-present-value",
+            "max-present-value",
+            "settable",
+            "supports COV",
+            "hi-limit",
+            "low-limit",
+            "state-text-reference",
+            "unit-code",
+            "vendor-specific-address",
+        ],
+    ]
+    base = out / f"{name}_EDE.csv"
+    with open(base, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, delimiter=";").writerows(header + rows)
+    with open(out / f"{name}_StateTexts.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, delimiter=";")
+        w.writerows([["#State-Text-File"], ["# Reference number", "Text 1", "Text 2", "Text 3"]])
+        w.writerows(state_rows)
+    cat = load_catalogue()
+    units = sorted({p.bacnet_unit for p in cat if p.bacnet_unit})
+    with open(out / f"{name}_Units.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, delimiter=";")
+        w.writerows([["#Unit-Text-File"], ["# Unit code", "Unit text"]])
+        w.writerows([[str(UNIT_NUMBER[u]), u] for u in units])
+    print(f"wrote {len(rows)} objects to {base} (+ StateTexts and Units)")
+    return 0
