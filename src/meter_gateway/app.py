@@ -175,8 +175,11 @@ class Gateway:
 
             port, handle = await start_simulated_mbus_bus(bus, meters, self.profiles)
             self.simulators.update(handle.meters)
+            self.sim_buses[bus.id] = handle.bus
             self._teardown.append(handle.close)
-            return MbusDriver(bus, self.profiles, port=port)
+            log.info("bus %s: simulated M-Bus meters on %s", bus.id, port)
+            # a pty only takes 8N1: the simulated line ignores the configured parity
+            return MbusDriver(bus.model_copy(update={"parity": "N"}), self.profiles, port=port)
         raise ValueError(f"unknown bus type {bus.type}")
 
     async def _housekeeping(self) -> None:

@@ -245,6 +245,7 @@ class MbusDriver(Driver):
                     reply = await self.link.exchange(request, expect)
                     if reply is not None:
                         self.stats.bytes_received += len(reply)
+                        parse_frame(reply)  # checksum and stop byte, before anything trusts the reply
                     return reply
                 except TimeoutError:
                     self.stats.timeouts += 1

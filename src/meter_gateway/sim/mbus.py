@@ -1,0 +1,277 @@
+"""Simulated M-Bus meters on a pty: SND_NKE, REQ_UD2 (single and multi-telegram, FCB), secondary selection with
+wildcards (colliding replies garbled as on a real bus), realistic moving values, fault injection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tty
+import zlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..mbus_frame import (
+    ACK,
+    ADDR_NETWORK,
+    CI_SELECT,
+    MEDIUM_ELECTRICITY,
+    MbusFrameError,
+    build_rsp_ud,
+    frame_size,
+    manufacturer_code,
+    parse_frame,
+)
+from ..profiles.mbus import FUNCTIONS, MbusProfile
+from .physics import LoadModel
+
+Fault = Literal["none", "no_reply", "bad_checksum", "garbage"]
+# how each quantity is encoded: (DIF data field, VIF bytes, factor from the canonical unit to the raw integer)
+ENCODING = {
+    "energy": (0x04, b"\x04", 100),  # 10 Wh steps: kWh x 100
+    "power": (0x04, b"\x2b", 1000),  # W: kW x 1000
+    "voltage": (0x02, b"\xfd\x48", 10),  # 0.1 V
+    "current": (0x04, b"\xfd\x59", 1000),  # mA
+}
+
+
+def encode_record(rule, value: float) -> bytes:
+    """One data record for a profile rule and a canonical value."""
+    code, vib, factor = ENCODING[rule.quantity]
+    tariff = rule.tariff[0] if isinstance(rule.tariff, list) else rule.tariff
+    dif = code | (FUNCTIONS[rule.function] << 4) | ((rule.storage & 1) << 6)
+    dife = ((rule.storage >> 1) & 0x0F) | ((tariff & 0x03) << 4) | ((rule.subunit & 0x01) << 6)
+    dib = bytes([dif | 0x80, dife]) if dife else bytes([dif])
+    tag = bytes.fromhex(rule.tag)
+    if tag:
+        vib = vib[:-1] + bytes([vib[-1] | 0x80]) + tag
+    size = {0x02: 2, 0x04: 4}[code]
+    raw = round(value * factor / rule.scale)
+    limit = 1 << (8 * size - 1)
+    raw = max(-limit, min(limit - 1, raw))
+    return dib + vib + raw.to_bytes(size, "little", signed=True)
+
+
+@dataclass
+class SimMbusMeter:
+    """One simulated M-Bus electricity meter."""
+
+    primary: int
+    ident: str  # 8-digit secondary address
+    profile: MbusProfile
+    model: LoadModel = field(default_factory=LoadModel)
+    manufacturer: str = "GWY"
+    version: int = 1
+    telegrams: int = 2  # records are spread over this many telegrams ("more records follow")
+    online: bool = True
+    fault: Fault = "none"
+    selected: bool = False
+    requests: int = 0
+    _next: int = 0
+    _last_fcb: bool | None = None
+    _access: int = 0
+
+    @property
+    def state(self) -> dict:
+        """Current canonical values."""
+        return self.model.advance()
+
+    def records(self) -> list[bytes]:
+        """Every record of the meter, in profile order."""
+        values = self.model.advance()
+        return [encode_record(rule, float(values.get(name, 0.0))) for name, rule in self.profile.points.items()]
+
+    def telegram(self, address: int, fcb: bool) -> bytes:
+        """The next telegram of a multi-telegram read (FCB toggled), or a repeat (same FCB)."""
+        recs = self.records()
+        n = max(1, min(self.telegrams, len(recs)))
+        if self._last_fcb is not None and fcb == self._last_fcb:
+            index = (self._next - 1) % n  # repeated request: send the same telegram again
+        else:
+            index = self._next % n
+            self._next = index + 1
+        self._last_fcb = fcb
+        chunk = recs[index * len(recs) // n : (index + 1) * len(recs) // n]
+        self._access += 1
+        more = index < n - 1
+        if not more:
+            self._next = 0
+        return build_rsp_ud(
+            address,
+            self.ident,
+            self.manufacturer,
+            self.version,
+            MEDIUM_ELECTRICITY,
+            self._access,
+            b"".join(chunk),
+            more_follows=more,
+        )
+
+    def reset(self) -> None:
+        """SND_NKE: start again from the first telegram."""
+        self._next = 0
+        self._last_fcb = None
+
+    def matches(self, pattern: bytes) -> bool:
+        """Secondary selection: id digits with F wildcards, manufacturer, version, medium (0xFF... wildcards)."""
+        ident_pattern = pattern[0:4][::-1].hex().upper()
+        for p, d in zip(ident_pattern, self.ident, strict=True):
+            if p != "F" and p != d:
+                return False
+        man = int.from_bytes(pattern[4:6], "little")
+        if man != 0xFFFF and man != manufacturer_code(self.manufacturer):
+            return False
+        if pattern[6] != 0xFF and pattern[6] != self.version:
+            return False
+        return pattern[7] in (0xFF, MEDIUM_ELECTRICITY)
+
+
+class MbusSimBus:
+    """Simulated meters on the master side of a pty."""
+
+    def __init__(self, meters: list[SimMbusMeter]) -> None:
+        self.meters = meters
+        self.master_fd = self.slave_fd = -1
+        self.port = ""
+        self._queue: asyncio.Queue[bytes] | None = None
+        self._task: asyncio.Task | None = None
+        self.frames_in = 0
+
+    async def start(self) -> str:
+        """Open a pty pair and answer on it; returns the path the master opens."""
+        self.master_fd, self.slave_fd = os.openpty()
+        tty.setraw(self.master_fd)
+        tty.setraw(self.slave_fd)
+        os.set_blocking(self.master_fd, False)
+        self.port = os.ttyname(self.slave_fd)
+        self._queue = asyncio.Queue()
+        asyncio.get_running_loop().add_reader(self.master_fd, self._readable)
+        self._task = asyncio.create_task(self._serve(), name=f"sim-mbus-{self.port}")
+        return self.port
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.master_fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return
+        if data and self._queue is not None:
+            self._queue.put_nowait(data)
+
+    async def _serve(self) -> None:
+        assert self._queue is not None
+        buf = b""
+        while True:
+            try:
+                chunk = await asyncio.wait_for(self._queue.get(), timeout=0.2 if buf else None)
+            except TimeoutError:
+                buf = b""  # an incomplete frame followed by silence is dropped
+                continue
+            buf += chunk
+            while buf:
+                try:
+                    size = frame_size(buf)
+                except MbusFrameError:
+                    buf = buf[1:]
+                    continue
+                if size is None or len(buf) < size:
+                    break
+                raw, buf = buf[:size], buf[size:]
+                self.frames_in += 1
+                try:
+                    frame = parse_frame(raw)
+                except MbusFrameError:
+                    continue  # a slave ignores a corrupted request
+                self._answer(frame)
+
+    def _send(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.master_fd, data)
+
+    def _reply(self, meter: SimMbusMeter, data: bytes) -> None:
+        if not meter.online or meter.fault == "no_reply":
+            return
+        if meter.fault == "bad_checksum" and len(data) > 1:
+            data = data[:-2] + bytes([(data[-2] + 1) & 0xFF, data[-1]])
+        elif meter.fault == "garbage":
+            data = b"\x55\xaa" + data
+        self._send(data)
+
+    def _targets(self, address: int) -> list[SimMbusMeter]:
+        if address == ADDR_NETWORK:
+            return [m for m in self.meters if m.selected]
+        return [m for m in self.meters if m.primary == address]
+
+    def _answer(self, frame) -> None:
+        if frame.kind == "short":
+            c, a = frame.c, frame.a
+            if c == 0x40:  # SND_NKE
+                for m in self._targets(a):
+                    m.reset()
+                    m.requests += 1
+                    self._reply(m, bytes([ACK]))
+            elif c & 0xCF == 0x4B:  # REQ_UD2 (0x5B / 0x7B)
+                targets = [m for m in self._targets(a) if m.online]
+                for m in self._targets(a):
+                    m.requests += 1
+                if len(targets) == 1:
+                    self._reply(targets[0], targets[0].telegram(a, bool(c & 0x20)))
+                elif len(targets) > 1:
+                    self._send(b"\x68\x37\x5c\x68\x08")  # colliding long frames: garbled
+            return
+        if frame.kind == "long" and frame.ci == CI_SELECT and frame.a == ADDR_NETWORK and len(frame.data) >= 8:
+            hits = [m for m in self.meters if m.matches(frame.data[:8])]
+            for m in self.meters:
+                m.selected = m in hits
+                if m in hits:
+                    m.reset()
+            answering = [m for m in hits if m.online and m.fault != "no_reply"]
+            if len(answering) == 1:
+                answering[0].requests += 1
+                self._reply(answering[0], bytes([ACK]))
+            elif len(answering) > 1:
+                self._send(b"\xfd\x37")  # several E5 at once: garbled on the wire
+
+    async def close(self) -> None:
+        """Stop answering and close the pty."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.master_fd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.master_fd)
+            for fd in (self.master_fd, self.slave_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.master_fd = self.slave_fd = -1
+
+
+@dataclass
+class SimMbusHandle:
+    """What the gateway keeps of a simulated M-Bus line."""
+
+    bus: MbusSimBus
+    meters: dict[str, SimMbusMeter]
+
+    async def close(self) -> None:
+        """Stop the line."""
+        await self.bus.close()
+
+
+def make_mbus_meter(meter_id: str, address: int | str, profile: MbusProfile, index: int = 0) -> SimMbusMeter:
+    """A simulated meter for a configured meter (primary or secondary address)."""
+    seed = zlib.crc32(meter_id.encode())
+    ident = address if isinstance(address, str) else f"{(seed % 90000000) + 10000000:08d}"
+    primary = address if isinstance(address, int) else 200 + index
+    model = LoadModel(seed=seed, base_kw=3.0 + (seed % 5), phases=profile.phases)
+    return SimMbusMeter(primary, ident, profile, model, manufacturer=profile.manufacturer_id or "GWY")
+
+
+async def start_simulated_mbus_bus(bus, meters, profiles) -> tuple[str, SimMbusHandle]:
+    """Start simulated meters for the configured meters of an M-Bus bus; returns (pty path, handle)."""
+    sims = {m.id: make_mbus_meter(m.id, m.address, profiles.get(m.profile), i) for i, m in enumerate(meters)}
+    line = MbusSimBus(list(sims.values()))
+    port = await line.start()
+    return port, SimMbusHandle(line, sims)
