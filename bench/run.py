@@ -1,0 +1,95 @@
+"""`make bench`: every benchmark in one run, a table on stdout, bench/results.json, and a last line of JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bacnet_throughput  # noqa: E402
+import bus  # noqa: E402
+import scale  # noqa: E402
+import upstream_modbus  # noqa: E402
+
+
+async def main() -> dict:
+    """Run everything; returns the results document."""
+    t0 = time.monotonic()
+    results: dict = {
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": __import__("os").cpu_count(),
+        },
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    eff = []
+    for profile in ("generic", "eastron_sdm630"):
+        for n in (1, 8, 32):
+            r = await bus.efficiency(n, profile)
+            eff.append(r)
+            print(
+                f"bus efficiency  {profile:15} {n:3} meters: {r['transactions_per_cycle']:4} tx "
+                f"(naive {r['one_read_per_point']:5}), cycle {r['cycle_time_s']:7.3f} s, "
+                f"wire {r['wire_limit_s']:7.3f} s, efficiency {r['efficiency']:.3f}",
+                flush=True,
+            )
+    results["bus_efficiency"] = eff
+    cap = []
+    for baud in (9600, 19200):
+        r = await bus.capacity("generic", baud)
+        cap.append(r)
+        print(
+            f"capacity        generic @ {baud:5} Bd: measured {r['measured_max_meters']} meters, "
+            f"computed {r['computed_max_meters']} (ratio {r['ratio']})",
+            flush=True,
+        )
+    results["capacity"] = cap
+    mb = await upstream_modbus.run()
+    results["modbus_tcp"] = mb
+    print(
+        f"modbus tcp      50 regs: 1 client {mb['gateway_rps_1']} req/s (bare {mb['bare_pymodbus_rps_1']}), "
+        f"8 clients {mb['gateway_rps_8']} req/s (bare {mb['bare_pymodbus_rps_8']})",
+        flush=True,
+    )
+    bn = await bacnet_throughput.run()
+    results["bacnet"] = bn
+    print(
+        f"bacnet          {bn['meters']} meters: RP {bn['read_property_per_s']}/s, "
+        f"RPM {bn['rpm_points_per_s']} points/s",
+        flush=True,
+    )
+    sc = await scale.run(250, 20.0)
+    results["scale"] = sc
+    print(
+        f"scale           {sc['meters']} meters: full table {sc['startup_to_full_table_s']} s, "
+        f"{sc['rss_mib']} MiB, CPU {sc['cpu_share_steady'] * 100:.1f} %",
+        flush=True,
+    )
+    results["duration_s"] = round(time.monotonic() - t0, 1)
+    return results
+
+
+if __name__ == "__main__":
+    res = asyncio.run(main())
+    (HERE / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    g32 = next(e for e in res["bus_efficiency"] if e["profile"] == "generic" and e["meters"] == 32)
+    headline = {
+        "bus_efficiency_32_generic": g32["efficiency"],
+        "transactions_ratio_32_generic": g32["transactions_ratio"],
+        "capacity_9600": res["capacity"][0]["measured_max_meters"],
+        "capacity_19200": res["capacity"][1]["measured_max_meters"],
+        "modbus_rps_1": res["modbus_tcp"]["gateway_rps_1"],
+        "modbus_rps_8": res["modbus_tcp"]["gateway_rps_8"],
+        "bacnet_rp_per_s": res["bacnet"]["read_property_per_s"],
+        "bacnet_rpm_points_per_s": res["bacnet"]["rpm_points_per_s"],
+        "scale_250_rss_mib": res["scale"]["rss_mib"],
+        "scale_250_cpu": res["scale"]["cpu_share_steady"],
+    }
+    print(json.dumps(headline))
