@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from helpers import FAST, wait_for
 from meter_gateway.config import parse_config
 from meter_gateway.core.catalogue import load_catalogue
 from meter_gateway.core.quality import Quality
@@ -181,17 +182,6 @@ meters:
      poll_intervals: {intervals}}}
 upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, prometheus: {{enabled: false}}}}
 """
-FAST = "{power: 0.5, voltage: 0.5, energy: 0.5, alarm: 0.5, status: 0.5, config: 5}"
-
-
-async def _wait(pred, timeout=10.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        if pred():
-            return True
-        await asyncio.sleep(0.05)
-    return pred()
 
 
 async def test_gateway_polls_and_flags_unplugged_meter(profiles):
@@ -202,19 +192,19 @@ async def test_gateway_polls_and_flags_unplugged_meter(profiles):
     await gw.start()
     try:
         for mid in "abc":
-            assert await _wait(lambda mid=mid: gw.table.get(mid, "Active_Energy_Import").quality is Quality.GOOD)
+            assert await wait_for(lambda mid=mid: gw.table.get(mid, "Active_Energy_Import").quality is Quality.GOOD)
         v = gw.table.get("a", "Voltage_L1_N")
         assert 200 < v.value < 260
         assert gw.table.get("a", "Communication_Status").value is True
         gw.simulators["b"].online = False
-        assert await _wait(lambda: gw.table.get("b", "Active_Power_Total").quality is Quality.COMM_FAILURE)
+        assert await wait_for(lambda: gw.table.get("b", "Active_Power_Total").quality is Quality.COMM_FAILURE)
         assert gw.table.get("b", "Communication_Status").value is False
         # the other meters keep being polled while b is silent
         before = gw.table.get("a", "Active_Power_Total").read_time
-        assert await _wait(lambda: gw.table.get("a", "Active_Power_Total").read_time > before)
+        assert await wait_for(lambda: gw.table.get("a", "Active_Power_Total").read_time > before)
         assert gw.table.get("c", "Active_Power_Total").quality is Quality.GOOD
         gw.simulators["b"].online = True
-        assert await _wait(lambda: gw.table.get("b", "Active_Power_Total").quality is Quality.GOOD)
+        assert await wait_for(lambda: gw.table.get("b", "Active_Power_Total").quality is Quality.GOOD)
         assert gw.table.get("b", "Communication_Status").value is True
         stats = gw.buses["rtu"].driver.stats
         assert stats.transactions > 0 and stats.timeouts > 0 and stats.cycles > 0
@@ -229,14 +219,14 @@ async def test_gateway_exception_replies_flag_bad_data_and_recover(profiles):
     gw = Gateway(cfg, profiles)
     await gw.start()
     try:
-        assert await _wait(lambda: gw.table.get("a", "Active_Power_Total").quality is Quality.GOOD)
+        assert await wait_for(lambda: gw.table.get("a", "Active_Power_Total").quality is Quality.GOOD)
         good = gw.table.get("a", "Active_Power_Total").value
         gw.simulators["a"].fault = "exception"
-        assert await _wait(lambda: gw.table.get("a", "Active_Power_Total").quality is Quality.BAD_DATA)
+        assert await wait_for(lambda: gw.table.get("a", "Active_Power_Total").quality is Quality.BAD_DATA)
         assert gw.table.get("a", "Active_Power_Total").value is not None
         assert good is not None
         gw.simulators["a"].fault = "none"
-        assert await _wait(lambda: gw.table.get("a", "Active_Power_Total").quality is Quality.GOOD)
+        assert await wait_for(lambda: gw.table.get("a", "Active_Power_Total").quality is Quality.GOOD)
     finally:
         await gw.stop()
 
@@ -248,10 +238,10 @@ async def test_energy_jump_backwards_in_meter_is_not_published(profiles):
     gw = Gateway(cfg, profiles)
     await gw.start()
     try:
-        assert await _wait(lambda: gw.table.get("c", "Active_Energy_Import").quality is Quality.GOOD)
+        assert await wait_for(lambda: gw.table.get("c", "Active_Energy_Import").quality is Quality.GOOD)
         last = gw.table.get("c", "Active_Energy_Import").value
         gw.simulators["c"].model.values["Active_Energy_Import"] = last - 500
-        assert await _wait(lambda: gw.table.get("c", "Active_Energy_Import").quality is Quality.BAD_DATA)
+        assert await wait_for(lambda: gw.table.get("c", "Active_Energy_Import").quality is Quality.BAD_DATA)
         assert gw.table.get("c", "Active_Energy_Import").value == last
         assert any(a.meter_id == "c" and "backwards" in a.message for a in gw.table.alarms)
     finally:
@@ -265,7 +255,7 @@ async def test_accepted_write_goes_to_meter_and_is_read_back(profiles):
     gw = Gateway(cfg, profiles)
     await gw.start()
     try:
-        assert await _wait(lambda: gw.table.get("a", "Demand_Interval").quality is Quality.GOOD)
+        assert await wait_for(lambda: gw.table.get("a", "Demand_Interval").quality is Quality.GOOD)
         reply = await gw.perform_write("a", "Demand_Interval", 30)
         assert "30" in reply and gw.table.get("a", "Demand_Interval").value == 30
         await gw.perform_write("a", "Reset_Demand_Peak", 1)
@@ -301,9 +291,9 @@ async def test_silent_meter_is_backed_off_and_others_keep_their_rhythm(profiles)
     await gw.start()
     try:
         runner = gw.buses["rtu"]
-        assert await _wait(lambda: gw.table.get("b", "Active_Power_Total").quality is Quality.GOOD)
+        assert await wait_for(lambda: gw.table.get("b", "Active_Power_Total").quality is Quality.GOOD)
         gw.simulators["b"].online = False
-        assert await _wait(lambda: gw.table.get("b", "Communication_Status").value is False)
+        assert await wait_for(lambda: gw.table.get("b", "Communication_Status").value is False)
         a, b = runner.schedules["a"], runner.schedules["b"]
         line = gw.sim_buses["rtu"]
         polls_a, frames_b = a.polls, line.frames_by_unit[2]

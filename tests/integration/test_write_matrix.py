@@ -150,9 +150,15 @@ async def test_write_matrix(gateways, tmp_path, enabled, allowed):
         assert gw.table.get("mid", "CT_Primary_Rating").value == 100  # MID metrology untouched
 
 
-async def test_meter_that_fails_an_accepted_write_answers_0x04(gateways, tmp_path):
+async def _free_meter_ready(gateways, tmp_path):
+    """A gateway with writes on and the non-MID meter's configuration read."""
     gw = await gateways(config_yaml(True, True, str(tmp_path / "audit.jsonl")))
     assert await wait_for(lambda: gw.table.get("free", "Demand_Interval").quality is Quality.GOOD, 15)
+    return gw
+
+
+async def test_meter_that_fails_an_accepted_write_answers_0x04(gateways, tmp_path):
+    gw = await _free_meter_ready(gateways, tmp_path)
     gw.simulators["free"].fault = "exception"
     host, port = gw.servers[0].address()
     c = AsyncModbusTcpClient(host, port=port, timeout=10, retries=0)
@@ -166,8 +172,7 @@ async def test_meter_that_fails_an_accepted_write_answers_0x04(gateways, tmp_pat
 
 
 async def test_write_to_silent_meter_times_out_with_0x04(gateways, tmp_path):
-    gw = await gateways(config_yaml(True, True, str(tmp_path / "audit.jsonl")))
-    assert await wait_for(lambda: gw.table.get("free", "Demand_Interval").quality is Quality.GOOD, 15)
+    gw = await _free_meter_ready(gateways, tmp_path)
     gw.simulators["free"].online = False
     host, port = gw.servers[0].address()
     c = AsyncModbusTcpClient(host, port=port, timeout=10, retries=0)

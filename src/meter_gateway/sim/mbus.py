@@ -4,9 +4,6 @@ wildcards (colliding replies garbled as on a real bus), realistic moving values,
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tty
 import zlib
 from dataclasses import dataclass, field
 from typing import Literal
@@ -24,6 +21,7 @@ from ..mbus_frame import (
 )
 from ..profiles.mbus import FUNCTIONS, MbusProfile
 from .physics import LoadModel
+from .pty import PtyLine
 
 Fault = Literal["none", "no_reply", "bad_checksum", "garbage"]
 # how each quantity is encoded: (DIF data field, VIF bytes, factor from the canonical unit to the raw integer)
@@ -126,45 +124,20 @@ class SimMbusMeter:
         return pattern[7] in (0xFF, MEDIUM_ELECTRICITY)
 
 
-class MbusSimBus:
+class MbusSimBus(PtyLine):
     """Simulated meters on the master side of a pty."""
 
     def __init__(self, meters: list[SimMbusMeter]) -> None:
+        super().__init__()
         self.meters = meters
-        self.master_fd = self.slave_fd = -1
-        self.port = ""
-        self._queue: asyncio.Queue[bytes] | None = None
-        self._task: asyncio.Task | None = None
         self.frames_in = 0
 
-    async def start(self) -> str:
-        """Open a pty pair and answer on it; returns the path the master opens."""
-        self.master_fd, self.slave_fd = os.openpty()
-        tty.setraw(self.master_fd)
-        tty.setraw(self.slave_fd)
-        os.set_blocking(self.master_fd, False)
-        self.port = os.ttyname(self.slave_fd)
-        self._queue = asyncio.Queue()
-        asyncio.get_running_loop().add_reader(self.master_fd, self._readable)
-        self._task = asyncio.create_task(self._serve(), name=f"sim-mbus-{self.port}")
-        return self.port
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.master_fd, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return
-        if data and self._queue is not None:
-            self._queue.put_nowait(data)
-
-    async def _serve(self) -> None:
-        assert self._queue is not None
+    async def serve(self) -> None:
+        """Cut the byte stream into frames by length and answer them."""
         buf = b""
         while True:
             try:
-                chunk = await asyncio.wait_for(self._queue.get(), timeout=0.2 if buf else None)
+                chunk = await asyncio.wait_for(self.queue.get(), timeout=0.2 if buf else None)
             except TimeoutError:
                 buf = b""  # an incomplete frame followed by silence is dropped
                 continue
@@ -185,10 +158,6 @@ class MbusSimBus:
                     continue  # a slave ignores a corrupted request
                 self._answer(frame)
 
-    def _send(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self.master_fd, data)
-
     def _reply(self, meter: SimMbusMeter, data: bytes) -> None:
         if not meter.online or meter.fault == "no_reply":
             return
@@ -196,7 +165,7 @@ class MbusSimBus:
             data = data[:-2] + bytes([(data[-2] + 1) & 0xFF, data[-1]])
         elif meter.fault == "garbage":
             data = b"\x55\xaa" + data
-        self._send(data)
+        self.write(data)
 
     def _targets(self, address: int) -> list[SimMbusMeter]:
         if address == ADDR_NETWORK:
@@ -218,7 +187,7 @@ class MbusSimBus:
                 if len(targets) == 1:
                     self._reply(targets[0], targets[0].telegram(a, bool(c & 0x20)))
                 elif len(targets) > 1:
-                    self._send(b"\x68\x37\x5c\x68\x08")  # colliding long frames: garbled
+                    self.write(b"\x68\x37\x5c\x68\x08")  # colliding long frames: garbled
             return
         if frame.kind == "long" and frame.ci == CI_SELECT and frame.a == ADDR_NETWORK and len(frame.data) >= 8:
             hits = [m for m in self.meters if m.matches(frame.data[:8])]
@@ -231,21 +200,7 @@ class MbusSimBus:
                 answering[0].requests += 1
                 self._reply(answering[0], bytes([ACK]))
             elif len(answering) > 1:
-                self._send(b"\xfd\x37")  # several E5 at once: garbled on the wire
-
-    async def close(self) -> None:
-        """Stop answering and close the pty."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self.master_fd >= 0:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self.master_fd)
-            for fd in (self.master_fd, self.slave_fd):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self.master_fd = self.slave_fd = -1
+                self.write(b"\xfd\x37")  # several E5 at once: garbled on the wire
 
 
 @dataclass

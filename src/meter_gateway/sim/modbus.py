@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import struct
 import time
-import tty
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from ..core.codec import CodecError, DataType, WordOrder, decode, encode, from_e
 from ..drivers.modbus import crc16
 from ..profiles import ModbusProfile
 from .physics import LoadModel
+from .pty import PtyLine
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +221,8 @@ def request_length(buf: bytes) -> int | None:
     return -1
 
 
-class RtuSimBus:
-    """Simulated meters sharing one RS485 line, served on the master side of a pty (or any fd)."""
+class RtuSimBus(PtyLine):
+    """Simulated meters sharing one RS485 line, served on the master side of a pty."""
 
     def __init__(
         self,
@@ -233,60 +232,27 @@ class RtuSimBus:
         turnaround: float = 0.005,
         bits_per_char: int = 10,
     ) -> None:
+        super().__init__()
         self.meters = {m.unit: m for m in meters}
         self.baudrate = baudrate
         self.paced = paced
         self.turnaround = turnaround
         self.bits_per_char = bits_per_char
-        self.master_fd = -1
-        self.slave_fd = -1
-        self.port = ""
         self._buf = b""
-        self._queue: asyncio.Queue[bytes] | None = None
-        self._task: asyncio.Task | None = None
         self.frames_in = 0
         self.frames_by_unit: Counter[int] = Counter()  # valid requests seen per unit id, answered or not
 
-    def open_pty(self) -> str:
-        """Create the pty pair; returns the slave path the gateway opens as its serial port."""
-        self.master_fd, self.slave_fd = os.openpty()
-        tty.setraw(self.master_fd)
-        tty.setraw(self.slave_fd)
-        os.set_blocking(self.master_fd, False)
-        self.port = os.ttyname(self.slave_fd)
-        return self.port
-
-    async def start(self) -> str:
-        """Open the pty and start answering."""
-        if self.master_fd < 0:
-            self.open_pty()
-        loop = asyncio.get_running_loop()
-        self._queue = asyncio.Queue()
-        loop.add_reader(self.master_fd, self._on_readable)
-        self._task = asyncio.create_task(self._serve(), name=f"sim-rtu-{self.port}")
-        return self.port
-
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self.master_fd, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if data and self._queue is not None:
-            self._queue.put_nowait(data)
-
-    async def _serve(self) -> None:
-        assert self._queue is not None
+    async def serve(self) -> None:
+        """Cut the byte stream into requests by length and answer them."""
         while True:
-            chunk = await self._queue.get()
+            chunk = await self.queue.get()
             self._buf += chunk
             while True:
                 n = request_length(self._buf)
                 if n is None or (n > 0 and len(self._buf) < n):
                     # wait for the rest; a partial frame followed by silence is dropped as garbage
                     try:
-                        more = await asyncio.wait_for(self._queue.get(), timeout=0.05 if self._buf else None)
+                        more = await asyncio.wait_for(self.queue.get(), timeout=0.05 if self._buf else None)
                     except TimeoutError:
                         self._buf = b""
                         break
@@ -330,23 +296,7 @@ class RtuSimBus:
             delay += meter.slow_delay
         if delay:
             await asyncio.sleep(delay)
-        with contextlib.suppress(OSError):
-            os.write(self.master_fd, reply)
-
-    async def close(self) -> None:
-        """Stop answering and close the pty."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self.master_fd >= 0:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self.master_fd)
-            for fd in (self.master_fd, self.slave_fd):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self.master_fd = self.slave_fd = -1
+        self.write(reply)
 
 
 class TcpSimServer:
