@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..core.catalogue import PointKind, load_catalogue
+from .schema import ProfileBase
 
 FUNCTIONS = {"instantaneous": 0, "maximum": 1, "minimum": 2, "error": 3}
 
@@ -53,24 +54,12 @@ class RecordRule(BaseModel):
         )
 
 
-class MbusProfile(BaseModel):
+class MbusProfile(ProfileBase):
     """An M-Bus meter model."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=r"^[a-z0-9_]+$")
     protocol: Literal["mbus"]
-    manufacturer: str
-    model: str
-    description: str = ""
-    version: int = Field(1, ge=1)
-    phases: Literal[1, 3] = 3
-    mid_capable: bool = False
     manufacturer_id: str | None = Field(None, pattern=r"^[A-Z@]{3}$", description="M-Bus 3-letter manufacturer id")
-    max_power_kw: float = Field(1000.0, gt=0)
-    energy_wrap: float | None = Field(None, gt=0)
     points: dict[str, RecordRule]
-    notes: list[str] = []
 
     @model_validator(mode="after")
     def _check(self) -> MbusProfile:

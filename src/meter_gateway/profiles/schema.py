@@ -71,27 +71,32 @@ class CommandSpec(_Strict):
         return self
 
 
-class ModbusProfile(_Strict):
-    """A Modbus meter model: how each canonical point is read and which writes it accepts."""
+class ProfileBase(_Strict):
+    """What every profile says about its meter model, whatever the protocol."""
 
     name: str = Field(pattern=r"^[a-z0-9_]+$")
-    protocol: Literal["modbus"] = "modbus"
     manufacturer: str
     model: str
     description: str = ""
     version: int = Field(1, ge=1)
     phases: Literal[1, 3] = 3
     mid_capable: bool = False
+    max_power_kw: float = Field(1000.0, gt=0, description="largest power the meter can measure (energy sanity)")
+    energy_wrap: float | None = Field(None, gt=0, description="value at which energy registers roll over")
+    notes: list[str] = []
+
+
+class ModbusProfile(ProfileBase):
+    """A Modbus meter model: how each canonical point is read and which writes it accepts."""
+
+    protocol: Literal["modbus"] = "modbus"
     max_registers_per_read: int = Field(125, ge=1, le=125)
     max_bits_per_read: int = Field(2000, ge=1, le=2000)
     max_gap: int = Field(8, ge=0, le=100, description="unused registers that may be read over to merge two reads")
-    max_power_kw: float = Field(1000.0, gt=0, description="largest power the meter can measure (energy sanity)")
-    energy_wrap: float | None = Field(None, gt=0, description="value at which energy registers roll over")
     defaults: Defaults = Defaults()
     points: dict[str, RegisterPoint]
     commands: dict[str, CommandSpec] = {}
     energy_reset: CommandSpec | None = Field(None, description="resets energy registers (non-MID meters only)")
-    notes: list[str] = []
 
     @model_validator(mode="after")
     def _check_points(self) -> ModbusProfile:
