@@ -58,6 +58,7 @@ class Gateway:
         self._tasks: list[asyncio.Task] = []
         self.started = False
         self.write_service: Any = None
+        self.journal: Any = None  # journal.recorder.Recorder when the journal is enabled
         for m in config.meters:
             if not m.enabled:
                 continue
@@ -108,6 +109,14 @@ class Gateway:
                 self.buses[bus.id] = runner
                 self._teardown.append(runner.stop)
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+            if self.config.journal.enabled:
+                from .journal.recorder import Recorder, journal_path
+                from .journal.store import JournalStore
+
+                store = JournalStore(journal_path(self))
+                self.journal = Recorder(self, store)
+                self._teardown.append(self._close_journal)
+                self._tasks.append(asyncio.create_task(self.journal.run(), name="journal"))
             await self._start_servers()
             self.started = True
             log.info(
@@ -181,6 +190,11 @@ class Gateway:
             # a pty only takes 8N1: the simulated line ignores the configured parity
             return MbusDriver(bus.model_copy(update={"parity": "N"}), self.profiles, port=port)
         raise ValueError(f"unknown bus type {bus.type}")
+
+    async def _close_journal(self) -> None:
+        if self.journal is not None:
+            self.journal.store.close()
+            self.journal = None
 
     async def _housekeeping(self) -> None:
         while True:

@@ -188,6 +188,46 @@ class UpstreamSection(_Strict):
     prometheus: PrometheusSection = PrometheusSection()
 
 
+class TariffSection(_Strict):
+    """Peak / off-peak (heures pleines / heures creuses) schedule, in the site's time zone."""
+
+    off_peak: list[str] = Field([], description='local time ranges such as "22:00-06:00"; the rest is peak')
+
+    @field_validator("off_peak")
+    @classmethod
+    def _ranges(cls, v: list[str]) -> list[str]:
+        for i, item in enumerate(v):
+            try:
+                a, b = item.split("-")
+                for t in (a, b):
+                    h, m = t.strip().split(":")
+                    if not (0 <= int(h) <= 24 and 0 <= int(m) < 60):
+                        raise ValueError
+            except ValueError as exc:
+                raise ValueError(f"@{i}: {item!r} is not a time range such as 22:00-06:00") from exc
+        return v
+
+
+class AlertRule(_Strict):
+    """A consumption threshold (spec: "alertes consommation")."""
+
+    meter: str = ""
+    tenant: str = ""
+    period: Literal["day", "month"] = "day"
+    kwh: float = Field(gt=0)
+
+
+class JournalSection(_Strict):
+    """Billing-grade index journal (SQLite)."""
+
+    enabled: bool = False
+    path: str = Field("var/journal.sqlite", description="SQLite file, relative to the configuration file")
+    interval: int = Field(900, ge=1, le=86400, description="seconds between index readings, aligned to the clock")
+    retention_days: int = Field(3650, ge=1, description="rows older than this are pruned (the hash chain is kept)")
+    tariffs: TariffSection = TariffSection()
+    alerts: list[AlertRule] = []
+
+
 class WritesSection(_Strict):
     """Write policy switches (DESIGN.md section 6)."""
 
@@ -207,6 +247,7 @@ class GatewayConfig(_Strict):
     meters: list[MeterConfig] = Field(min_length=1)
     upstream: UpstreamSection = UpstreamSection()
     writes: WritesSection = WritesSection()
+    journal: JournalSection = JournalSection()
 
     def bus(self, bus_id: str) -> ModbusRtuBus | ModbusTcpBus | MbusBus:
         """The bus called `bus_id`."""

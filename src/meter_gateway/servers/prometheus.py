@@ -161,6 +161,19 @@ class GatewayCollector:
         for decision in ("accepted", "denied", "out-of-range", "failed"):
             writes.add_metric([decision], ws.counts.get(decision, 0) if ws is not None else 0)
         yield writes
+        rec = gw.journal
+        if rec is not None:
+            jok = GaugeMetricFamily(P + "journal_ok", "1 while the billing journal is written, 0 on a write error")
+            jok.add_metric([], 0.0 if rec.error else 1.0)
+            yield jok
+            alerts = GaugeMetricFamily(
+                P + "consumption_alert",
+                "1 while a consumption threshold is exceeded",
+                labels=["scope", "name", "period"],
+            )
+            for scope, name, period, _kwh in rec.active_alerts(time.time()):
+                alerts.add_metric([scope, name, period], 1.0)
+            yield alerts
         info = GaugeMetricFamily(P + "build_info", "Gateway version and name", labels=["version", "gateway"])
         info.add_metric([__version__, gw.config.gateway.name], 1.0)
         yield info
@@ -234,6 +247,7 @@ class PrometheusServer(Server):
         self.http = HttpServer(cfg.bind, cfg.port, "prometheus")
         self.http.route("/metrics", self._metrics)
         self.http.route("/health", self._health)
+        self.http.route("/export", self._export)
         self.http.route("/", self._index)
         self._bound: tuple[str, int] | None = None
 
@@ -243,6 +257,25 @@ class PrometheusServer(Server):
     def _health(self, _query) -> Response:
         code, doc = health(self.gateway)
         return Response(code, (json.dumps(doc, indent=2) + "\n").encode(), "application/json")
+
+    def _export(self, query) -> Response:
+        """Billing export from the journal: ?from=2026-11-01&to=2026-12-01[&tenant=T][&format=csv|json]."""
+        rec = self.gateway.journal
+        if rec is None:
+            return Response(404, b"the journal is not enabled (journal.enabled: true)\n")
+        from ..journal.dates import parse_local
+        from ..journal.export import export, to_csv
+
+        tz = self.gateway.config.gateway.timezone
+        try:
+            start = parse_local(query.get("from", [""])[0], tz)
+            end = parse_local(query.get("to", [""])[0], tz)
+        except ValueError as exc:
+            return Response(400, f"{exc}; use ?from=2026-11-01&to=2026-12-01\n".encode())
+        rows = export(rec.store, self.gateway.config, start, end, query.get("tenant", [None])[0])
+        if query.get("format", ["json"])[0] == "csv":
+            return Response(200, to_csv(rows).encode(), "text/csv; charset=utf-8")
+        return Response(200, (json.dumps(rows, indent=2) + "\n").encode(), "application/json")
 
     def _index(self, _query) -> Response:
         paths = "\n".join(sorted(self.http.routes))

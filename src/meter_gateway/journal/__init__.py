@@ -1,0 +1,1 @@
+"""Billing-grade index journal: append-only, hash-chained readings of every energy register, and exports."""
