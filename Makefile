@@ -24,6 +24,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-100000} $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz --timeout=0
+
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 

@@ -1,0 +1,79 @@
+"""Fuzzing the BACnet/IP device with malformed BVLC/NPDU/APDU packets; afterwards it answers a valid
+ReadProperty, and unknown services get a Reject."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import FUZZ_EXAMPLES
+
+SETTINGS = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def bvlc(npdu_apdu: bytes) -> bytes:
+    """Original-Unicast-NPDU."""
+    return struct.pack(">BBH", 0x81, 0x0A, 4 + len(npdu_apdu)) + npdu_apdu
+
+
+def read_property(invoke: int, obj_type: int, instance: int, prop: int) -> bytes:
+    """A confirmed ReadProperty request, encoded by hand."""
+    oid = (obj_type << 22) | instance
+    apdu = bytes([0x00, 0x05, invoke, 0x0C]) + b"\x0c" + struct.pack(">I", oid) + bytes([0x19, prop])
+    return bvlc(b"\x01\x04" + apdu)
+
+
+def ask(port: int, packet: bytes, wait: float = 1.0) -> bytes | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(wait)
+        s.sendto(packet, ("127.0.0.1", port))
+        try:
+            return s.recvfrom(2048)[0]
+        except TimeoutError:
+            return None
+
+
+packets = st.one_of(
+    st.binary(max_size=600),
+    st.builds(
+        lambda f, ln, body: struct.pack(">BBH", 0x81, f, ln) + body,
+        st.integers(0, 255),
+        st.integers(0, 0xFFFF),
+        st.binary(max_size=300),
+    ),
+    st.builds(lambda n, a: bvlc(n + a), st.binary(min_size=1, max_size=8), st.binary(max_size=200)),
+    st.builds(
+        lambda pdu_type, service, tags: bvlc(b"\x01\x04" + bytes([pdu_type, 0x05, 9, service]) + tags),
+        st.sampled_from([0x00, 0x02, 0x08, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70]),
+        st.integers(0, 255),
+        st.binary(max_size=100),
+    ),
+)
+
+
+@SETTINGS
+@given(packet=packets)
+def test_malformed_packets_never_break_the_device(running, packet):
+    port = running.server("bacnet").address()[1]
+    ask(port, packet, wait=0.02)
+
+
+def test_device_still_answers_and_rejects_services_it_does_not_offer(running):
+    port = running.server("bacnet").address()[1]
+    reply = ask(port, read_property(3, 8, 599, 77))  # device object-name
+    assert reply is not None and reply[0] == 0x81
+    apdu = reply[4 + 2 :]
+    assert apdu[0] & 0xF0 == 0x30 and apdu[1] == 3  # Complex-ACK for invoke id 3
+    assert b"fuzz" in apdu
+    # a well-formed WritePropertyMultiple (analog-value 1047 present-value := 30.0): Reject unrecognized-service
+    oid = struct.pack(">I", (2 << 22) | 1047)
+    body = b"\x0c" + oid + b"\x1e\x09\x55\x2e\x44" + struct.pack(">f", 30.0) + b"\x2f\x1f"
+    reply = ask(port, bvlc(b"\x01\x04" + bytes([0x00, 0x05, 4, 16]) + body))
+    assert reply is not None
+    apdu = reply[6:]
+    assert apdu[0] & 0xF0 == 0x60 and apdu[1] == 4 and apdu[2] == 9, reply.hex()  # Reject, unrecognized-service
+    assert running.gw.simulators["a"].writes == []
