@@ -29,6 +29,7 @@ class MeterSchedule:
     backoff_until: float = 0.0
     polls: int = 0
     last_poll: float | None = None  # monotonic time of the last successful poll
+    bad_points: set[str] = field(default_factory=set)  # points whose last read was refused (bad data)
     last_read: dict[PollClass, float] = field(default_factory=dict)  # monotonic start of the last good read
     periods: dict[PollClass, deque[float]] = field(default_factory=dict)  # recent read-to-read periods per class
 
@@ -177,12 +178,22 @@ class BusRunner:
         read_time = time.time()
         s.failures = 0
         self.table.set_comm(mid, True)
+        bad = {}
+        was_bad = bool(s.bad_points)
         for r in readings:
             if r.error is not None:
                 # sentinel, exception reply, undecodable: not published, last good value kept and flagged
-                self.table.mark_bad(mid, r.point, r.error)
+                self.table.mark_bad(mid, r.point, r.error, log_it=False)
+                bad[r.point] = r.error
                 continue
+            s.bad_points.discard(r.point)
             self.table.update(mid, r.point, r.value, r.raw, read_time=read_time)  # type: ignore[arg-type]
+        if bad and not set(bad) <= s.bad_points:  # one line per change of state of the meter, not per point
+            first = next(iter(bad.items()))
+            log.warning("meter %s: %d point(s) not published (bad data), e.g. %s: %s", mid, len(bad), *first)
+        elif was_bad and not bad and not s.bad_points:
+            log.info("meter %s: every point publishes again", mid)
+        s.bad_points |= set(bad)
         for pc in classes:
             prev = s.last_read.get(pc)
             if prev is not None:

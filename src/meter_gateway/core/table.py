@@ -190,13 +190,15 @@ class PointTable:
             return f"energy jumped {delta:.3f} {pdef.unit} in {dt:.0f} s (max {limit:.3f} at {state.max_power_kw} kW)"
         return ""
 
-    def _reject(self, meter_id: str, point: str, old: PointValue, now: float, reason: str) -> PointValue:
+    def _reject(
+        self, meter_id: str, point: str, old: PointValue, now: float, reason: str, log_it: bool = True
+    ) -> PointValue:
         state = self._meters[meter_id]
         state.bad_data += 1
         alarm = Alarm(now, meter_id, point, reason)
         self.alarms.append(alarm)
         del self.alarms[:-1000]
-        if old.quality is not Quality.BAD_DATA:
+        if log_it and old.quality is not Quality.BAD_DATA:
             log.warning("meter %s point %s: bad data, value not published: %s", meter_id, point, reason)
         for listener in tuple(self._alarm_listeners):
             listener(alarm)
@@ -205,10 +207,10 @@ class PointTable:
         self._set(meter_id, point, new)
         return new
 
-    def mark_bad(self, meter_id: str, point: str, reason: str) -> PointValue:
+    def mark_bad(self, meter_id: str, point: str, reason: str, log_it: bool = True) -> PointValue:
         """Flag a point whose reply could not be decoded (sentinel, NaN...): last good value stays."""
         old = self._values[meter_id][point]
-        return self._reject(meter_id, point, old, self.clock(), reason)
+        return self._reject(meter_id, point, old, self.clock(), reason, log_it)
 
     def set_comm(self, meter_id: str, online: bool, reason: str = "") -> None:
         """Record the meter's communication state; offline turns every read point into comm-failure."""
