@@ -15,6 +15,7 @@ from .base import ServerStartError
 log = logging.getLogger(__name__)
 MAX_REQUEST = 8192
 READ_TIMEOUT = 10.0
+MAX_CONNECTIONS = 64  # beyond this, a new connection is answered 503 at once and closed
 
 
 @dataclass
@@ -67,6 +68,11 @@ class HttpServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        if len(self._conns) >= MAX_CONNECTIONS:
+            log.debug("%s: %d connections open, refusing one more", self.name, len(self._conns))
+            await self._send(writer, Response(503, b"too many connections\n"))
+            writer.close()
+            return
         if task is not None:
             self._conns.add(task)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -19,6 +20,10 @@ from .base import Server
 from .http import HttpServer, Response
 
 P = "meter_gateway_"
+
+#: largest share of the event loop that building /metrics may take: a client scraping without pause (or many at
+#: once) is slowed down instead of starving the poll tasks; every answer is still built from a fresh snapshot
+SCRAPE_DUTY = 0.1
 
 #: catalogue point -> (metric, extra labels, factor from the canonical unit to the metric's base unit)
 MEASURES: dict[str, tuple[str, dict[str, str], float]] = {
@@ -250,9 +255,22 @@ class PrometheusServer(Server):
         self.http.route("/export", self._export)
         self.http.route("/", self._index)
         self._bound: tuple[str, int] | None = None
+        self._scrape_lock = asyncio.Lock()
+        self._next_scrape = 0.0  # loop time before which the next collection waits
+        self.scrapes = 0
 
-    def _metrics(self, _query) -> Response:
-        return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+    async def _metrics(self, _query) -> Response:
+        loop = asyncio.get_running_loop()
+        async with self._scrape_lock:  # one collection at a time, spaced to keep within SCRAPE_DUTY
+            wait = self._next_scrape - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            t0 = loop.time()
+            body = generate_latest(self.registry)
+            t1 = loop.time()
+            self._next_scrape = t1 + (t1 - t0) * (1.0 / SCRAPE_DUTY - 1.0)
+            self.scrapes += 1
+        return Response(200, body, CONTENT_TYPE_LATEST)
 
     def _health(self, _query) -> Response:
         code, doc = health(self.gateway)
