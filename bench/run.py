@@ -14,6 +14,8 @@ sys.path.insert(0, str(HERE))
 
 import bacnet_throughput  # noqa: E402
 import bus  # noqa: E402
+import freshness  # noqa: E402
+import plot  # noqa: E402
 import scale  # noqa: E402
 import upstream_modbus  # noqa: E402
 
@@ -65,6 +67,21 @@ async def main() -> dict:
         f"RPM {bn['rpm_points_per_s']} points/s",
         flush=True,
     )
+    fr = await freshness.run()
+    results["freshness"] = fr
+    for key, label in (("modbus", "modbus tcp"), ("bacnet_cov", "bacnet cov")):
+        f = fr[key]
+        print(
+            f"freshness       {label:10} read -> visible: p50 {f.get('p50_ms')} ms, p99 {f.get('p99_ms')} ms, "
+            f"max {f.get('max_ms')} ms over {f['n']} changes",
+            flush=True,
+        )
+    print(
+        f"freshness       context: poll wait p50 {fr['poll_wait'].get('p50_ms')} ms "
+        f"(poll every {fr['poll_interval_s']} s), read -> table p50 {fr['read_to_table'].get('p50_ms')} ms, "
+        f"{fr['missed']} missed",
+        flush=True,
+    )
     sc = await scale.run(250, 20.0)
     results["scale"] = sc
     print(
@@ -79,6 +96,7 @@ async def main() -> dict:
 if __name__ == "__main__":
     res = asyncio.run(main())
     (HERE / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    print(f"plot            {plot.plot_bus(res, HERE / 'bus_efficiency.png').relative_to(HERE.parent)}", flush=True)
     g32 = next(e for e in res["bus_efficiency"] if e["profile"] == "generic" and e["meters"] == 32)
     headline = {
         "bus_efficiency_32_generic": g32["efficiency"],
@@ -91,5 +109,9 @@ if __name__ == "__main__":
         "bacnet_rpm_points_per_s": res["bacnet"]["rpm_points_per_s"],
         "scale_250_rss_mib": res["scale"]["rss_mib"],
         "scale_250_cpu": res["scale"]["cpu_share_steady"],
+        "freshness_modbus_p50_ms": res["freshness"]["freshness_modbus_p50_ms"],
+        "freshness_modbus_p99_ms": res["freshness"]["freshness_modbus_p99_ms"],
+        "freshness_bacnet_cov_p50_ms": res["freshness"]["freshness_bacnet_cov_p50_ms"],
+        "freshness_bacnet_cov_p99_ms": res["freshness"]["freshness_bacnet_cov_p99_ms"],
     }
     print(json.dumps(headline))
