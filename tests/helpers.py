@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
+BACNET_CLIENT = Path(__file__).parent / "integration" / "bacnet_client.py"
 FAST = "{power: 0.5, voltage: 0.5, energy: 0.5, alarm: 0.5, status: 0.5, config: 5}"
 
 
@@ -22,3 +27,46 @@ async def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 #: examples per fuzz target: short in `make test`, long in `make fuzz` (FUZZ_EXAMPLES=100000)
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+
+
+def free_udp_port() -> int:
+    """A UDP port that is free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BacnetClient:
+    """A bacpypes3 client in its own process (integration/bacnet_client.py); every call is bounded in time."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, target_port: int) -> BacnetClient:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(BACNET_CLIENT),
+            str(free_udp_port()),
+            f"127.0.0.1:{target_port}",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        c = cls(proc)
+        assert json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))["ready"]
+        return c
+
+    async def __call__(self, cmd: str, **kw) -> dict:
+        self.proc.stdin.write((json.dumps({"cmd": cmd, **kw}) + "\n").encode())
+        await self.proc.stdin.drain()
+        return json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 30))
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.stdin.write(b'{"cmd": "quit"}\n')
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()

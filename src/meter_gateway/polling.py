@@ -27,7 +27,8 @@ class MeterSchedule:
     due: dict[PollClass, float] = field(default_factory=dict)  # monotonic times
     failures: int = 0
     backoff_until: float = 0.0
-    polls: int = 0
+    polls: int = 0  # polls answered
+    attempts: int = 0  # polls tried, answered or not
     last_poll: float | None = None  # monotonic time of the last successful poll
     bad_points: set[str] = field(default_factory=set)  # points whose last read was refused (bad data)
     last_read: dict[PollClass, float] = field(default_factory=dict)  # monotonic start of the last good read
@@ -161,6 +162,7 @@ class BusRunner:
         points = [p for pc in classes for p in s.points_by_class.get(pc, ())]
         mid = s.meter.id
         t0 = time.monotonic()
+        s.attempts += 1
         try:
             readings = await self.driver.read(s.meter, points)
         except (NoResponse, DriverError) as exc:
@@ -176,6 +178,12 @@ class BusRunner:
             s.failures += 1
             return False
         read_time = time.time()
+        if s.failures >= self.fail_after:
+            # back from communication failure: every class is read again now, not at its next slot, so no point
+            # keeps its comm-failure quality for up to a configuration interval once the meter answers
+            for pc in s.due:
+                if pc not in classes:
+                    s.due[pc] = t0
         s.failures = 0
         self.table.set_comm(mid, True)
         bad = {}

@@ -6,17 +6,14 @@ import asyncio
 import json
 import socket
 import sys
-from pathlib import Path
 
 import pytest
 
-from helpers import FAST, wait_for
+from helpers import FAST, BacnetClient, wait_for
 from meter_gateway.bacnet_model import object_specs
 from meter_gateway.config import parse_config
 from meter_gateway.core.quality import Quality
 from meter_gateway.profiles import load_profiles
-
-CLIENT = Path(__file__).with_name("bacnet_client.py")
 
 METERS = f"""
   - {{id: gen, bus: rtu, address: 1, profile: generic, mid: false, allow_config_writes: true,
@@ -43,57 +40,15 @@ writes: {writes}
 """
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Client:
-    """The client process; every call is bounded in time."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    async def start(cls, target_port: int) -> Client:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(CLIENT),
-            str(free_udp_port()),
-            f"127.0.0.1:{target_port}",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        c = cls(proc)
-        assert json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))["ready"]
-        return c
-
-    async def __call__(self, cmd: str, **kw) -> dict:
-        self.proc.stdin.write((json.dumps({"cmd": cmd, **kw}) + "\n").encode())
-        await self.proc.stdin.drain()
-        return json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 30))
-
-    async def close(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.stdin.write(b'{"cmd": "quit"}\n')
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-
 @pytest.fixture
 async def bacnet(gateways):
     """Start a gateway with a BACnet device and a client process; both stop at the end."""
-    clients: list[Client] = []
+    clients: list[BacnetClient] = []
 
     async def make(text: str | None = None):
         gw = await gateways(text or yaml_for())
         port = gw.servers[0].address()[1]
-        client = await Client.start(port)
+        client = await BacnetClient.start(port)
         clients.append(client)
         assert await wait_for(lambda: all(gw.table.is_online(m) for m in gw.table.meter_ids), 10)
         return gw, client

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import pytest
 
@@ -94,6 +95,31 @@ async def test_noise_byte_before_reply_is_filtered(profiles):
             r = await driver.read(meter, ["Active_Power_Total", "Active_Energy_Import"])
             assert all(x.error is None for x in r)
         assert driver.stats.crc_errors == 0
+    finally:
+        await driver.close()
+        await server.close()
+
+
+async def test_loop_stall_longer_than_the_timeout_is_not_a_meter_fault(profiles):
+    """Found by the fault-injection suite: when the event loop was held up past the bus timeout, a whole, valid reply
+    was counted as a CRC error (or the request, sent late, as a timeout) and its points were flagged bad data."""
+    sim = make_meter(7, profiles.get("generic"), seed=1)
+    server, driver, meter = await _driver_for(profiles, sim)  # timeout 0.3 s
+
+    async def hold_the_loop(after: float) -> None:
+        await asyncio.sleep(after)
+        time.sleep(0.5)  # longer than the bus timeout, as a long garbage collection or a busy handler would
+
+    try:
+        for after in (0.0, 0.001, 0.01):
+            stall = asyncio.create_task(hold_the_loop(after))
+            r = await driver.read(meter, ["Active_Power_Total", "Active_Energy_Import", "Voltage_L1_N"])
+            await stall
+            by_point = {x.point: x for x in r}
+            assert [x.error for x in r] == [None, None, None]
+            assert abs(by_point["Voltage_L1_N"].value - sim.model.values["Voltage_L1_N"]) < 5.0
+        assert driver.stats.crc_errors == 0 and driver.stats.failed_transactions == 0
+        assert driver.stats.loop_stalls >= 1 and driver.stats.timeouts == 0
     finally:
         await driver.close()
         await server.close()

@@ -100,6 +100,21 @@ def test_comm_failure_flags_every_point_and_listeners_see_it(setup):
     assert table.get("m1", COMM_STATUS).value is True
 
 
+def test_command_points_recover_with_communication():
+    """Found by the fault-injection suite: commands are never polled, so they stayed comm-failure after any loss."""
+    table = PointTable(load_catalogue(), Clock(), stale_factor=3)
+    table.add_meter("m1", ["Active_Power_Total", "Reset_Demand_Peak"], dict(DEFAULT_INTERVALS))
+    table.update("m1", "Reset_Demand_Peak", False)
+    table.set_comm("m1", True)
+    table.set_comm("m1", False, "no reply")
+    assert table.get("m1", "Reset_Demand_Peak").quality is Quality.COMM_FAILURE
+    table.set_comm("m1", True)
+    cmd = table.get("m1", "Reset_Demand_Peak")
+    assert cmd.quality is Quality.GOOD and cmd.value is False
+    # a read point stays comm-failure until it is actually read again
+    assert table.get("m1", "Active_Power_Total").quality is not Quality.GOOD
+
+
 def test_non_finite_value_refused(setup):
     table, _ = setup
     table.update("m1", "Voltage_L1_N", 230.0)

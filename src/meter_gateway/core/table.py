@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from .catalogue import Catalogue, PointDef, PollClass
+from .catalogue import Catalogue, PointDef, PointKind, PollClass
 from .quality import PointValue, Quality
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,13 @@ class PointTable:
             state.errors += 1
             log.warning("meter %s: communication lost: %s", meter_id, reason)
         self._set(meter_id, COMM_STATUS, PointValue(online, Quality.GOOD, now, now, None, ""))
-        if not online:
+        if online:
+            # commands are never read from the meter: their quality follows the link (read points recover when read)
+            for name in state.points:
+                old = self._values[meter_id][name]
+                if old.quality is Quality.COMM_FAILURE and self.catalogue.get(name).kind is PointKind.COMMAND:
+                    self._set(meter_id, name, replace(old, quality=Quality.GOOD, reason=""))
+        else:
             for name in state.points:
                 if name == COMM_STATUS:
                     continue

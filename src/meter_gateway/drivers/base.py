@@ -61,6 +61,7 @@ class BusStats:
     crc_errors: int = 0
     frame_errors: int = 0
     exceptions: int = 0
+    loop_stalls: int = 0  # transactions repeated because the gateway's own event loop was held up past the timeout
     busy_time: float = 0.0  # seconds the bus spent in transactions
     cycles: int = 0
     last_cycle_duration: float | None = None

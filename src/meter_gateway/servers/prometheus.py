@@ -190,6 +190,7 @@ class GatewayCollector:
             "timeouts": ("bus_timeouts", "Transactions without a reply in time"),
             "crc_errors": ("bus_crc_errors", "Replies with a bad CRC or corrupted frame"),
             "exceptions": ("bus_exceptions", "Protocol exception replies from meters"),
+            "loop_stalls": ("bus_loop_stalls", "Transactions repeated because the gateway was busy past the timeout"),
         }
         fams = {k: CounterMetricFamily(P + name, doc, labels=["bus"]) for k, (name, doc) in counters.items()}
         sent = CounterMetricFamily(P + "bus_bytes", "Bytes on the bus", labels=["bus", "direction"])
