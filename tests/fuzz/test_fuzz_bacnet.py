@@ -77,3 +77,30 @@ def test_device_still_answers_and_rejects_services_it_does_not_offer(running):
     apdu = reply[6:]
     assert apdu[0] & 0xF0 == 0x60 and apdu[1] == 4 and apdu[2] == 9, reply.hex()  # Reject, unrecognized-service
     assert running.gw.simulators["a"].writes == []
+
+
+ANSWERS = {0x20: "simple-ack", 0x30: "complex-ack", 0x50: "error", 0x60: "reject", 0x70: "abort"}
+
+
+def test_undecodable_confirmed_request_gets_a_reject(running):
+    """Found by fuzzing: bacpypes3 dropped a confirmed request it could not decode, so the client only timed out."""
+    port = running.server("bacnet").address()[1]
+    truncated = bvlc(b"\x01\x04" + bytes([0x00, 0x05, 7, 0x0C]) + b"\x0c\x02\x00")  # object identifier cut short
+    reply = ask(port, truncated)
+    assert reply is not None, "no answer to a malformed confirmed request"
+    apdu = reply[6:]
+    assert apdu[0] & 0xF0 == 0x60 and apdu[1] == 7, reply.hex()  # Reject for invoke id 7
+
+
+@SETTINGS
+@given(
+    service=st.sampled_from([5, 12, 14, 28]),  # SubscribeCOV, ReadProperty, ReadPropertyMultiple, SubscribeCOVProperty
+    invoke=st.integers(0, 255),
+    body=st.binary(max_size=60),
+)
+def test_every_confirmed_request_gets_one_answer(running, service, invoke, body):
+    port = running.server("bacnet").address()[1]
+    reply = ask(port, bvlc(b"\x01\x04" + bytes([0x00, 0x05, invoke, service]) + body), wait=3.0)
+    assert reply is not None, f"no answer to service {service} with {body.hex()}"
+    apdu = reply[6:]
+    assert apdu[0] & 0xF0 in ANSWERS and apdu[1] == invoke, reply.hex()

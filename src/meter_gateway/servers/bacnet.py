@@ -16,10 +16,17 @@ import logging
 import socket
 from typing import Any
 
-from bacpypes3.apdu import DeviceCommunicationControlRequest, RejectPDU, WritePropertyMultipleRequest
+from bacpypes3 import appservice
+from bacpypes3.apdu import (
+    AbortPDU,
+    APCISequence,
+    DeviceCommunicationControlRequest,
+    RejectPDU,
+    WritePropertyMultipleRequest,
+)
 from bacpypes3.app import Application
 from bacpypes3.basetypes import EngineeringUnits, EventState, Polarity, Reliability, Scale, StatusFlags
-from bacpypes3.errors import ExecutionError
+from bacpypes3.errors import ExecutionError, RejectException
 from bacpypes3.local.analog import AnalogInputObject, AnalogValueObject
 from bacpypes3.local.binary import BinaryInputObject
 from bacpypes3.local.cov import GenericCriteria
@@ -38,6 +45,40 @@ from .base import Server, ServerStartError
 
 log = logging.getLogger(__name__)
 _source: contextvars.ContextVar[str] = contextvars.ContextVar("bacnet_source", default="")
+
+class RejectingServerSSM(appservice.ServerSSM):
+    """bacpypes3's server transaction, answering a confirmed request it cannot decode with a Reject.
+
+    The library hands such a request to the application as an Abort without a destination, so the client hears
+    nothing and retries until it times out; ASHRAE 135 answers a syntax error in a confirmed request with a Reject
+    (reason from the decoder where it names one, else other).
+    """
+
+    logged_peers: set[str] = set()
+
+    async def request(self, apdu) -> None:
+        """Decode a complete request and pass it up, or reject it."""
+        if isinstance(apdu, AbortPDU):
+            await super().request(apdu)
+            return
+        try:
+            decoded = APCISequence.decode(apdu)
+        except Exception as exc:
+            reason = exc.rejectReason if isinstance(exc, RejectException) else "other"
+            peer = str(self.pdu_address)
+            if peer not in self.logged_peers and len(self.logged_peers) < 1000:
+                self.logged_peers.add(peer)
+                log.warning("BACnet: malformed confirmed request from %s rejected (%s): %r", peer, reason, exc)
+            await self.confirmation(RejectPDU(self.invokeID, reason))
+            return
+        decoded.pduSource = self.pdu_address
+        decoded.pduDestination = None
+        await self.ssmSAP.sap_request(decoded)
+
+
+# the state machine access point creates its server transactions by this module-level name
+appservice.ServerSSM = RejectingServerSSM
+
 
 RELIABILITY = {
     Quality.GOOD: Reliability.noFaultDetected,
