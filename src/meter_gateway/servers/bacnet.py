@@ -46,6 +46,7 @@ from .base import Server, ServerStartError
 log = logging.getLogger(__name__)
 _source: contextvars.ContextVar[str] = contextvars.ContextVar("bacnet_source", default="")
 
+
 class RejectingServerSSM(appservice.ServerSSM):
     """bacpypes3's server transaction, answering a confirmed request it cannot decode with a Reject.
 
