@@ -36,7 +36,7 @@ CAT = load_catalogue()
 
 
 def yaml_for(usb_port: str) -> str:
-    """Three buses: a simulated RTU line, a simulated Modbus TCP endpoint and a 'USB adapter' at a device path."""
+    """Four buses: simulated RTU and M-Bus lines, a simulated Modbus TCP endpoint, a 'USB adapter' at a device path."""
     common = f"timeout: 0.2, retries: 0, fail_after: {FAIL_AFTER}, backoff_max: 2"
     meters = "\n".join(
         f"  - {{id: {mid}, bus: {bus}, address: {addr}, profile: generic, bacnet_instance_base: {base},"
@@ -48,12 +48,17 @@ def yaml_for(usb_port: str) -> str:
             ("u1", "usb", 1, 4000, 4),
         )
     )
+    meters += (
+        f"\n  - {{id: m1, bus: mb, address: 5, profile: mbus_saia_burgess_ale3, bacnet_instance_base: 5000,"
+        f" modbus_unit: 5, poll_intervals: {INTERVALS}}}"
+    )
     return f"""
 gateway: {{name: faults}}
 buses:
   - {{id: rtu, type: modbus_rtu, simulated: true, {common}}}
   - {{id: tcp, type: modbus_tcp, simulated: true, port: 0, {common}}}
   - {{id: usb, type: modbus_rtu, port: {usb_port}, {common}}}
+  - {{id: mb, type: mbus, simulated: true, {common.replace("0.2", "0.3")}}}
 meters:
 {meters}
 upstream:
@@ -213,11 +218,12 @@ class Fault:
     victims: tuple[str, ...]  # meters the fault reaches (every other meter must keep its rhythm)
     point: str
     expect: Expect
+    sim_fault: str = ""  # a fault mode of the first victim's simulator
 
     async def inject(self, gw, usb: UsbAdapter) -> None:
         """Break it."""
-        if self.name in ("no_reply", "bad_crc", "exception"):
-            gw.simulators["r1"].fault = self.name
+        if self.sim_fault:
+            gw.simulators[self.victims[0]].fault = self.sim_fault
         elif self.name == "port_gone":
             await usb.unplug()
         elif self.name == "tcp_reset":
@@ -227,8 +233,8 @@ class Fault:
 
     async def clear(self, gw, usb: UsbAdapter) -> None:
         """Mend it."""
-        if self.name in ("no_reply", "bad_crc", "exception"):
-            gw.simulators["r1"].fault = "none"
+        if self.sim_fault:
+            gw.simulators[self.victims[0]].fault = "none"
         elif self.name == "port_gone":
             await usb.plug()
         elif self.name == "tcp_reset":
@@ -238,9 +244,11 @@ class Fault:
 
 
 FAULTS = [
-    Fault("no_reply", ("r1",), "Active_Power_Total", COMM),
-    Fault("bad_crc", ("r1",), "Active_Power_Total", COMM),
-    Fault("exception", ("r1",), "Active_Power_Total", BAD),
+    Fault("no_reply", ("r1",), "Active_Power_Total", COMM, sim_fault="no_reply"),
+    Fault("bad_crc", ("r1",), "Active_Power_Total", COMM, sim_fault="bad_crc"),
+    Fault("exception", ("r1",), "Active_Power_Total", BAD, sim_fault="exception"),
+    Fault("mbus_no_reply", ("m1",), "Active_Energy_Import", COMM, sim_fault="no_reply"),
+    Fault("mbus_bad_checksum", ("m1",), "Active_Energy_Import", COMM, sim_fault="bad_checksum"),
     Fault("port_gone", ("u1",), "Active_Power_Total", COMM),
     Fault("tcp_reset", ("t1",), "Active_Power_Total", COMM),
     Fault("energy_backwards", ("r1",), "Active_Energy_Import", BAD),
@@ -286,7 +294,7 @@ async def test_fault_shows_on_every_upstream_then_recovers(rig, fault: Fault):
         assert shown.modbus_value == pytest.approx(before.modbus_value, abs=0.011)
         assert shown.bacnet_value == pytest.approx(before.bacnet_value, rel=1e-6, abs=0.011)
         assert shown.bad_data_count > before.bad_data_count
-    if fault.name == "bad_crc":
+    if fault.sim_fault in ("bad_crc", "bad_checksum"):
         assert gw.runner_of(victim).driver.stats.crc_errors > crc0
     await asyncio.sleep(2 * P)  # the fault lasts a while: the victim is backed off, the others go on
 
