@@ -44,6 +44,7 @@ class BacnetClient:
 
     @classmethod
     async def start(cls, target_port: int) -> BacnetClient:
+        """Start the client process against the device at 127.0.0.1:target_port; returns once it is ready."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             str(BACNET_CLIENT),
@@ -58,11 +59,13 @@ class BacnetClient:
         return c
 
     async def __call__(self, cmd: str, **kw) -> dict:
+        """Send one command (see bacnet_client.py) and return its JSON answer."""
         self.proc.stdin.write((json.dumps({"cmd": cmd, **kw}) + "\n").encode())
         await self.proc.stdin.drain()
         return json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 30))
 
     async def close(self) -> None:
+        """Ask the process to quit; kill it if it does not within 5 s."""
         if self.proc.returncode is None:
             self.proc.stdin.write(b'{"cmd": "quit"}\n')
             try:

@@ -258,7 +258,6 @@ class PrometheusServer(Server):
         self._bound: tuple[str, int] | None = None
         self._scrape_lock = asyncio.Lock()
         self._next_scrape = 0.0  # loop time before which the next collection waits
-        self.scrapes = 0
 
     async def _metrics(self, _query) -> Response:
         loop = asyncio.get_running_loop()
@@ -270,7 +269,6 @@ class PrometheusServer(Server):
             body = generate_latest(self.registry)
             t1 = loop.time()
             self._next_scrape = t1 + (t1 - t0) * (1.0 / SCRAPE_DUTY - 1.0)
-            self.scrapes += 1
         return Response(200, body, CONTENT_TYPE_LATEST)
 
     def _health(self, _query) -> Response:
