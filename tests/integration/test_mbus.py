@@ -3,6 +3,9 @@ reads, bus scan with colliding secondary ids, faults and the gateway's quality f
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from helpers import FAST, wait_for
@@ -100,6 +103,23 @@ async def test_faults_are_refused_and_counted(line):
     assert driver.stats.timeouts >= 1
     fin.online = True
     assert (await driver.read(cfg.meter("fin"), ["Active_Energy_Import"]))[0].value > 0
+
+
+async def test_loop_stall_longer_than_the_timeout_is_not_a_meter_fault(line):
+    """The Modbus master blamed the meter when the gateway's event loop was held up past the bus timeout
+    (test_modbus_downstream); the M-Bus master must read through such a stall too."""
+    _sim, driver, cfg = line
+
+    async def hold_the_loop(after: float) -> None:
+        await asyncio.sleep(after)
+        time.sleep(0.3)  # three times the bus timeout, as a long garbage collection would
+
+    for after in (0.0, 0.001, 0.01):
+        stall = asyncio.create_task(hold_the_loop(after))
+        readings = await driver.read(cfg.meter("ale3"), ["Active_Energy_Import", "Voltage_L1_N"])
+        await stall
+        assert [r.error for r in readings] == [None, None]
+    assert driver.stats.timeouts == 0 and driver.stats.failed_transactions == 0
 
 
 GATEWAY = f"""

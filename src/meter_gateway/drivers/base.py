@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
@@ -9,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import MeterConfig
+
+log = logging.getLogger(__name__)
 
 
 class DriverError(Exception):
@@ -92,6 +96,26 @@ class Driver(ABC):
 
     def __init__(self) -> None:
         self.stats = BusStats()
+        self._stall_logged = False
+
+    def held_up(self, t0: float, timeout: float, bus_id: str) -> bool:
+        """Whether a transaction begun at monotonic t0 outlived its timeout because the gateway itself was held up.
+
+        A timeout noticed long after it was due means the event loop was busy (a garbage collection, a burst of
+        work): the request may have left late or its whole reply been handled late, which says nothing about the
+        meter. The caller repeats the transaction once instead of counting a failure.
+        """
+        if time.monotonic() - t0 <= 1.5 * timeout + 0.05:
+            return False
+        self.stats.loop_stalls += 1
+        if not self._stall_logged:
+            self._stall_logged = True
+            log.warning(
+                "bus %s: a transaction outlived its %s s timeout because the gateway was busy; repeated",
+                bus_id,
+                timeout,
+            )
+        return True
 
     @abstractmethod
     async def open(self) -> None:

@@ -255,20 +255,9 @@ class ModbusDriver(Driver):
                 try:
                     rsp = await ops[fn]()
                 except (ModbusIOException, ConnectionException, TimeoutError, OSError) as exc:
-                    if not stall_retried and time.monotonic() - t0 > 1.5 * self.bus.timeout + 0.05:
-                        # the timeout was seen long after it was due: the event loop was held up (a garbage collection,
-                        # a burst of work), so the request may have left late or its whole reply been handled late.
-                        # That says nothing about the meter: ask once more, count no failure.
+                    if not stall_retried and self.held_up(t0, self.bus.timeout, self.bus.id):
                         stall_retried = True
                         attempts += 1
-                        self.stats.loop_stalls += 1
-                        self._log_once(
-                            "stall",
-                            logging.WARNING,
-                            "bus %s: a transaction outlived its %s s timeout because the gateway was busy; repeated",
-                            self.bus.id,
-                            self.bus.timeout,
-                        )
                         continue
                     self.stats.failed_transactions += 1
                     if self._rx:
