@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from .aio import cancel_and_wait
 from .config import GatewayConfig, MbusBus, ModbusRtuBus, ModbusTcpBus
 from .core.catalogue import PointKind, PollClass, load_catalogue
 from .core.table import COMM_STATUS, PointTable
@@ -207,10 +208,8 @@ class Gateway:
     async def stop(self) -> None:
         """Stop servers first (no new requests), then polling, then simulators; idempotent and bounded."""
         for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            if not await cancel_and_wait(t):
+                log.error("task %s did not stop", t.get_name())
         self._tasks.clear()
         while self._teardown:
             step = self._teardown.pop()

@@ -10,6 +10,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from .aio import cancel_and_wait
 from .config import MeterConfig
 from .core.catalogue import PointKind, PollClass, load_catalogue
 from .core.table import COMM_STATUS, PointTable
@@ -90,9 +91,8 @@ class BusRunner:
     async def stop(self) -> None:
         """Stop polling and close the driver."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            if not await cancel_and_wait(self._task):
+                log.error("bus %s: the poll task did not stop", self.bus_id)
             self._task = None
         await self.driver.close()
 
@@ -134,7 +134,8 @@ class BusRunner:
             if delay > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
                 continue
             now = time.monotonic()
             due = tuple(pc for pc, d in s.due.items() if d <= now + 0.05)

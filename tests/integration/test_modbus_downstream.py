@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 
@@ -332,3 +333,25 @@ async def test_silent_meter_is_backed_off_and_others_keep_their_rhythm(profiles)
         assert probes_b < healthy_polls
     finally:
         await gw.stop()
+
+
+async def test_poll_task_woken_as_it_is_stopped_still_stops(gateways):
+    """Found chasing a test teardown that outlived its bound: Python 3.11's wait_for swallowed the cancellation of a
+    poll task woken (request_poll, as after a write) in the same step, so BusRunner.stop() hung."""
+    gw = await gateways(
+        "buses: [{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.2}]\n"
+        "meters: [{id: m1, bus: rtu, address: 1, profile: generic, bacnet_instance_base: 1000}]\n"
+        "upstream: {bacnet: {enabled: false}, modbus_tcp: {enabled: false}, prometheus: {enabled: false}}\n"
+    )
+    runner = gw.buses["rtu"]
+    assert await wait_for(lambda: runner.schedules["m1"].polls >= 1, 10)
+    await asyncio.sleep(0.2)  # the first poll is done: the task waits for its next slot (10 s away)
+    task = runner._task
+    attempts = runner.schedules["m1"].attempts
+    runner.request_poll("m1")
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(3):  # stop() runs at once, in the same step as the wake-up (wait_for would not)
+            await runner.stop()
+    assert runner.schedules["m1"].attempts == attempts, "the cancellation was lost: the task went on polling"
+    assert task is not None and task.done()
+    assert runner.driver._client is None

@@ -137,7 +137,8 @@ class MbusSimBus(PtyLine):
         buf = b""
         while True:
             try:
-                chunk = await asyncio.wait_for(self.queue.get(), timeout=0.2 if buf else None)
+                async with asyncio.timeout(0.2 if buf else None):
+                    chunk = await self.queue.get()
             except TimeoutError:
                 buf = b""  # an incomplete frame followed by silence is dropped
                 continue

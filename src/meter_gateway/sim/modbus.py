@@ -252,7 +252,8 @@ class RtuSimBus(PtyLine):
                 if n is None or (n > 0 and len(self._buf) < n):
                     # wait for the rest; a partial frame followed by silence is dropped as garbage
                     try:
-                        more = await asyncio.wait_for(self.queue.get(), timeout=0.05 if self._buf else None)
+                        async with asyncio.timeout(0.05 if self._buf else None):
+                            more = await self.queue.get()
                     except TimeoutError:
                         self._buf = b""
                         break

@@ -7,6 +7,8 @@ import contextlib
 import os
 import tty
 
+from ..aio import cancel_and_wait
+
 
 class PtyLine:
     """Bytes written by the gateway arrive in `queue`; `write` answers. Subclasses implement `serve()`."""
@@ -54,9 +56,7 @@ class PtyLine:
     async def close(self) -> None:
         """Stop answering and close both ends of the pty."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self.master_fd >= 0:
             with contextlib.suppress(Exception):
