@@ -170,6 +170,9 @@ class ModbusTcpSection(_Strict):
         "big", description="word order of 32-bit values; default never changes"
     )
     write_timeout: float = Field(3.0, gt=0, le=30)
+    max_connections: int = Field(
+        128, ge=1, le=1000, description="clients connected at once; a connection beyond this is closed at once"
+    )
 
 
 class PrometheusSection(_Strict):

@@ -236,3 +236,39 @@ async def test_independent_client_mbpoll(gateways):
 def _audit(gw):
     path = gw.write_service.audit.path
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_clients_beyond_max_connections_are_closed_and_the_others_served(gateways):
+    gw = await gateways(READ_YAML.replace("port: 0}", "port: 0, max_connections: 4}"))
+    assert await wait_for(lambda: gw.table.is_online("gen"), 10)
+    host, port = gw.servers[0].address()
+    request = bytes.fromhex("000700000006010300140002")  # unit 1, read holding 20-21
+
+    async def ask(reader, writer) -> bytes:
+        writer.write(request)
+        await writer.drain()
+        try:
+            async with asyncio.timeout(5):
+                return await reader.read(64)
+        except ConnectionError:
+            return b""
+
+    async def connect():
+        return await asyncio.open_connection(host, port)
+
+    kept = [await connect() for _ in range(4)]
+    for r, w in kept:
+        assert (await ask(r, w))[:2] == b"\x00\x07"
+    extra = [await connect() for _ in range(3)]
+    for r, w in extra:
+        assert await ask(r, w) == b"", "a connection beyond the limit was served"
+        w.close()
+    for r, w in kept:  # the clients already connected are not disturbed
+        assert (await ask(r, w))[7] == 3
+    r, w = kept.pop()
+    w.close()
+    await asyncio.sleep(0.2)
+    again = await connect()  # a place is free again
+    assert (await ask(*again))[7] == 3
+    for _r, w in [*kept, again]:
+        w.close()

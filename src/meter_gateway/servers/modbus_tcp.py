@@ -58,8 +58,24 @@ class _Handler(ServerRequestHandler):
         response.dev_id = pdu.dev_id
         self.server_send(response, addr)
 
+    def callback_connected(self) -> None:
+        """Take the connection, or close it at once when the configured number of clients is connected already."""
+        super().callback_connected()
+        srv = self.server  # the listener: it registered this connection among its active ones already
+        connected = len(srv.active_connections)
+        if connected > srv.max_connections and self.transport:
+            if not srv.refusing:
+                log.warning("Modbus TCP server: %d clients connected, closing new connections", srv.max_connections)
+            srv.refusing = True
+            self.transport.close()
+        elif connected < srv.max_connections:
+            srv.refusing = False  # log again the next time the limit is reached
+
 
 class _TcpServer(ModbusTcpServer):
+    max_connections = 128
+    refusing = False
+
     def callback_new_connection(self):
         return _Handler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
 
@@ -235,6 +251,7 @@ class ModbusTcpGatewayServer(Server):
         devices = [SimDevice(id=u, simdata=[SimData(0, count=1, datatype=SimType.REGISTERS)]) for u in self.units]
         devices = devices or [SimDevice(id=0, simdata=[SimData(0, count=1, datatype=SimType.REGISTERS)])]
         self._server = _TcpServer(devices, address=(self.bind, port))
+        self._server.max_connections = self.gateway.config.upstream.modbus_tcp.max_connections
         self._server.context = GatewayContext(self)
         try:
             await self._server.serve_forever(background=True)
