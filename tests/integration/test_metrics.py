@@ -221,6 +221,8 @@ async def test_scrape_flood_does_not_starve_polling(gateways):
     polls = sum(s.polls - before[mid] for mid, s in runner.schedules.items())
     expected = len(runner.schedules) * elapsed / 0.5
     print(f"scrapes served {served}, polls {polls} of {expected:.0f} scheduled in {elapsed:.1f} s")
-    assert served >= 5  # the flood really ran and was answered
+    # the flood ran and was answered; few answers by design: each collection waits 9x its own duration, which grows
+    # on a loaded machine (17 in 5 s on an idle one, 4 under heavy load)
+    assert served >= 2
     # every meter keeps its rhythm: at most a quarter of the scheduled polls may be lost to the flood
     assert polls >= 0.75 * expected, (polls, expected)
