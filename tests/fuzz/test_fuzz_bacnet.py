@@ -104,3 +104,26 @@ def test_every_confirmed_request_gets_one_answer(running, service, invoke, body)
     assert reply is not None, f"no answer to service {service} with {body.hex()}"
     apdu = reply[6:]
     assert apdu[0] & 0xF0 in ANSWERS and apdu[1] == invoke, reply.hex()
+
+
+def test_segmented_request_is_reassembled_and_an_abandoned_one_blocks_nothing(running):
+    port = running.server("bacnet").address()[1]
+    body = b"\x0c" + struct.pack(">I", (8 << 22) | 599) + b"\x19\x4d"  # ReadProperty device,599 object-name
+    first = bytes([0x0E, 0x75, 9, 0, 4, 12]) + body[:3]  # segmented, more follows, segmented answer accepted
+    last = bytes([0x0A, 0x75, 9, 1, 4, 12]) + body[3:]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(3)
+        s.sendto(bvlc(b"\x01\x04" + first), ("127.0.0.1", port))
+        ack = s.recvfrom(2048)[0][6:]
+        assert ack[0] & 0xF0 == 0x40 and ack[1:3] == bytes([9, 0]), ack.hex()  # Segment-ACK of segment 0
+        s.sendto(bvlc(b"\x01\x04" + last), ("127.0.0.1", port))
+        replies = [s.recvfrom(2048)[0][6:] for _ in range(2)]
+    assert replies[0][0] & 0xF0 == 0x40  # Segment-ACK of the last segment
+    assert replies[1][0] & 0xF0 == 0x30 and replies[1][1] == 9 and b"fuzz" in replies[1]  # Complex-ACK
+    # a client that sends the first segment only and goes away leaves the device answering everybody else
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.sendto(bvlc(b"\x01\x04" + first), ("127.0.0.1", port))
+    reply = ask(port, read_property(11, 8, 599, 77))
+    assert reply is not None and reply[6] & 0xF0 == 0x30 and reply[7] == 11
