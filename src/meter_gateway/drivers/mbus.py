@@ -236,8 +236,11 @@ class MbusDriver(Driver):
 
     async def _transact(self, request: bytes, expect: bool = True) -> bytes | None:
         last: Exception | None = None
+        attempts = self.bus.retries + 1
+        stall_retried = False
         async with self.link.lock:
-            for _attempt in range(self.bus.retries + 1):
+            while attempts > 0:
+                attempts -= 1
                 t0 = time.monotonic()
                 self.stats.transactions += 1
                 self.stats.bytes_sent += len(request)
@@ -248,6 +251,10 @@ class MbusDriver(Driver):
                         parse_frame(reply)  # checksum and stop byte, before anything trusts the reply
                     return reply
                 except TimeoutError:
+                    if not stall_retried and self.held_up(t0, self.bus.timeout, self.bus.id):
+                        stall_retried = True  # the reply may have been read in part when the late timer fired
+                        attempts += 1
+                        continue
                     self.stats.timeouts += 1
                     self.stats.failed_transactions += 1
                     last = NoResponse(f"no reply within {self.bus.timeout} s")
