@@ -177,6 +177,29 @@ class MbusLink:
                 await asyncio.wait_for(self.writer.wait_closed(), 2)
             self.writer = None
 
+    async def settle(self, limit: float) -> int:
+        """Drop what arrives until the line has been quiet for 33 characters (20 ms at least), within `limit` s.
+
+        A late reply left on the line would otherwise be read as the answer to the next request, shifting a
+        multi-telegram read by one telegram. Returns the bytes dropped."""
+        if self.reader is None:
+            return 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit
+        quiet = max(33 * self.char_time, 0.02)
+        dropped = len(getattr(self.reader, "_buffer", b""))
+        self.flush_input()
+        while loop.time() < end:
+            try:
+                async with asyncio.timeout(min(quiet, end - loop.time())):
+                    chunk = await self.reader.read(512)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            dropped += len(chunk)
+        return dropped
+
     def flush_input(self) -> None:
         """Drop whatever is buffered (late replies, garbage)."""
         if self.reader is not None:
@@ -254,6 +277,7 @@ class MbusDriver(Driver):
                     if not stall_retried and self.held_up(t0, self.bus.timeout, self.bus.id):
                         stall_retried = True  # the reply may have been read in part when the late timer fired
                         attempts += 1
+                        await self.link.settle(self.bus.timeout)  # its late answer must not answer the repeat
                         continue
                     self.stats.timeouts += 1
                     self.stats.failed_transactions += 1

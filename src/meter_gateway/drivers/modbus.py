@@ -258,6 +258,9 @@ class ModbusDriver(Driver):
                     if not stall_retried and self.held_up(t0, self.bus.timeout, self.bus.id):
                         stall_retried = True
                         attempts += 1
+                        # RTU has no transaction id: let a late answer arrive while nothing is asked (pymodbus drops
+                        # it) rather than be taken for the answer to the next request
+                        await asyncio.sleep(min(self.bus.timeout, 256 * self.char_time + 0.02))
                         continue
                     self.stats.failed_transactions += 1
                     if self._rx:
