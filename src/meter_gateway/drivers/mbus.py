@@ -177,28 +177,24 @@ class MbusLink:
                 await asyncio.wait_for(self.writer.wait_closed(), 2)
             self.writer = None
 
-    async def settle(self, limit: float) -> int:
+    async def settle(self, limit: float) -> None:
         """Drop what arrives until the line has been quiet for 33 characters (20 ms at least), within `limit` s.
 
         A late reply left on the line would otherwise be read as the answer to the next request, shifting a
-        multi-telegram read by one telegram. Returns the bytes dropped."""
+        multi-telegram read by one telegram."""
         if self.reader is None:
-            return 0
+            return
         loop = asyncio.get_running_loop()
         end = loop.time() + limit
         quiet = max(33 * self.char_time, 0.02)
-        dropped = len(getattr(self.reader, "_buffer", b""))
         self.flush_input()
         while loop.time() < end:
             try:
                 async with asyncio.timeout(min(quiet, end - loop.time())):
-                    chunk = await self.reader.read(512)
+                    if not await self.reader.read(512):
+                        return  # the port closed
             except TimeoutError:
-                break
-            if not chunk:
-                break
-            dropped += len(chunk)
-        return dropped
+                return
 
     def flush_input(self) -> None:
         """Drop whatever is buffered (late replies, garbage)."""
