@@ -5,23 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import time
+
+from bacnet_peer import client_app, free_udp_port
 
 CLIENT_SECONDS = 5.0
 
 
 async def client(my_port: int, target: str, objects: list[str]) -> dict:
     """Run in the client process: measure and return the figures."""
-    from bacpypes3.app import Application
-    from bacpypes3.local.device import DeviceObject
-    from bacpypes3.local.networkport import NetworkPortObject
     from bacpypes3.pdu import Address
 
-    dev = DeviceObject(objectIdentifier=("device", 3998), objectName="bench-client", vendorIdentifier=999)
-    np = NetworkPortObject(f"127.0.0.1/8:{my_port}", objectIdentifier=("network-port", 1), objectName="NetworkPort-1")
-    app = Application.from_object_list([dev, np])
+    app = client_app(my_port, 3998, "bench-client")
     addr = Address(target)
     await app.who_is(0, 4194303, addr, timeout=3)
     n = 0
@@ -68,9 +64,7 @@ async def run(meters: int = 32) -> dict:
     try:
         port = gw.servers[0].address()[1]
         objects = [f"analog-input,{1000 * i + idx}" for i in range(1, meters + 1) for idx in (5, 11, 17, 25)]
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            my_port = s.getsockname()[1]
+        my_port = free_udp_port()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             __file__,

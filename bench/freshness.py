@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
 import statistics
 import struct
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from bacnet_peer import client_app, free_udp_port
 
 from meter_gateway.sim.physics import LoadModel
 
@@ -54,22 +55,12 @@ def marker(k: int) -> float:
     return 100.0 + 0.5 * (k % 1600)
 
 
-def free_udp_port() -> int:
-    """A free UDP port on loopback, chosen by the kernel."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- client process ---------------------------------------------------------------------------------------------------
 async def client(
     my_port: int, bacnet_target: str, obj: str, modbus_port: int, unit: int, reg: int, seconds: float
 ) -> None:
     """Run in the client process: report every new value seen over Modbus and every COV value as JSON lines."""
-    from bacpypes3.app import Application
     from bacpypes3.basetypes import PropertyIdentifier
-    from bacpypes3.local.device import DeviceObject
-    from bacpypes3.local.networkport import NetworkPortObject
     from bacpypes3.pdu import Address
     from bacpypes3.primitivedata import ObjectIdentifier
     from pymodbus.client import AsyncModbusTcpClient
@@ -80,9 +71,7 @@ async def client(
 
     loop = asyncio.get_running_loop()
     end = time.monotonic() + seconds
-    dev = DeviceObject(objectIdentifier=("device", 3997), objectName="bench-fresh", vendorIdentifier=999)
-    np = NetworkPortObject(f"127.0.0.1/8:{my_port}", objectIdentifier=("network-port", 1), objectName="NetworkPort-1")
-    app = Application.from_object_list([dev, np])
+    app = client_app(my_port, 3997, "bench-fresh")
     mb = AsyncModbusTcpClient("127.0.0.1", port=modbus_port, timeout=2, retries=0)
     if not await mb.connect():
         emit(error="modbus connect failed")

@@ -10,11 +10,11 @@ import json
 import os
 import random
 import re
-import socket
 import sys
 import time
 import urllib.request
 
+from bacnet_peer import client_app, free_udp_port
 from pymodbus.client import AsyncModbusTcpClient
 
 from meter_gateway.app import Gateway
@@ -33,14 +33,9 @@ def rss_mib() -> float:
 
 async def bacnet_reader(my_port: int, target: str, objects: list[str], seconds: float) -> dict:
     """Run in its own process: a head-end reading present values in turn for `seconds`; returns its counts."""
-    from bacpypes3.app import Application
-    from bacpypes3.local.device import DeviceObject
-    from bacpypes3.local.networkport import NetworkPortObject
     from bacpypes3.pdu import Address
 
-    dev = DeviceObject(objectIdentifier=("device", 3997), objectName="soak-client", vendorIdentifier=999)
-    np = NetworkPortObject(f"127.0.0.1/8:{my_port}", objectIdentifier=("network-port", 1), objectName="NetworkPort-1")
-    app = Application.from_object_list([dev, np])
+    app = client_app(my_port, 3997, "soak-client")
     addr = Address(target)
     done = errors = 0
     end = time.monotonic() + seconds
@@ -93,9 +88,7 @@ async def main(duration: float) -> int:
     mb_port = next(s for s in gw.servers if s.name == "modbus_tcp").address()[1]
     pm_port = next(s for s in gw.servers if s.name == "prometheus").address()[1]
     bn_port = next(s for s in gw.servers if s.name == "bacnet").address()[1]
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        client_port = sock.getsockname()[1]
+    client_port = free_udp_port()
     objects = [f"analog-input,{1000 * i + idx}" for i in range(1, N + 1) for idx in (5, 11, 17)]
     bacnet_proc = await asyncio.create_subprocess_exec(
         sys.executable,
