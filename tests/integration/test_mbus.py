@@ -4,6 +4,7 @@ reads, bus scan with colliding secondary ids, faults and the gateway's quality f
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -120,6 +121,170 @@ async def test_loop_stall_longer_than_the_timeout_is_not_a_meter_fault(line):
         await stall
         assert [r.error for r in readings] == [None, None]
     assert driver.stats.timeouts == 0 and driver.stats.failed_transactions == 0
+
+
+# --- EN 13757-2 link layer against meters that obey the FCB rule (issue 13) ---------------------------------------
+
+
+def _step(point: str) -> float:
+    """The resolution the simulated meter encodes a point with (energy 10 Wh, voltage 0.1 V, others 1 mW / 1 mA)."""
+    return 0.01 if "Energy" in point else 0.1 if point.startswith("Voltage") else 0.001
+
+
+async def _read_all(driver: MbusDriver, cfg, meter_id: str, meter) -> dict[str, float]:
+    return {r.point: r.value for r in await driver.read(cfg.meter(meter_id), list(meter.profile.points))}
+
+
+def _assert_complete(readings: dict[str, float], meter) -> None:
+    """Every point of the profile was read, each equal to what the meter holds now."""
+    assert set(readings) == set(meter.profile.points)
+    wrong = {
+        p: (v, meter.model.values[p]) for p, v in readings.items() if not _close(v, meter.model.values[p], _step(p))
+    }
+    assert not wrong, f"read, held by the meter: {wrong}"
+
+
+def _sent(sim: MbusSimBus, since: int, address: int) -> list[tuple[str, int, bool | None]]:
+    return [e for e in list(sim.log)[since:] if e[1] == address]
+
+
+@pytest.mark.parametrize("previous", [1, 2, 8], ids=["left-after-1", "left-after-2", "complete"])
+async def test_a_fresh_process_reads_the_whole_readout(line, previous):
+    """Issue 13: every process started with FCB=1 and no SND_NKE; the meter took it for a repeat (or a next telegram)
+    and a 3-telegram meter gave its last telegram(s) only. The process before this one read `previous` telegrams."""
+    sim, driver, cfg = line
+    meter = sim.meters[0]
+    meter.model.frozen = True
+    await driver.close()
+    earlier = MbusDriver(bus_config(sim.port, max_telegrams=previous).buses[0], PROFILES, port=sim.port)
+    await earlier.open()
+    try:
+        await earlier.read_telegrams(5)
+    finally:
+        await earlier.close()
+    meter.model.values["Active_Energy_Import"] += 12.34  # the meter counted on between the two processes
+    fresh = MbusDriver(cfg.buses[0], PROFILES, port=sim.port)
+    await fresh.open()
+    try:
+        mark = len(sim.log)
+        _assert_complete(await _read_all(fresh, cfg, "ale3", meter), meter)
+    finally:
+        await fresh.close()
+    # SND_NKE first, then FCB=1 and toggled after each telegram
+    assert _sent(sim, mark, 5) == [("nke", 5, None), ("req", 5, True), ("req", 5, False), ("req", 5, True)]
+
+
+async def test_read_after_a_communication_loss_in_the_middle_of_a_readout(line):
+    sim, driver, cfg = line
+    meter = sim.meters[0]
+    meter.model.frozen = True
+    _assert_complete(await _read_all(driver, cfg, "ale3", meter), meter)
+    meter.after_telegrams, meter.then = 1, "offline"  # the line drops after the first telegram
+    with pytest.raises(NoResponse):
+        await driver.read(cfg.meter("ale3"), ["Active_Energy_Import"])
+    meter.online = True
+    meter.model.values["Active_Energy_Import"] += 1.5
+    mark = len(sim.log)
+    _assert_complete(await _read_all(driver, cfg, "ale3", meter), meter)
+    assert _sent(sim, mark, 5)[0] == ("nke", 5, None)
+
+
+@pytest.mark.parametrize("after", [0, 1, 2], ids=["between-reads", "after-telegram-1", "after-telegram-2"])
+async def test_read_after_a_meter_restart(line, after):
+    """A restart loses the meter's FCB state and readout position; in the middle of a readout it sends telegram 1
+    again in place of the next one, which must not be added to the records already read."""
+    sim, driver, cfg = line
+    meter = sim.meters[0]
+    meter.model.frozen = True
+    _assert_complete(await _read_all(driver, cfg, "ale3", meter), meter)
+    if after:
+        meter.after_telegrams, meter.then = after, "restart"
+    else:
+        meter.restart()
+    meter.model.values["Active_Energy_Import"] += 2.0
+    _assert_complete(await _read_all(driver, cfg, "ale3", meter), meter)
+    assert meter.restarts == 1
+
+
+async def test_secondary_address_read_resets_the_link_and_selects_again(line):
+    sim, driver, cfg = line
+    fin = sim.meters[1]
+    fin.model.frozen = True
+    fin.telegrams = 3
+    for _ in range(2):
+        mark = len(sim.log)
+        _assert_complete(await _read_all(driver, cfg, "fin", fin), fin)
+        kinds = [(k, fcb) for k, _a, fcb in list(sim.log)[mark:]]
+        # SND_NKE to 253 clears the FCB and deselects (EN 13757-3): select again before REQ_UD2 with FCB=1
+        assert kinds == [
+            ("select", None),
+            ("nke", None),
+            ("select", None),
+            ("req", True),
+            ("req", False),
+            ("req", True),
+        ]
+    fin.restart()  # deselected by the power cycle
+    _assert_complete(await _read_all(driver, cfg, "fin", fin), fin)
+
+
+@pytest.mark.parametrize("telegrams", [1, 3])
+async def test_a_repeated_reply_is_not_read_as_new_data(line, telegrams):
+    """A meter that misses one FCB toggle answers with its last reply again: old values (one telegram), or a
+    telegram already read in place of the next one (three): recognised, the readout restarts after a link reset."""
+    sim, driver, cfg = line
+    meter = sim.meters[0]
+    meter.telegrams = telegrams
+    meter.model.frozen = True
+    _assert_complete(await _read_all(driver, cfg, "ale3", meter), meter)
+    meter.model.values["Voltage_L1_N"] = 241.5
+    meter.model.values["Active_Energy_Import"] += 3.0
+    meter.repeat_next = 1
+    _assert_complete(await _read_all(driver, cfg, "ale3", meter), meter)
+    assert meter.repeats == 1 and driver.stats.repeated_replies == 1
+    if telegrams == 1:  # a single-telegram meter in step is read without a link reset, FCB toggled from read to read
+        mark = len(sim.log)
+        _assert_complete(await _read_all(driver, cfg, "ale3", meter), meter)
+        first = _sent(sim, mark, 5)
+        assert [k for k, _a, _f in first] == ["req"]
+        _assert_complete(await _read_all(driver, cfg, "ale3", meter), meter)
+        assert _sent(sim, mark, 5)[1] == ("req", 5, not first[0][2])
+
+
+async def test_a_lost_reply_is_asked_again_with_the_same_fcb(line):
+    sim, driver, cfg = line
+    meter = sim.meters[0]
+    meter.model.frozen = True
+    meter.fault = "bad_checksum"
+    with pytest.raises(NoResponse):
+        await driver.read(cfg.meter("ale3"), ["Active_Energy_Import"])
+    reqs = [e for e in _sent(sim, 0, 5) if e[0] == "req"]
+    assert len(reqs) == 2 and reqs[0] == reqs[1] == ("req", 5, True)  # bus retries: 1
+    assert meter.repeats == 1
+    meter.fault = "none"
+    _assert_complete(await _read_all(driver, cfg, "ale3", meter), meter)
+
+
+async def test_max_telegrams_is_a_warning_and_publishes_no_partial_energy(line, caplog):
+    sim, driver, cfg = line
+    meter = sim.meters[0]
+    meter.model.frozen = True
+    await driver.close()
+    short = MbusDriver(bus_config(sim.port, max_telegrams=2).buses[0], PROFILES, port=sim.port)
+    await short.open()
+    try:
+        with caplog.at_level(logging.WARNING, logger="meter_gateway.drivers.mbus"):
+            for _ in range(2):
+                readings = await _read_all(short, cfg, "ale3", meter)
+                assert "Active_Energy_Import" not in readings
+                assert readings and set(readings) < set(meter.profile.points)  # telegram 3's points are not there
+                assert all(_close(v, meter.model.values[p], _step(p)) for p, v in readings.items())
+    finally:
+        await short.close()
+    warnings = [r for r in caplog.records if "max_telegrams" in r.getMessage()]
+    assert len(warnings) == 1 and "ale3" in warnings[0].getMessage()
+    assert short.stats.incomplete_reads == 2
+    assert [k for k, _a, _f in _sent(sim, 0, 5)].count("nke") == 2  # each readout starts at the first telegram
 
 
 GATEWAY = f"""

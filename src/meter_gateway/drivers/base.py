@@ -65,6 +65,9 @@ class BusStats:
     crc_errors: int = 0
     frame_errors: int = 0
     exceptions: int = 0
+    link_resets: int = 0  # M-Bus SND_NKE sent and acknowledged (or, to 253, unanswered)
+    repeated_replies: int = 0  # M-Bus telegrams received again in place of the next one (not read as new data)
+    incomplete_reads: int = 0  # M-Bus readouts stopped by max_telegrams before the meter's last telegram
     loop_stalls: int = 0  # transactions repeated because the gateway's own event loop was held up past the timeout
     busy_time: float = 0.0  # seconds the bus spent in transactions
     cycles: int = 0

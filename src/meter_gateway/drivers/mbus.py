@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from ..config import MbusBus, MeterConfig
+from ..core.catalogue import load_catalogue
 from ..mbus_frame import (
     ACK,
     ADDR_NETWORK,
@@ -228,8 +229,48 @@ class MbusLink:
                 raise MbusFrameError(f"garbage byte 0x{buf[0]:02X} where a frame should start")
 
 
+@dataclass
+class LinkState:
+    """What the master knows of one meter's link layer (EN 13757-2 FCB/FCV, multi-telegram position)."""
+
+    fcb: bool = True  # FCB of the next new REQ_UD2 (a repeat after a lost reply keeps the same FCB)
+    synced: bool = False  # FCB known to agree with the meter: a SND_NKE was acknowledged and nothing failed since
+    telegrams: int = 0  # telegrams of the last complete readout (0: not known yet)
+    always_reset: bool = False  # the meter's replies give no way to tell a repeat from new data across reads
+    complete: bool = True  # whether the last readout reached the meter's last telegram
+    last: Payload | None = None  # the last RSP_UD received (to recognise a repeated one)
+
+
+class RepeatedTelegram(FrameError):
+    """The meter sent a telegram it had already sent in place of the next one (FCB state out of step)."""
+
+
+def same_telegram(a: Payload, b: Payload, access: bool = True) -> bool:
+    """Whether two RSP_UD carry the same telegram: same sender, same record layout (and access number)."""
+    if (a.header is None) != (b.header is None) or a.ci != b.ci or a.more_follows != b.more_follows:
+        return False
+    if [(r.dib, r.vib) for r in a.records] != [(r.dib, r.vib) for r in b.records]:
+        return False
+    if a.header is None or b.header is None:
+        return not access or [r.data for r in a.records] == [r.data for r in b.records]
+    ha, hb = a.header, b.header
+    if (ha.ident, ha.manufacturer_code, ha.version, ha.medium) != (
+        hb.ident,
+        hb.manufacturer_code,
+        hb.version,
+        hb.medium,
+    ):
+        return False
+    return not access or ha.access_no == hb.access_no
+
+
 class MbusDriver(Driver):
-    """An M-Bus master on one line."""
+    """An M-Bus master on one line, to EN 13757-2: SND_NKE to start a meter's link, FCB toggled per transaction.
+
+    A readout always starts at the meter's first telegram: the link is reset (SND_NKE) before the first read of a
+    meter, after any failure, after a readout that stopped early, and before every read of a meter that answers in
+    several telegrams. A telegram sent again in place of the next one is recognised and never read as new data.
+    """
 
     kind = "mbus"
 
@@ -238,8 +279,15 @@ class MbusDriver(Driver):
         self.bus = bus
         self.profiles = profiles
         self.link = MbusLink(bus, port or bus.port)
-        self._fcb: dict[int | str, bool] = {}
+        self.links: dict[int | str, LinkState] = {}
+        self._readout = asyncio.Lock()  # one readout (selection, reset, telegrams) at a time
         self._logged: set[str] = set()
+        self._scan_fcb = True
+
+    def _log_once(self, key: str, level: int, msg: str, *args) -> None:
+        """Log at `level` the first time for `key`, at debug after that."""
+        log.log(level if key not in self._logged else logging.DEBUG, msg, *args)
+        self._logged.add(key)
 
     async def open(self) -> None:
         """Open the line."""
@@ -253,9 +301,12 @@ class MbusDriver(Driver):
         """Close the line."""
         await self.link.close()
 
-    async def _transact(self, request: bytes, expect: bool = True) -> bytes | None:
+    async def _transact(self, request: bytes, expect: bool = True, silence_ok: bool = False) -> bytes | None:
+        """One request and its reply, repeated unchanged (same FCB) on a missing or bad reply.
+
+        With silence_ok a missing reply is no failure: one attempt, None returned."""
         last: Exception | None = None
-        attempts = self.bus.retries + 1
+        attempts = 1 if silence_ok else self.bus.retries + 1
         stall_retried = False
         async with self.link.lock:
             while attempts > 0:
@@ -275,6 +326,8 @@ class MbusDriver(Driver):
                         attempts += 1
                         await self.link.settle(self.bus.timeout)  # its late answer must not answer the repeat
                         continue
+                    if silence_ok:
+                        return None
                     self.stats.timeouts += 1
                     self.stats.failed_transactions += 1
                     last = NoResponse(f"no reply within {self.bus.timeout} s")
@@ -288,47 +341,139 @@ class MbusDriver(Driver):
         assert last is not None
         raise NoResponse(str(last)) from last
 
-    async def _select(self, meter_address: int | str) -> int:
-        """Address to poll: the primary address, or 253 after selecting the secondary id."""
-        if isinstance(meter_address, int):
-            return meter_address
-        reply = await self._transact(select_secondary(str(meter_address)))
+    async def _select(self, meter_address: str) -> None:
+        """Select a meter by its secondary address (SND_UD CI 0x52 to 253); it answers E5."""
+        reply = await self._transact(select_secondary(meter_address))
         if reply != bytes([ACK]):
             raise NoResponse(f"secondary address {meter_address} not confirmed")
+
+    async def _reset(self, address: int, state: LinkState) -> None:
+        """SND_NKE: the meter clears its FCB (the next new request carries FCB=1) and restarts its readout."""
+        if address == ADDR_NETWORK:
+            # to 253 only the selected meter listens; it is deselected, and not every make answers E5
+            reply = await self._transact(snd_nke(address), silence_ok=True)
+        else:
+            reply = await self._transact(snd_nke(address))
+            if reply != bytes([ACK]):
+                raise NoResponse(f"link reset (SND_NKE) to {address} not acknowledged")
+        if reply not in (None, bytes([ACK])):
+            raise NoResponse(f"link reset (SND_NKE) to {address} answered with a {len(reply)}-byte frame, not E5")
+        self.stats.link_resets += 1
+        state.fcb = True
+        state.synced = True
+        state.last = None
+
+    async def _start(self, meter_address: int | str, state: LinkState, reset: bool) -> int:
+        """Address the meter (selecting it if secondary) and reset its link when asked; returns the address."""
+        if isinstance(meter_address, int):
+            if reset:
+                await self._reset(meter_address, state)
+            return meter_address
+        await self._select(meter_address)
+        if reset:  # SND_NKE to 253 deselects the meter (EN 13757-3): select it again
+            await self._reset(ADDR_NETWORK, state)
+            await self._select(meter_address)
         return ADDR_NETWORK
 
     async def read_telegrams(self, meter_address: int | str) -> tuple[list[Payload], list[DecodedRecord]]:
-        """REQ_UD2 until the meter has sent everything (within the bus's max_telegrams)."""
-        addr = await self._select(meter_address)
+        """A whole readout from the first telegram: REQ_UD2 until the last one (within the bus's max_telegrams).
+
+        `self.links[meter_address].complete` tells whether the meter's last telegram was reached."""
+        state = self.links.setdefault(meter_address, LinkState())
+        async with self._readout:
+            for attempt in range(2):
+                try:
+                    return await self._read_once(meter_address, state, force_reset=attempt > 0)
+                except RepeatedTelegram as exc:
+                    state.synced = False
+                    self.stats.repeated_replies += 1
+                    if attempt:
+                        raise
+                    self._log_once(
+                        f"repeat-{meter_address}",
+                        logging.WARNING,
+                        "M-Bus meter %s: %s; not read as new data, readout restarted after a link reset",
+                        meter_address,
+                        exc,
+                    )
+                except BaseException:
+                    state.synced = False  # a failure may leave the meter anywhere in its sequence or FCB state
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _read_once(
+        self, meter_address: int | str, state: LinkState, force_reset: bool
+    ) -> tuple[list[Payload], list[DecodedRecord]]:
+        reset = force_reset or not state.synced or state.always_reset or state.telegrams != 1
+        suspect = None if reset else state.last
+        addr = await self._start(meter_address, state, reset)
         payloads: list[Payload] = []
         records: list[DecodedRecord] = []
-        for _n in range(self.bus.max_telegrams):
-            fcb = self._fcb.get(meter_address, True)
-            reply = await self._transact(req_ud2(addr, fcb))
-            self._fcb[meter_address] = not fcb
+        state.complete = False
+        for n in range(self.bus.max_telegrams):
+            reply = await self._transact(req_ud2(addr, state.fcb))
+            state.fcb = not state.fcb  # a valid reply ends the transaction: the next request is a new one
             assert reply is not None
             try:
                 payload, decoded = decode_telegram(reply)
             except MbusFrameError as exc:
                 self.stats.frame_errors += 1
-                key = f"frame-{meter_address}"
-                level = logging.WARNING if key not in self._logged else logging.DEBUG
-                self._logged.add(key)
-                log.log(level, "M-Bus meter %s: telegram refused: %s", meter_address, exc)
+                self._log_once(
+                    f"frame-{meter_address}",
+                    logging.WARNING,
+                    "M-Bus meter %s: telegram refused: %s",
+                    meter_address,
+                    exc,
+                )
                 raise FrameError(str(exc)) from exc
+            if n == 0 and suspect is not None and same_telegram(suspect, payload):
+                raise RepeatedTelegram("the first telegram of a read is the last one of the previous read again")
+            if any(same_telegram(p, payload, access=False) for p in payloads):
+                raise RepeatedTelegram(f"telegram {n + 1} of a readout repeats an earlier one")
+            if n == 0 and force_reset and state.last is not None and same_telegram(state.last, payload):
+                # after a link reset the meter sends the same access number again: it does not count its replies,
+                # so a repeat cannot be told from new data without a reset: reset before every read from now on
+                state.always_reset = True
             payloads.append(payload)
             records += decoded
+            state.last = payload
             if not payload.more_follows:
+                state.complete = True
                 break
+        if state.complete:
+            state.telegrams = len(payloads)
+        else:
+            state.synced = False  # the meter is left in the middle of its sequence: reset before the next read
         return payloads, records
 
     async def read(self, meter: MeterConfig, points: Sequence[str]) -> list[PointReading]:
-        """Read all telegrams of a meter and map the requested points."""
+        """Read all telegrams of a meter and map the requested points (no energy from an incomplete readout)."""
         try:
             _payloads, records = await self.read_telegrams(meter.address)
         except FrameError as exc:
             raise NoResponse(f"meter {meter.id}: {exc}") from exc
-        return map_points(self.profiles.get(meter.profile), records, points)
+        profile = self.profiles.get(meter.profile)
+        readings = map_points(profile, records, points)
+        if self.links[meter.address].complete:
+            return readings
+        # More telegrams follow than max_telegrams allows: a billing value assembled from part of the readout can be
+        # wrong (a tariff missing from a sum, a register in another unit); points not read keep their age and quality
+        self.stats.incomplete_reads += 1
+        self._log_once(
+            f"incomplete-{meter.id}",
+            logging.WARNING,
+            "M-Bus meter %s: more telegrams follow after max_telegrams=%d of bus %s; its energies are not published"
+            " and points of the telegrams not read keep their last value and age; raise max_telegrams",
+            meter.id,
+            self.bus.max_telegrams,
+            self.bus.id,
+        )
+        catalogue = load_catalogue()
+        return [
+            r
+            for r in readings
+            if not catalogue.get(r.point).is_energy and not getattr(profile.points.get(r.point), "sum", False)
+        ]
 
     async def write(self, meter: MeterConfig, point: str, value: float | int | bool) -> None:
         """M-Bus meters are read-only through the gateway."""
@@ -336,12 +481,13 @@ class MbusDriver(Driver):
 
     async def reset_link(self, address: int) -> bool:
         """SND_NKE; True when the meter acknowledged."""
+        state = self.links.setdefault(address, LinkState())
         try:
-            reply = await self._transact(snd_nke(address))
+            await self._reset(address, state)
         except NoResponse:
+            state.synced = False
             return False
-        self._fcb[address] = True
-        return reply == bytes([ACK])
+        return True
 
     async def scan_primary(self, addresses: Sequence[int] = range(0, 251)) -> list[int]:
         """Primary addresses that acknowledge SND_NKE."""
@@ -368,13 +514,15 @@ class MbusDriver(Driver):
             if result == "none":
                 return
             if result == "one" or len(pattern) == 8:
-                fcb = self._fcb.get("scan", True)
-                self._fcb["scan"] = not fcb
+                # the meter's FCB state is unknown here: a repeated reply still carries its own identification
+                fcb = self._scan_fcb
+                self._scan_fcb = not fcb
                 reply = await self._transact(req_ud2(ADDR_NETWORK, fcb))
                 assert reply is not None
                 payload = parse_payload(parse_frame(reply))
                 if payload.header is not None:
                     found.append(payload.header.ident)
+                    self.links.pop(payload.header.ident, None)  # its readout position moved: reset before reading
                 return
             for digit in "0123456789":
                 await search(pattern + digit)

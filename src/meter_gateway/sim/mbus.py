@@ -1,15 +1,18 @@
-"""Simulated M-Bus meters on a pty: SND_NKE, REQ_UD2 (single and multi-telegram, FCB), secondary selection with
-wildcards (colliding replies garbled as on a real bus), realistic moving values, fault injection."""
+"""Simulated M-Bus meters on a pty: SND_NKE, REQ_UD2 (single and multi-telegram, the EN 13757-2 FCB rule),
+secondary selection with wildcards (colliding replies garbled as on a real bus), moving values, fault injection."""
 
 from __future__ import annotations
 
 import asyncio
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ..mbus_frame import (
     ACK,
+    ADDR_BROADCAST,
+    ADDR_BROADCAST_REPLY,
     ADDR_NETWORK,
     CI_SELECT,
     MEDIUM_ELECTRICITY,
@@ -52,7 +55,13 @@ def encode_record(rule, value: float) -> bytes:
 
 @dataclass
 class SimMbusMeter:
-    """One simulated M-Bus electricity meter."""
+    """One simulated M-Bus electricity meter that follows the EN 13757-2 link rules.
+
+    FCB rule: a REQ_UD2 with FCV set and the FCB not toggled since the last one gets the last reply again, byte
+    for byte; a toggled FCB gets the next telegram of the multi-telegram sequence (after the last, the first).
+    SND_NKE clears the FCB (the next new request carries FCB=1) and restarts at the first telegram; a selection
+    does not touch the FCB (one FCB for primary and secondary addressing). `restart()` is a power cycle.
+    """
 
     primary: int
     ident: str  # 8-digit secondary address
@@ -65,8 +74,15 @@ class SimMbusMeter:
     fault: Fault = "none"
     selected: bool = False
     requests: int = 0
+    repeat_next: int = 0  # fault: answer this many toggled REQ_UD2 with the last reply (a meter that missed them)
+    resets: int = 0  # SND_NKE received
+    repeats: int = 0  # replies repeated (FCB not toggled, or repeat_next)
+    restarts: int = 0
+    after_telegrams: int | None = None  # fault: after this many more telegrams, `then` happens
+    then: Literal["offline", "restart"] = "offline"  # ... the meter goes silent, or restarts (power cycle)
     _next: int = 0
-    _last_fcb: bool | None = None
+    _last_fcb: bool | None = None  # None after a restart: no FCB state yet, any FCB is a new request
+    _last_reply: bytes | None = None
     _access: int = 0
 
     @property
@@ -79,22 +95,23 @@ class SimMbusMeter:
         values = self.model.advance()
         return [encode_record(rule, float(values.get(name, 0.0))) for name, rule in self.profile.points.items()]
 
-    def telegram(self, address: int, fcb: bool) -> bytes:
-        """The next telegram of a multi-telegram read (FCB toggled), or a repeat (same FCB)."""
+    def telegram(self, address: int, fcb: bool, fcv: bool = True) -> bytes:
+        """The answer to a REQ_UD2: the last reply again when the FCB was not toggled, else the next telegram."""
+        toggled = not fcv or self._last_fcb is None or fcb != self._last_fcb
+        if self._last_reply is not None and (not toggled or self.repeat_next > 0):
+            if toggled:
+                self.repeat_next -= 1  # fault injection: a meter that misses the toggle once
+            if fcv:
+                self._last_fcb = fcb
+            self.repeats += 1
+            return self._last_reply
         recs = self.records()
         n = max(1, min(self.telegrams, len(recs)))
-        if self._last_fcb is not None and fcb == self._last_fcb:
-            index = (self._next - 1) % n  # repeated request: send the same telegram again
-        else:
-            index = self._next % n
-            self._next = index + 1
-        self._last_fcb = fcb
+        index = self._next % n
+        self._next = (index + 1) % n
         chunk = recs[index * len(recs) // n : (index + 1) * len(recs) // n]
-        self._access += 1
-        more = index < n - 1
-        if not more:
-            self._next = 0
-        return build_rsp_ud(
+        self._access = (self._access + 1) & 0xFF
+        reply = build_rsp_ud(
             address,
             self.ident,
             self.manufacturer,
@@ -102,13 +119,40 @@ class SimMbusMeter:
             MEDIUM_ELECTRICITY,
             self._access,
             b"".join(chunk),
-            more_follows=more,
+            more_follows=index < n - 1,
         )
+        if fcv:
+            self._last_fcb = fcb
+        self._last_reply = reply
+        return reply
+
+    def telegram_sent(self) -> None:
+        """Count down the scripted fault (`after_telegrams`, `then`)."""
+        if self.after_telegrams is None:
+            return
+        self.after_telegrams -= 1
+        if self.after_telegrams <= 0:
+            self.after_telegrams = None
+            if self.then == "restart":
+                self.restart()
+            else:
+                self.online = False
 
     def reset(self) -> None:
-        """SND_NKE: start again from the first telegram."""
+        """SND_NKE: FCB cleared (the next new request has FCB=1), readout restarts at the first telegram."""
+        self.resets += 1
+        self._next = 0
+        self._last_fcb = False
+        self._last_reply = None
+
+    def restart(self) -> None:
+        """Power cycle: sequence, FCB state, stored reply, selection and access counter are lost."""
+        self.restarts += 1
         self._next = 0
         self._last_fcb = None
+        self._last_reply = None
+        self.selected = False
+        self._access = 0
 
     def matches(self, pattern: bytes) -> bool:
         """Secondary selection: id digits with F wildcards, manufacturer, version, medium (0xFF... wildcards)."""
@@ -131,6 +175,8 @@ class MbusSimBus(PtyLine):
         super().__init__()
         self.meters = meters
         self.frames_in = 0
+        #: what the master sent, in order: ("nke" | "req" | "select", address, FCB or None)
+        self.log: deque[tuple[str, int, bool | None]] = deque(maxlen=4096)
 
     async def serve(self) -> None:
         """Cut the byte stream into frames by length and answer them."""
@@ -176,27 +222,40 @@ class MbusSimBus(PtyLine):
     def _answer(self, frame) -> None:
         if frame.kind == "short":
             c, a = frame.c, frame.a
-            if c == 0x40:  # SND_NKE
-                for m in self._targets(a):
+            self.log.append(("nke" if c == 0x40 else "req", a, bool(c & 0x20) if c & 0x10 else None))
+            if c == 0x40:  # SND_NKE; to 253 it also deselects the selected meter (EN 13757-3)
+                targets = list(self.meters) if a in (ADDR_BROADCAST_REPLY, ADDR_BROADCAST) else self._targets(a)
+                for m in targets:
+                    if not m.online:
+                        continue
                     m.reset()
                     m.requests += 1
-                    self._reply(m, bytes([ACK]))
-            elif c & 0xCF == 0x4B:  # REQ_UD2 (0x5B / 0x7B)
+                    if a == ADDR_NETWORK:
+                        m.selected = False
+                answering = [m for m in targets if m.online and m.fault != "no_reply"]
+                if a == ADDR_BROADCAST or not answering:
+                    return
+                if len(answering) == 1:
+                    self._reply(answering[0], bytes([ACK]))
+                else:
+                    self.write(b"\xfd\x37")  # several E5 at once: garbled on the wire
+            elif c & 0xCF == 0x4B:  # REQ_UD2 (0x5B / 0x7B with FCV; 0x4B / 0x6B without)
                 targets = [m for m in self._targets(a) if m.online]
-                for m in self._targets(a):
+                for m in targets:
                     m.requests += 1
                 if len(targets) == 1:
-                    self._reply(targets[0], targets[0].telegram(a, bool(c & 0x20)))
+                    self._reply(targets[0], targets[0].telegram(a, bool(c & 0x20), bool(c & 0x10)))
+                    targets[0].telegram_sent()
                 elif len(targets) > 1:
                     self.write(b"\x68\x37\x5c\x68\x08")  # colliding long frames: garbled
             return
         if frame.kind == "long" and frame.ci == CI_SELECT and frame.a == ADDR_NETWORK and len(frame.data) >= 8:
-            hits = [m for m in self.meters if m.matches(frame.data[:8])]
+            self.log.append(("select", ADDR_NETWORK, None))
+            hits = [m for m in self.meters if m.online and m.matches(frame.data[:8])]
             for m in self.meters:
-                m.selected = m in hits
-                if m in hits:
-                    m.reset()
-            answering = [m for m in hits if m.online and m.fault != "no_reply"]
+                if m.online:
+                    m.selected = m in hits  # a selection does not touch the FCB
+            answering = [m for m in hits if m.fault != "no_reply"]
             if len(answering) == 1:
                 answering[0].requests += 1
                 self._reply(answering[0], bytes([ACK]))
