@@ -312,3 +312,36 @@ async def test_gateway_flags_a_silent_mbus_meter_and_recovers(gateways):
     gw.simulators["ale3"].online = True
     assert await wait_for(lambda: gw.table.get("ale3", "Active_Energy_Import").quality is Quality.GOOD, 10)
     assert gw.table.get("ale3", "Communication_Status").value is True
+
+
+async def test_gateway_keeps_the_energy_of_an_incomplete_readout_at_its_age(gateways):
+    """A meter that starts sending more telegrams than max_telegrams: its energy is no longer published (its read
+    time stays, it turns stale), the points read go on updating; the meter stays online."""
+    gw = await gateways(GATEWAY.replace("fail_after: 1,", "fail_after: 1, max_telegrams: 2,"))
+    energy = lambda: gw.table.get("ale3", "Active_Energy_Import")  # noqa: E731
+    power = lambda: gw.table.get("ale3", "Active_Power_Total")  # noqa: E731
+    assert await wait_for(lambda: energy().quality is Quality.GOOD, 10)
+    gw.simulators["ale3"].telegrams = 3  # the readout no longer fits in max_telegrams
+    driver = gw.buses["mb"].driver
+    assert await wait_for(lambda: driver.stats.incomplete_reads >= 1, 10)
+    kept, seen = energy(), power().read_time
+    assert await wait_for(lambda: (power().read_time or 0) > (seen or 0) and driver.stats.incomplete_reads >= 3, 10)
+    assert energy().read_time == kept.read_time and energy().value == kept.value
+    assert await wait_for(lambda: energy().quality is Quality.STALE, 10)
+    assert gw.table.get("ale3", "Communication_Status").value is True
+
+
+async def test_a_meter_with_a_fixed_access_number_is_reset_before_every_read(line):
+    """Its repeated reply cannot be told from a new one: after the first doubt it is reset before every read."""
+    sim, driver, cfg = line
+    meter = sim.meters[0]
+    meter.telegrams, meter.counts_access = 1, False
+    meter.model.frozen = True
+    for n in range(4):
+        meter.model.values["Voltage_L1_N"] = 231.0 + n
+        mark = len(sim.log)
+        _assert_complete(await _read_all(driver, cfg, "ale3", meter), meter)
+        kinds = [k for k, _a, _f in _sent(sim, mark, 5)]
+        # read 2 tries without a reset, takes the unchanged access number for a repeat and resets; then always
+        assert kinds == (["req", "nke", "req"] if n == 1 else ["nke", "req"])
+    assert driver.stats.repeated_replies == 1 and driver.links[5].always_reset

@@ -404,8 +404,9 @@ class MbusDriver(Driver):
     async def _read_once(
         self, meter_address: int | str, state: LinkState, force_reset: bool
     ) -> tuple[list[Payload], list[DecodedRecord]]:
+        previous = state.last
         reset = force_reset or not state.synced or state.always_reset or state.telegrams != 1
-        suspect = None if reset else state.last
+        suspect = None if reset else previous
         addr = await self._start(meter_address, state, reset)
         payloads: list[Payload] = []
         records: list[DecodedRecord] = []
@@ -430,7 +431,7 @@ class MbusDriver(Driver):
                 raise RepeatedTelegram("the first telegram of a read is the last one of the previous read again")
             if any(same_telegram(p, payload, access=False) for p in payloads):
                 raise RepeatedTelegram(f"telegram {n + 1} of a readout repeats an earlier one")
-            if n == 0 and force_reset and state.last is not None and same_telegram(state.last, payload):
+            if n == 0 and force_reset and previous is not None and same_telegram(previous, payload):
                 # after a link reset the meter sends the same access number again: it does not count its replies,
                 # so a repeat cannot be told from new data without a reset: reset before every read from now on
                 state.always_reset = True

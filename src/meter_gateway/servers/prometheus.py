@@ -191,6 +191,9 @@ class GatewayCollector:
             "crc_errors": ("bus_crc_errors", "Replies with a bad CRC or corrupted frame"),
             "exceptions": ("bus_exceptions", "Protocol exception replies from meters"),
             "loop_stalls": ("bus_loop_stalls", "Transactions repeated because the gateway was busy past the timeout"),
+            "link_resets": ("bus_link_resets", "M-Bus link resets (SND_NKE) before a readout"),
+            "repeated_replies": ("bus_repeated_replies", "M-Bus telegrams sent again in place of the next one"),
+            "incomplete_reads": ("bus_incomplete_reads", "M-Bus readouts stopped by max_telegrams"),
         }
         fams = {k: CounterMetricFamily(P + name, doc, labels=["bus"]) for k, (name, doc) in counters.items()}
         sent = CounterMetricFamily(P + "bus_bytes", "Bytes on the bus", labels=["bus", "direction"])

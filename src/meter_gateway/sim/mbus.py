@@ -78,6 +78,7 @@ class SimMbusMeter:
     resets: int = 0  # SND_NKE received
     repeats: int = 0  # replies repeated (FCB not toggled, or repeat_next)
     restarts: int = 0
+    counts_access: bool = True  # False: the access number stays the same (a habit of some makes)
     after_telegrams: int | None = None  # fault: after this many more telegrams, `then` happens
     then: Literal["offline", "restart"] = "offline"  # ... the meter goes silent, or restarts (power cycle)
     _next: int = 0
@@ -110,7 +111,8 @@ class SimMbusMeter:
         index = self._next % n
         self._next = (index + 1) % n
         chunk = recs[index * len(recs) // n : (index + 1) * len(recs) // n]
-        self._access = (self._access + 1) & 0xFF
+        if self.counts_access:
+            self._access = (self._access + 1) & 0xFF
         reply = build_rsp_ud(
             address,
             self.ident,
