@@ -253,15 +253,8 @@ def same_telegram(a: Payload, b: Payload, access: bool = True) -> bool:
         return False
     if a.header is None or b.header is None:
         return not access or [r.data for r in a.records] == [r.data for r in b.records]
-    ha, hb = a.header, b.header
-    if (ha.ident, ha.manufacturer_code, ha.version, ha.medium) != (
-        hb.ident,
-        hb.manufacturer_code,
-        hb.version,
-        hb.medium,
-    ):
-        return False
-    return not access or ha.access_no == hb.access_no
+    fields = ("ident", "manufacturer_code", "version", "medium") + (("access_no",) if access else ())
+    return all(getattr(a.header, k) == getattr(b.header, k) for k in fields)
 
 
 class MbusDriver(Driver):
@@ -419,13 +412,8 @@ class MbusDriver(Driver):
                 payload, decoded = decode_telegram(reply)
             except MbusFrameError as exc:
                 self.stats.frame_errors += 1
-                self._log_once(
-                    f"frame-{meter_address}",
-                    logging.WARNING,
-                    "M-Bus meter %s: telegram refused: %s",
-                    meter_address,
-                    exc,
-                )
+                key = f"frame-{meter_address}"
+                self._log_once(key, logging.WARNING, "M-Bus meter %s: telegram refused: %s", meter_address, exc)
                 raise FrameError(str(exc)) from exc
             if n == 0 and suspect is not None and same_telegram(suspect, payload):
                 raise RepeatedTelegram("the first telegram of a read is the last one of the previous read again")
@@ -482,12 +470,13 @@ class MbusDriver(Driver):
 
     async def reset_link(self, address: int) -> bool:
         """SND_NKE; True when the meter acknowledged."""
-        state = self.links.setdefault(address, LinkState())
+        state = self.links.get(address, LinkState())
         try:
             await self._reset(address, state)
         except NoResponse:
             state.synced = False
             return False
+        self.links[address] = state
         return True
 
     async def scan_primary(self, addresses: Sequence[int] = range(0, 251)) -> list[int]:
