@@ -226,6 +226,9 @@ async def test_secondary_address_read_resets_the_link_and_selects_again(line):
         ]
     fin.restart()  # deselected by the power cycle
     _assert_complete(await _read_all(driver, cfg, "fin", fin), fin)
+    fin.acks_nke_253 = False  # some makes deselect without a word
+    _assert_complete(await _read_all(driver, cfg, "fin", fin), fin)
+    assert driver.stats.timeouts == 0 and driver.stats.failed_transactions == 0
 
 
 @pytest.mark.parametrize("telegrams", [1, 3])

@@ -78,6 +78,7 @@ class SimMbusMeter:
     resets: int = 0  # SND_NKE received
     repeats: int = 0  # replies repeated (FCB not toggled, or repeat_next)
     restarts: int = 0
+    acks_nke_253: bool = True  # False: SND_NKE to 253 deselects without an E5 (a habit of some makes)
     counts_access: bool = True  # False: the access number stays the same (a habit of some makes)
     after_telegrams: int | None = None  # fault: after this many more telegrams, `then` happens
     then: Literal["offline", "restart"] = "offline"  # ... the meter goes silent, or restarts (power cycle)
@@ -235,6 +236,8 @@ class MbusSimBus(PtyLine):
                     if a == ADDR_NETWORK:
                         m.selected = False
                 answering = [m for m in targets if m.online and m.fault != "no_reply"]
+                if a == ADDR_NETWORK:
+                    answering = [m for m in answering if m.acks_nke_253]
                 if a == ADDR_BROADCAST or not answering:
                     return
                 if len(answering) == 1:
