@@ -443,10 +443,16 @@ class MbusDriver(Driver):
             raise NoResponse(f"meter {meter.id}: {exc}") from exc
         profile = self.profiles.get(meter.profile)
         readings = map_points(profile, records, points)
-        if self.links[meter.address].complete:
-            return readings
-        # More telegrams follow than max_telegrams allows: a billing value assembled from part of the readout can be
-        # wrong (a tariff missing from a sum, a register in another unit); points not read keep their age and quality
+        if not self.links[meter.address].complete:
+            readings = self.withhold_partial(meter, profile, readings)
+        return readings
+
+    def withhold_partial(self, meter: MeterConfig, profile, readings: list[PointReading]) -> list[PointReading]:
+        """The readings an incomplete readout may publish: none of its energies, nothing summed over tariffs.
+
+        More telegrams followed than max_telegrams allows: a billing value assembled from part of a readout can be
+        wrong (a tariff missing from a sum, a register in another unit in a later telegram, an ambiguity not seen);
+        points not read keep their last value, read time and quality."""
         self.stats.incomplete_reads += 1
         self._log_once(
             f"incomplete-{meter.id}",
