@@ -318,7 +318,7 @@ def decode_vib(vib: bytes) -> Vib:
         elif e == 0x00:
             pass  # "no error" / reserved: a vendor habit (ABB) that changes nothing
         elif e <= 0x1F:
-            extra.append(f"record error 0x{e:02X}")
+            extra.append(f"error/action VIFE 0x{e:02X}")
         elif e == 0x3B:
             direction = "import"
         elif e == 0x3C:
@@ -394,6 +394,8 @@ def decode_data(record: Record, vib: Vib) -> Decimal | str | None:
         if 0xC0 <= lvar <= 0xD9:  # positive / negative BCD
             raw_bcd = Decimal(_bcd(data)) * (-1 if lvar >= 0xD0 else 1)
             return raw_bcd.scaleb(vib.exponent) if vib.unit else raw_bcd
+        if len(data) > 8:  # a long binary field (key, signature): raw hex, most significant byte first
+            return data[::-1].hex(" ").upper()
         raw_int = Decimal(int.from_bytes(data, "little", signed=True))  # binary number
         return raw_int.scaleb(vib.exponent) if vib.unit else raw_int
     if code == 0x5:
@@ -505,6 +507,8 @@ def unmapped_reason(d: DecodedRecord) -> str:
         return f"{v.quantity} in {v.unit}, not {QUANTITY_UNITS[v.quantity][0]}"
     if r.storage:
         return f"storage {r.storage} (historic value)"
+    if v.quantity.endswith("energy") and r.data_field == 0x5:
+        return "float32 energy register (not exact: registers are read as integer or BCD)"
     if r.function:
         return f"{FUNCTION_NAMES[r.function]} value"
     if r.subunit:
@@ -513,6 +517,8 @@ def unmapped_reason(d: DecodedRecord) -> str:
         return f"tariff {r.tariff}"
     if v.extra or v.offset is not None:
         return f"qualified value ({', '.join(v.extra) or 'additive offset'})"
+    if v.quantity in ("voltage", "current") and not v.phase:
+        return f"{v.quantity} with no phase stated"
     return "no rule of the profile for this record"
 
 
@@ -549,9 +555,8 @@ def map_records(profile, records: list[DecodedRecord], points=None) -> Mapping:
                 continue
             total = sum((vs[0] for vs in by_tariff.values()), Decimal(0))
         else:
-            distinct = {d.value for _i, d in hits}
-            if len(distinct) > 1:
-                why = f"ambiguous: {len(hits)} records with different values match"
+            if len(hits) > 1:
+                why = f"ambiguous: {len(hits)} records match"
                 withheld[name] = why
                 for i, _d in hits:
                     ambiguous.setdefault(i, f"{name}: {why}")
@@ -567,7 +572,8 @@ def map_records(profile, records: list[DecodedRecord], points=None) -> Mapping:
         if i in ambiguous:
             unmapped[i] = ambiguous[i]
         elif not isinstance(d.value, Decimal):
-            unmapped[i] = "no numeric value" if d.value is None else "text or date value"
+            kind = "no numeric value" if d.value is None else "text, date or raw value"
+            unmapped[i] = f"{kind} ({d.vib.quantity})"
         else:
             unmapped[i] = unmapped_reason(d)
     return Mapping(values, withheld, used, unmapped)

@@ -65,7 +65,9 @@ class RecordRule(BaseModel):
     phase: Phase = Field("none", description="0xFC extension phase (L1-L3, N, between phases); none: not stated")
     tag: str = Field("", description="hex of the manufacturer-specific VIFE bytes from 0xFF on (e.g. FF01); '' none")
     vib: str = Field("", description="hex of the whole raw VIB, for manufacturer-specific VIFs (VIF 0xFF)")
-    coding: Literal["any", "integer", "bcd", "real"] = Field("any", description="DIF data coding the record must use")
+    coding: Literal["any", "exact", "integer", "bcd", "real"] = Field(
+        "any", description="DIF data coding the record must use; exact: integer or BCD (a float32 is not exact)"
+    )
     scale: float = Field(1.0, description="extra factor after the unit conversion (e.g. -1 to flip a sign)")
     unconfirmed: bool = False
     source: str = Field("", description="public source of this mapping (manual URL or independent driver)")
@@ -105,7 +107,10 @@ class RecordRule(BaseModel):
                 return False
             if vib.extra or vib.offset is not None:
                 return False  # "per hour", limits, durations, offsets: another value than the point
-        if self.coding != "any" and CODINGS.get(record.data_field) != self.coding:
+        coding = CODINGS.get(record.data_field)
+        if self.coding == "exact" and coding not in ("integer", "bcd"):
+            return False
+        if self.coding not in ("any", "exact") and coding != self.coding:
             return False
         return (
             record.function == FUNCTIONS[self.function]
