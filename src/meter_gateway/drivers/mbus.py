@@ -165,6 +165,8 @@ class MbusDriver(Driver):
         self.link = MbusLink(bus, port or bus.port)
         self._fcb: dict[int | str, bool] = {}
         self._logged: set[str] = set()
+        #: the last read of each meter: its telegrams, decoded records and their mapping (`read --records`)
+        self.last_read: dict[str, tuple[list[Payload], list[DecodedRecord], Mapping]] = {}
 
     async def open(self) -> None:
         """Open the line."""
@@ -254,8 +256,9 @@ class MbusDriver(Driver):
         except FrameError as exc:
             raise NoResponse(f"meter {meter.id}: {exc}") from exc
         profile = self.profiles.get(meter.profile)
-        check_medium(profile, payloads)
         mapping = map_records(profile, records)
+        self.last_read[meter.id] = (payloads, records, mapping)
+        check_medium(profile, payloads)
         key = f"unmapped-{meter.id}"
         if mapping.unmapped and key not in self._logged:  # once per meter: the layout does not change
             self._logged.add(key)

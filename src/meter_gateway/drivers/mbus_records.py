@@ -446,7 +446,8 @@ class DecodedRecord:
         r = self.record
         where = f"storage {r.storage} tariff {r.tariff} subunit {r.subunit} {self.function}"
         raw = (r.dib + r.vib).hex(" ").upper()
-        return f"{self.vib.description}; {where}; value {self.value} ({raw})"
+        value = format(self.value, "f") if isinstance(self.value, Decimal) else self.value
+        return f"{self.vib.description}; {where}; value {value} ({raw})"
 
 
 def decode_records(records: list[Record], telegram: int = 0) -> list[DecodedRecord]:

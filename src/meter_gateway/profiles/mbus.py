@@ -151,3 +151,30 @@ class MbusProfile(ProfileBase):
             if cat.get(name).kind is not PointKind.MEASUREMENT:
                 raise ValueError(f"@points.{name}: M-Bus profiles map measurement points only")
         return self
+
+
+def propose_profile(registry, manufacturer: str, medium: int, version: int) -> tuple[str | None, str]:
+    """The M-Bus profile for a meter's header (manufacturer, medium, version), or None, with the reason."""
+    from ..drivers.mbus_records import medium_name
+
+    candidates = [registry.get(n) for n in registry.names()]
+    mbus = [p for p in candidates if getattr(p, "protocol", "") == "mbus"]
+    accepting = [p for p in mbus if medium in p.medium_codes]
+    if not accepting:
+        named = f"{medium_name(medium)} (0x{medium:02X})"
+        return None, f"none matches: {manufacturer} reports medium {named}, not electricity"
+    make = [p for p in accepting if p.manufacturer_id == manufacturer]
+    exact = [p for p in make if p.versions is not None and version in p.versions]
+    open_version = [p for p in make if p.versions is None]
+    if exact or open_version:
+        best = (exact or open_version)[0]
+        return best.name, f"{manufacturer} version {version}: {best.model}"
+    generic = [p for p in accepting if p.manufacturer_id is None]
+    if make:
+        versions = ", ".join(f"{p.name} ({p.versions})" for p in make)
+        why = f"none matches {manufacturer} version {version} (per-make: {versions})"
+    else:
+        why = f"no per-make profile for {manufacturer} version {version}"
+    if generic:
+        return generic[0].name, f"{why}; the generic profile reads only unambiguous records: check `read --records`"
+    return None, why
