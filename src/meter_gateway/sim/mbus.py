@@ -109,7 +109,7 @@ class SimMbusMeter:
     profile: MbusProfile
     model: LoadModel = field(default_factory=LoadModel)
     manufacturer: str = "GWY"
-    version: int = 1
+    version: int = 1  # header version byte
     telegrams: int = 2  # records are spread over this many telegrams ("more records follow")
     medium: int = MEDIUM_ELECTRICITY
     habits: tuple[str, ...] = ()  # vendor habits (HABITS)
@@ -276,7 +276,11 @@ def make_mbus_meter(meter_id: str, address: int | str, profile: MbusProfile, ind
     ident = address if isinstance(address, str) else f"{(seed % 90000000) + 10000000:08d}"
     primary = address if isinstance(address, int) else 200 + index
     model = LoadModel(seed=seed, base_kw=3.0 + (seed % 5), phases=profile.phases)
-    return SimMbusMeter(primary, ident, profile, model, manufacturer=profile.manufacturer_id or "GWY")
+    habits = ("vife00",) if profile.manufacturer_id == "ABB" else ()  # ABB sends a VIFE 0x00 after each VIF
+    version = profile.versions[0] if profile.versions else 1
+    return SimMbusMeter(
+        primary, ident, profile, model, manufacturer=profile.manufacturer_id or "GWY", version=version, habits=habits
+    )
 
 
 async def start_simulated_mbus_bus(bus, meters, profiles) -> tuple[str, SimMbusHandle]:
