@@ -83,6 +83,10 @@ async def test_gateway_publishes_nothing_of_a_wrong_device(line, gateways, caplo
     assert len(unmapped) == 1
     assert "vendor-specific VIFE FF09" in unmapped[0].getMessage() and "sub-unit 1" in unmapped[0].getMessage()
     assert "Active_Energy_Export" not in {n for n, v in gw.table.meter_values("iem").items() if v.is_good}
+    # and the points the generic profile promises that this meter gives through vendor tags: one warning
+    missing = [r for r in caplog.records if "M-Bus meter iem" in r.getMessage() and "no record gives" in r.getMessage()]
+    assert len(missing) == 1 and missing[0].levelno == logging.WARNING
+    assert "Voltage_L1_N" in missing[0].getMessage() and "SEC version 1" in missing[0].getMessage()
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:

@@ -66,6 +66,11 @@ def map_points(profile, records: Sequence[DecodedRecord], points: Sequence[str] 
     return out
 
 
+def _header_text(payloads: Sequence[Payload]) -> str:
+    h = next((p.header for p in payloads if p.header is not None), None)
+    return "no header" if h is None else f"{h.manufacturer} version {h.version} id {h.ident}"
+
+
 def unmapped_summary(records: Sequence[DecodedRecord], mapping: Mapping) -> str:
     """One line per unmapped record: its description and why no point takes it."""
     return "; ".join(f"#{i} {records[i].vib.description}: {why}" for i, why in sorted(mapping.unmapped.items()))
@@ -268,6 +273,18 @@ class MbusDriver(Driver):
                 profile.name,
                 len(mapping.unmapped),
                 unmapped_summary(records, mapping),
+            )
+        missing = [n for n in profile.points if n not in mapping.values and n not in mapping.withheld]
+        key = f"missing-{meter.id}"
+        if missing and key not in self._logged:  # a point the profile promises that no record gives: say so once
+            self._logged.add(key)
+            log.warning(
+                "M-Bus meter %s (profile %s, %s): no record gives %s; `meter-gateway read %s --records` lists them",
+                meter.id,
+                profile.name,
+                _header_text(payloads),
+                ", ".join(missing),
+                meter.id,
             )
         wanted = set(points)
         out = [PointReading(n, float(v), None) for n, v in mapping.values.items() if n in wanted]
