@@ -520,7 +520,7 @@ def unmapped_reason(d: DecodedRecord) -> str:
         return f"qualified value ({', '.join(v.extra) or 'additive offset'})"
     if v.quantity in ("voltage", "current") and not v.phase:
         return f"{v.quantity} with no phase stated"
-    return "no rule of the profile for this record"
+    return f"no rule of the profile for {v.description}"
 
 
 def map_records(profile, records: list[DecodedRecord], points=None) -> Mapping:
