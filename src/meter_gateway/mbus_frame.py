@@ -1,6 +1,7 @@
 """M-Bus (EN 13757-2/-3) frames and data records: building, length/checksum validation and record splitting.
 
-Pure byte handling, shared by the M-Bus driver (which decodes record values with pyMeterBus) and the simulator.
+Pure byte handling, shared by the M-Bus driver (drivers/mbus_records.py names and decodes the records) and the
+simulator.
 Every malformed input raises MbusFrameError with a reason; nothing truncated is ever accepted.
 """
 

@@ -441,6 +441,21 @@ class DecodedRecord:
         """instantaneous, maximum, minimum or error."""
         return FUNCTION_NAMES[self.record.function]
 
+    @property
+    def storage(self) -> int:
+        """Storage number (0: the current value)."""
+        return self.record.storage
+
+    @property
+    def tariff(self) -> int:
+        """Tariff number (0: no tariff, the total)."""
+        return self.record.tariff
+
+    @property
+    def subunit(self) -> int:
+        """Sub-unit (device) number."""
+        return self.record.subunit
+
     def describe(self) -> str:
         """One line: DIB fields, VIB description, value, raw bytes."""
         r = self.record
