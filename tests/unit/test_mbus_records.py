@@ -147,3 +147,12 @@ def test_build_and_decode_a_whole_telegram():
 
     payload, records = decode_telegram(frame)
     assert payload.header.manufacturer == "ABB" and records[0].value == Decimal("39130")
+
+
+@pytest.mark.parametrize("name", [n for n in MBUS if PROFILES.get(n).manufacturer_id])
+def test_every_per_make_rule_cites_its_public_source(name):
+    profile = PROFILES.get(name)
+    assert all(rule.source for rule in profile.points.values()), name
+    for rule in profile.points.values():
+        if rule.sum:
+            assert "total" in rule.note, f"{name}: a tariff total must say how it is formed"
