@@ -32,6 +32,7 @@ meters:
   - {{id: heat, bus: mb, address: 7, profile: mbus_generic, bacnet_instance_base: 1000, poll_intervals: {FAST}}}
   - {{id: abb, bus: mb, address: 8, profile: mbus_abb_ab, bacnet_instance_base: 2000, poll_intervals: {FAST}}}
   - {{id: iem, bus: mb, address: 9, profile: mbus_generic, bacnet_instance_base: 3000, poll_intervals: {FAST}}}
+  - {{id: elt, bus: mb, address: 10, profile: mbus_generic, bacnet_instance_base: 4000, poll_intervals: {FAST}}}
 upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, prometheus: {{enabled: false}}}}
 """
 
@@ -43,7 +44,8 @@ async def line():
     heat.manufacturer = "KAM"
     abb = make_mbus_meter("abb", 8, PROFILES.get("mbus_abb_ab"), 1)  # sends VIFE 0x00 after each VIF
     iem = make_mbus_meter("iem", 9, PROFILES.get("mbus_schneider_iem3000"), 2)  # read with the generic profile
-    sim = MbusSimBus([heat, abb, iem])
+    elt = make_mbus_meter("elt", 10, PROFILES.get("mbus_eltako"), 3)  # energy per tariff only, read as generic
+    sim = MbusSimBus([heat, abb, iem, elt])
     port = await sim.start()
     yield sim, port
     await sim.close()
@@ -83,10 +85,19 @@ async def test_gateway_publishes_nothing_of_a_wrong_device(line, gateways, caplo
     assert len(unmapped) == 1
     assert "vendor-specific VIFE FF09" in unmapped[0].getMessage() and "sub-unit 1" in unmapped[0].getMessage()
     assert "Active_Energy_Export" not in {n for n, v in gw.table.meter_values("iem").items() if v.is_good}
-    # and the points the generic profile promises that this meter gives through vendor tags: one warning
+    # and the points the generic profile promises that this meter gives through vendor tags: one line (INFO: its
+    # energy register is read)
     missing = [r for r in caplog.records if "M-Bus meter iem" in r.getMessage() and "no record gives" in r.getMessage()]
-    assert len(missing) == 1 and missing[0].levelno == logging.WARNING
+    assert len(missing) == 1 and missing[0].levelno == logging.INFO
     assert "Voltage_L1_N" in missing[0].getMessage() and "SEC version 1" in missing[0].getMessage()
+    # an Eltako (energy per tariff only) read with the generic profile: no energy, and a WARNING says so, once
+    assert await wait_for(lambda: gw.table.get("elt", "Communication_Status").value is True, 10)
+    polls = gw.runner_of("elt").schedules["elt"].attempts
+    assert await wait_for(lambda: gw.runner_of("elt").schedules["elt"].attempts >= polls + 2, 10)
+    assert gw.table.get("elt", "Active_Energy_Import").quality is Quality.UNKNOWN
+    missing = [r for r in caplog.records if "M-Bus meter elt" in r.getMessage() and "no record gives" in r.getMessage()]
+    assert len(missing) == 1 and missing[0].levelno == logging.WARNING
+    assert "Active_Energy_Import" in missing[0].getMessage() and "ELT version 1" in missing[0].getMessage()
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:
@@ -131,3 +142,4 @@ async def test_scan_proposes_a_profile_per_meter_or_says_none_matches(line, tmp_
     assert "profile: CHOOSE" in lines["7"] and "none matches: KAM reports medium heat" in lines["7"]
     assert "profile: mbus_abb_ab" in lines["8"]
     assert "profile: mbus_schneider_iem3000" in lines["9"]
+    assert "profile: mbus_eltako" in lines["10"]

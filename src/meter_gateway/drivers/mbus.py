@@ -278,7 +278,9 @@ class MbusDriver(Driver):
         key = f"missing-{meter.id}"
         if missing and key not in self._logged:  # a point the profile promises that no record gives: say so once
             self._logged.add(key)
-            log.warning(
+            level = logging.WARNING if "Active_Energy_Import" in missing else logging.INFO  # billing value: warn
+            log.log(
+                level,
                 "M-Bus meter %s (profile %s, %s): no record gives %s; `meter-gateway read %s --records` lists them",
                 meter.id,
                 profile.name,
