@@ -116,6 +116,7 @@ READS = [
     ["wmbusmeters/iem3000-5", "wmbusmeters/iem3000-6", "wmbusmeters/iem3000-7"],
     ["wmbusmeters/iem3000-8", "wmbusmeters/iem3000-9", "wmbusmeters/iem3000-10"],
     ["wmbusmeters/iem3000-11", "wmbusmeters/iem3000-12", "wmbusmeters/iem3000-13"],
+    ["wmbusmeters/nemo-1", "wmbusmeters/nemo-2", "wmbusmeters/nemo-3"],
     ["jmbus/schneider_iem3x_msg1", "jmbus/schneider_iem3x_msg2", "jmbus/schneider_iem3x_msg3"],
     [f"jmbus/abb_a41_msg{i}" for i in range(1, 6)],
 ]
