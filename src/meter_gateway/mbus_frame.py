@@ -1,6 +1,7 @@
 """M-Bus (EN 13757-2/-3) frames and data records: building, length/checksum validation and record splitting.
 
-Pure byte handling, shared by the M-Bus driver (which decodes record values with pyMeterBus) and the simulator.
+Pure byte handling, shared by the M-Bus driver (drivers/mbus_records.py names and decodes the records) and the
+simulator.
 Every malformed input raises MbusFrameError with a reason; nothing truncated is ever accepted.
 """
 
@@ -190,6 +191,7 @@ class Record:
     storage: int
     tariff: int
     subunit: int
+    lvar: int | None = None  # the LVAR byte of a variable-length record (DIF data field 0xD)
 
     @property
     def data_field(self) -> int:
@@ -306,10 +308,12 @@ def split_records(data: bytes) -> tuple[list[Record], bool, bytes]:
             else:
                 raise MbusFrameError(f"record {len(records)}: reserved LVAR 0x{lvar:02X}")
             length_bytes = length
+            lvar_byte: int | None = lvar
         elif code == 0xF:
             raise MbusFrameError(f"record {len(records)}: special function DIF 0x{dif:02X} inside a record")
         else:
             length_bytes = DATA_LENGTH[code]
+            lvar_byte = None
         if i + length_bytes > n:
             raise MbusFrameError(
                 f"premature end of record {len(records)}: {length_bytes} data bytes needed, {n - i} left"
@@ -322,7 +326,9 @@ def split_records(data: bytes) -> tuple[list[Record], bool, bytes]:
             storage |= (d & 0x0F) << (1 + 4 * k)
             tariff |= ((d >> 4) & 0x03) << (2 * k)
             subunit |= ((d >> 6) & 0x01) << k
-        records.append(Record(bytes(data[start:vif_start]), vib, payload, (dif >> 4) & 0x03, storage, tariff, subunit))
+        records.append(
+            Record(bytes(data[start:vif_start]), vib, payload, (dif >> 4) & 0x03, storage, tariff, subunit, lvar_byte)
+        )
     return records, False, b""
 
 

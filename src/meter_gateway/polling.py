@@ -14,7 +14,7 @@ from .aio import cancel_and_wait
 from .config import MeterConfig
 from .core.catalogue import PointKind, PollClass, load_catalogue
 from .core.table import COMM_STATUS, PointTable
-from .drivers.base import Driver, DriverError, NoResponse
+from .drivers.base import Driver, DriverError, NoResponse, WrongDevice
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,11 @@ class BusRunner:
         s.attempts += 1
         try:
             readings = await self.driver.read(s.meter, points)
+        except WrongDevice as exc:  # refused at once, every point flagged, nothing published
+            s.failures += 1
+            self.table.set_wrong_device(mid, str(exc))
+            self._cycle_done(mid, t0)
+            return False
         except (NoResponse, DriverError) as exc:
             s.failures += 1
             if s.failures >= self.fail_after:

@@ -1,5 +1,5 @@
 """Fuzzing what meters send: mutated Modbus RTU replies through the real pymodbus master, and mutated M-Bus
-telegrams (the libmbus frames plus mutations) through the validator and pyMeterBus."""
+telegrams (the libmbus frames plus mutations) through the validator and the record decoder."""
 
 from __future__ import annotations
 

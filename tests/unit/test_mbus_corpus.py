@@ -31,7 +31,6 @@ REFUSED_ON_PURPOSE = {
     "manual_frame2": "CI 0x73: fixed data structure (pre-EN 13757 heat meters), not read by the gateway",
     "sen_pollusonic_2": "CI 0x73: fixed data structure",
     "frame1": "only manufacturer-specific data, no standard record to map",
-    "example_binary16_lvar": "16-byte binary LVAR: pyMeterBus splits it differently; refused rather than guessed",
 }
 
 
@@ -114,7 +113,7 @@ def test_unsupported_frame_is_refused(name):
             "mbus_finder_7e",
             {"Active_Energy_Import": 1728.68, "Voltage_L1_N": 230.0, "Current_L1": 0.6, "Active_Power_Total": 0.09},
         ),
-        ("nzr_dhz_5_63", "mbus_generic", {"Active_Energy_Import": 1.274, "Voltage_L1_N": 237.2, "Current_L1": 0.0}),
+        ("nzr_dhz_5_63", "mbus_nzr_dhz", {"Active_Energy_Import": 1.274, "Voltage_L1_N": 237.2, "Current_L1": 0.0}),
         ("kamstrup_382_005", "mbus_generic", {"Active_Energy_Import": 0.0, "Demand_Peak_Current": 0.0}),
     ],
 )

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+from decimal import Decimal
 
 from ..core.catalogue import PollClass, load_catalogue
 from ..core.table import COMM_STATUS
@@ -18,6 +19,11 @@ def add_parser(sub) -> None:
     add_config_arg(p)
     p.add_argument("meter", help="meter id from the configuration")
     p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument(
+        "--records",
+        action="store_true",
+        help="M-Bus: also print every decoded data record beside the point it maps to, or why none",
+    )
     p.set_defaults(func=_main)
 
 
@@ -32,10 +38,10 @@ def _main(args) -> int:
             file=sys.stderr,
         )
         return 2
-    return asyncio.run(_read(cfg, profiles, meter, args.format))
+    return asyncio.run(_read(cfg, profiles, meter, args.format, args.records))
 
 
-async def _read(cfg, profiles, meter, fmt: str) -> int:
+async def _read(cfg, profiles, meter, fmt: str, show_records: bool = False) -> int:
     from ..app import Gateway
 
     # only this meter's bus, no upstream servers: a one-shot read
@@ -59,6 +65,7 @@ async def _read(cfg, profiles, meter, fmt: str) -> int:
         runner._task.cancel()  # stop the background rhythm: this command polls exactly once
         ok = await runner.poll(sched, tuple(pc for pc in sched.points_by_class if pc in PollClass))
         values = gw.table.meter_values(meter.id)
+        last = getattr(runner.driver, "last_read", {}).get(meter.id) if show_records else None
     finally:
         await gw.stop()
     cat = load_catalogue()
@@ -81,8 +88,13 @@ async def _read(cfg, profiles, meter, fmt: str) -> int:
                 "reason": v.reason,
             }
         )
+    records = _records(last) if last is not None else None
     if fmt == "json":
-        print(json.dumps({"meter": meter.id, "answered": ok, "points": rows}, indent=2, default=str))
+        doc = {"meter": meter.id, "answered": ok, "points": rows}
+        if show_records:
+            doc["records"] = records
+            doc["header"] = _header(last) if last is not None else None
+        print(json.dumps(doc, indent=2, default=str))
     else:
         print(
             f"meter {meter.id} ({meter.profile}) on bus {meter.bus}, address {meter.address}: "
@@ -92,4 +104,78 @@ async def _read(cfg, profiles, meter, fmt: str) -> int:
         for r in rows:
             reason = f"  {r['reason']}" if r["reason"] else ""
             print(f"{r['point']:30} {r['display']:>16} {r['unit']:8} {r['quality']}{reason}")
+        if show_records:
+            _print_records(last, records)
     return 0 if ok else 1
+
+
+def _header(last) -> dict | None:
+    """The first telegram header of an M-Bus read, as plain fields."""
+    from ..drivers.mbus_records import medium_name
+
+    payloads = last[0]
+    h = next((p.header for p in payloads if p.header is not None), None)
+    if h is None:
+        return None
+    return {
+        "id": h.ident,
+        "manufacturer": h.manufacturer,
+        "version": h.version,
+        "medium": f"{medium_name(h.medium)} (0x{h.medium:02X})",
+        "telegrams": len(payloads),
+    }
+
+
+def _records(last) -> list[dict]:
+    """Every decoded record of an M-Bus read with its named fields and the point it maps to, or why none."""
+    _payloads, decoded, mapping = last
+    out = []
+    for i, d in enumerate(decoded):
+        v, r = d.vib, d.record
+        out.append(
+            {
+                "index": i,
+                "dib": r.dib.hex(" ").upper(),
+                "vib": v.raw.hex(" ").upper(),
+                "quantity": v.quantity,
+                "unit": v.unit,
+                "exponent": v.exponent,
+                "direction": v.direction or "none",
+                "phase": v.phase or "none",
+                "tag": v.tag.hex().upper(),
+                "function": d.function,
+                "storage": r.storage,
+                "tariff": r.tariff,
+                "subunit": r.subunit,
+                "value": None if d.value is None else format(d.value, "f") if isinstance(d.value, Decimal) else d.value,
+                "point": mapping.used.get(i),
+                "why_not": mapping.unmapped.get(i),
+            }
+        )
+    return out
+
+
+def _print_records(last, records: list[dict] | None) -> None:
+    if last is None or records is None:
+        print("\nrecords: none to show (not an M-Bus meter, or no telegram was read)")
+        return
+    h = _header(last)
+    if h is not None:
+        print(
+            f"\nrecords of {h['telegrams']} telegram(s) from {h['manufacturer']} id {h['id']} "
+            f"version {h['version']}, medium {h['medium']}"
+        )
+    print(f"{'#':>3} {'DIB VIB':24} {'value':>22} {'named fields':54} point or why none")
+    for r in records:
+        fields = f"{r['quantity']}"
+        if r["unit"]:
+            fields += f" [1e{r['exponent']} {r['unit']}]"
+        for key in ("direction", "phase"):
+            if r[key] != "none":
+                fields += f" {r[key]}"
+        if r["tag"]:
+            fields += f" tag {r['tag']}"
+        fields += f" {r['function'][:4]} s{r['storage']} t{r['tariff']} u{r['subunit']}"
+        target = r["point"] if r["point"] else f"- {r['why_not']}"
+        value = f"{r['value']} {r['unit']}".strip() if r["value"] is not None else ""
+        print(f"{r['index']:>3} {(r['dib'] + ' ' + r['vib']):24} {value[:22]:>22} {fields:54} {target}")

@@ -37,9 +37,10 @@ def _main(args) -> int:
     print(f"# {len(found)} meter(s) on bus {bus.id}; add to `meters:` in gateway.yaml (ids and bases are suggestions)")
     for i, f in enumerate(found, start=1):
         address = f["address"] if isinstance(f["address"], int) else f"'{f['address']}'"
+        note = f"  # {f['note']}" if f.get("note") else ""
         print(
             f"  - {{id: {bus.id}-{i}, bus: {bus.id}, address: {address}, profile: {f['profile'] or 'CHOOSE'}, "
-            f"bacnet_instance_base: {1000 * i}, modbus_unit: {i}}}"
+            f"bacnet_instance_base: {1000 * i}, modbus_unit: {i}}}{note}"
         )
     return 0
 
@@ -52,12 +53,10 @@ async def _scan(bus, profiles, args) -> list[dict]:
         await driver.open()
         try:
             lo, hi = args.first if args.first is not None else 0, args.last if args.last is not None else 250
-            found: list[dict] = [
-                {"address": a, "profile": "mbus_generic"} for a in await driver.scan_primary(range(lo, hi + 1))
-            ]
+            addresses: list[int | str] = list(await driver.scan_primary(range(lo, hi + 1)))
             if not args.no_secondary:
-                found += [{"address": ident, "profile": "mbus_generic"} for ident in await driver.scan_secondary()]
-            return found
+                addresses += await driver.scan_secondary()
+            return [await _identify(driver, profiles, a) for a in addresses]
         finally:
             await driver.close()
     from ..drivers.modbus import ModbusDriver, scan_modbus
@@ -69,3 +68,19 @@ async def _scan(bus, profiles, args) -> list[dict]:
         return [{"address": f["unit"], "profile": f["profile"]} for f in await scan_modbus(driver, range(lo, hi + 1))]
     finally:
         await driver.close()
+
+
+async def _identify(driver, profiles, address: int | str) -> dict:
+    """Read a found M-Bus meter's header and propose the profile that matches its manufacturer, medium, version."""
+    from ..drivers.base import DriverError
+    from ..profiles.mbus import propose_profile
+
+    try:
+        payloads, _records = await driver.read_telegrams(address)
+    except DriverError as exc:
+        return {"address": address, "profile": None, "note": f"header not read ({exc}): choose a profile"}
+    header = next((p.header for p in payloads if p.header is not None), None)
+    if header is None:
+        return {"address": address, "profile": None, "note": "telegram without a header: choose a profile"}
+    name, why = propose_profile(profiles, header.manufacturer, header.medium, header.version)
+    return {"address": address, "profile": name, "note": why}

@@ -14,6 +14,7 @@ class Quality(StrEnum):
     COMM_FAILURE = "comm-failure"  # the meter does not answer
     BAD_DATA = "bad-data"  # the meter answered something implausible; last good value kept
     UNSUPPORTED = "unsupported"  # the meter's profile has no such point
+    WRONG_DEVICE = "wrong-device"  # the meter is not what its profile reads (e.g. an M-Bus heat meter): refused
     UNKNOWN = "unknown"  # never read yet (start-up)
 
 

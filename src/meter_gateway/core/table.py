@@ -241,6 +241,22 @@ class PointTable:
                 if old.quality is not Quality.UNSUPPORTED:
                     self._set(meter_id, name, replace(old, quality=Quality.COMM_FAILURE, reason=reason))
 
+    def set_wrong_device(self, meter_id: str, reason: str) -> None:
+        """The meter answered but is not what its profile reads: every read point wrong-device, no value kept."""
+        state = self._meters[meter_id]
+        if state.comm_reason != reason or state.online is not False:
+            log.error("meter %s: refused: %s", meter_id, reason)
+        state.online = False
+        state.comm_reason = reason
+        now = self.clock()
+        self._set(meter_id, COMM_STATUS, PointValue(False, Quality.GOOD, now, now, None, ""))
+        for name in state.points:
+            if name == COMM_STATUS:
+                continue
+            old = self._values[meter_id][name]
+            if old.quality is not Quality.UNSUPPORTED and old.quality is not Quality.WRONG_DEVICE:
+                self._set(meter_id, name, PointValue(None, Quality.WRONG_DEVICE, None, None, None, reason))
+
     def is_online(self, meter_id: str) -> bool:
         """True when the meter's last poll succeeded."""
         return bool(self._meters[meter_id].online)

@@ -35,6 +35,10 @@ class MeterException(DriverError):
         self.code = code
 
 
+class WrongDevice(DriverError):
+    """The meter answers but is not what its profile reads (another medium or make): refused, never published."""
+
+
 class WriteRejected(DriverError):
     """The profile declares no way to write this point or command."""
 

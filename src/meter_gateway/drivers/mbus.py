@@ -1,8 +1,8 @@
 """M-Bus master (EN 13757-2/-3) over pyserial-asyncio-fast: link layer, primary and secondary addressing,
 multi-telegram reads, wildcard search, and record mapping through M-Bus profiles.
 
-Frames are validated by meter_gateway.mbus_frame (length, checksum, record structure: pyMeterBus accepts some
-truncated frames); record values are then decoded with pyMeterBus and quantized by their VIF exponent.
+Frames are validated by meter_gateway.mbus_frame (length, checksum, record structure); records are named and
+decoded by meter_gateway.drivers.mbus_records (EN 13757-3:2018), exact to their resolution.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 
 from ..config import MbusBus, MeterConfig
 from ..core.catalogue import load_catalogue
@@ -22,7 +21,6 @@ from ..mbus_frame import (
     ADDR_NETWORK,
     MbusFrameError,
     Payload,
-    Record,
     frame_size,
     parse_frame,
     parse_payload,
@@ -31,120 +29,53 @@ from ..mbus_frame import (
     snd_nke,
 )
 from ..profiles import ProfileRegistry
-from .base import Driver, FrameError, NoResponse, PointReading, WriteRejected
+from .base import Driver, FrameError, NoResponse, PointReading, WriteRejected, WrongDevice
+from .mbus_records import (
+    DecodedRecord,
+    Mapping,
+    Vib,
+    decode_telegram,
+    decode_vib,
+    map_records,
+    medium_name,
+)
 
 log = logging.getLogger(__name__)
 
 
-def _import_meterbus():
-    """Import pyMeterBus without letting it configure the root logger (it calls logging.basicConfig)."""
-    root = logging.getLogger()
-    before = list(root.handlers)
-    import meterbus
-
-    for h in list(root.handlers):
-        if h not in before:
-            root.removeHandler(h)
-    return meterbus
+#: kept for callers of the former API: the record decoder now lives in mbus_records (EN 13757-3:2018, whole)
+Vif = Vib
+decode_vif = decode_vib
 
 
-meterbus = _import_meterbus()
-
-#: canonical unit factor per quantity (from the SI unit of the VIF to the catalogue's unit)
-QUANTITY_FACTOR = {"energy": Decimal("0.001"), "power": Decimal("0.001"), "voltage": Decimal(1), "current": Decimal(1)}
-
-
-@dataclass(frozen=True, slots=True)
-class Vif:
-    """What a VIB says: quantity, power-of-ten exponent of the SI unit, and the trailing tag bytes."""
-
-    quantity: str  # energy (Wh), power (W), voltage (V), current (A), other
-    exponent: int
-    tag: bytes  # VIFE bytes after the unit (vendor phase tags such as FF 01)
-
-
-def decode_vif(vib: bytes) -> Vif:
-    """Classify a VIB (primary VIF, or FD / FB extension)."""
-    v = vib[0] & 0x7F
-    rest = vib[1:]
-    if v <= 0x07:
-        return Vif("energy", v - 3, rest)
-    if 0x28 <= v <= 0x2F:
-        return Vif("power", (v & 0x07) - 3, rest)
-    if v == 0x7D and rest:  # FD extension table
-        e = rest[0] & 0x7F
-        if 0x40 <= e <= 0x4F:
-            return Vif("voltage", (e & 0x0F) - 9, rest[1:])
-        if 0x50 <= e <= 0x5F:
-            return Vif("current", (e & 0x0F) - 12, rest[1:])
-        return Vif("other", 0, rest[1:])
-    if v == 0x7B and rest:  # FB extension table
-        e = rest[0] & 0x7F
-        if e <= 0x01:
-            return Vif("energy", (e & 0x01) - 1 + 6, rest[1:])  # 10^(n-1) MWh
-        return Vif("other", 0, rest[1:])
-    return Vif("other", 0, rest)
-
-
-@dataclass(frozen=True, slots=True)
-class DecodedRecord:
-    """A record with its value decoded (pyMeterBus) and quantized by its VIF exponent."""
-
-    record: Record
-    vif: Vif
-    value: Decimal | str | None
-    unit: str
-
-
-def decode_telegram(frame_bytes: bytes) -> tuple[Payload, list[DecodedRecord]]:
-    """Validate one RSP_UD and decode its records; MbusFrameError on anything malformed."""
-    payload = parse_payload(parse_frame(frame_bytes))
-    try:
-        telegram = meterbus.load(frame_bytes)
-        # pyMeterBus lists manufacturer-specific data (DIF 0x0F/0x1F) and fillers as records: not data records
-        parsed = [
-            r for r in getattr(telegram, "records", []) if r.dib.parts and r.dib.parts[0] not in (0x0F, 0x1F, 0x2F)
-        ]
-    except Exception as exc:  # pyMeterBus raises many kinds of errors on odd data
-        raise MbusFrameError(f"record values cannot be decoded: {exc}") from exc
-    if len(parsed) != len(payload.records):
-        raise MbusFrameError(f"record structure disagrees ({len(payload.records)} records, decoder saw {len(parsed)})")
-    out = []
-    for rec, pm in zip(payload.records, parsed, strict=True):
-        vif = decode_vif(rec.vib)
-        try:
-            value, unit = pm.value, str(getattr(pm, "unit", ""))
-        except Exception:  # pyMeterBus decodes lazily and fails on VIFs it does not know: keep the record, no value
-            value, unit = None, ""
-        if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
-            value = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
-            if vif.quantity != "other" and rec.data_field != 0x05:  # integer and BCD data: exact to the VIF step
-                value = value.quantize(Decimal(1).scaleb(min(vif.exponent, 0)))
-        elif value is not None:
-            value = str(value)
-        out.append(DecodedRecord(rec, vif, value, unit))
-    return payload, out
+def check_medium(profile, payloads: Sequence[Payload]) -> None:
+    """Raise WrongDevice when a telegram header names a medium the profile does not accept."""
+    accepted = profile.medium_codes
+    for p in payloads:
+        if p.header is not None and p.header.medium not in accepted:
+            raise WrongDevice(
+                f"wrong device: the meter reports medium {medium_name(p.header.medium)} "
+                f"(0x{p.header.medium:02X}, manufacturer {p.header.manufacturer}, version {p.header.version}); "
+                f"profile {profile.name} reads {', '.join(profile.media)} only"
+            )
 
 
 def map_points(profile, records: Sequence[DecodedRecord], points: Sequence[str] | None = None) -> list[PointReading]:
-    """Canonical point values from decoded records through an M-Bus profile's rules."""
-    out = []
-    for name, rule in profile.points.items():
-        if points is not None and name not in points:
-            continue
-        total = None
-        found = 0
-        for d in records:
-            if rule.matches(d.record, d.vif) and isinstance(d.value, Decimal):
-                factor = QUANTITY_FACTOR.get(d.vif.quantity, Decimal(1)) * Decimal(str(rule.scale))
-                total = (total or Decimal(0)) + d.value * factor
-                found += 1
-                if not rule.sum:
-                    break
-        if total is None:
-            continue
-        out.append(PointReading(name, float(total), None))
+    """Canonical point values from decoded records through an M-Bus profile's rules (withheld points as errors)."""
+    m = map_records(profile, list(records), points)
+    out = [PointReading(name, float(value), None) for name, value in m.values.items()]
+    out += [PointReading(name, None, None, why) for name, why in m.withheld.items()]
     return out
+
+
+def _header_text(payloads: Sequence[Payload]) -> str:
+    h = next((p.header for p in payloads if p.header is not None), None)
+    return "no header" if h is None else f"{h.manufacturer} version {h.version} id {h.ident}"
+
+
+def unmapped_summary(records: Sequence[DecodedRecord], mapping: Mapping) -> str:
+    """One line per unmapped record: its description and why no point takes it."""
+    return "; ".join(f"#{i} {records[i].vib.description}: {why}" for i, why in sorted(mapping.unmapped.items()))
 
 
 class MbusLink:
@@ -275,6 +206,8 @@ class MbusDriver(Driver):
         self.links: dict[int | str, LinkState] = {}
         self._readout = asyncio.Lock()  # one readout (selection, reset, telegrams) at a time
         self._logged: set[str] = set()
+        #: the last read of each meter: its telegrams, decoded records and their mapping (`read --records`)
+        self.last_read: dict[str, tuple[list[Payload], list[DecodedRecord], Mapping]] = {}
         self._scan_fcb = True
 
     def _log_once(self, key: str, level: int, msg: str, *args) -> None:
@@ -436,16 +369,46 @@ class MbusDriver(Driver):
         return payloads, records
 
     async def read(self, meter: MeterConfig, points: Sequence[str]) -> list[PointReading]:
-        """Read all telegrams of a meter and map the requested points (no energy from an incomplete readout)."""
+        """Read all telegrams of a meter, check its medium and map the requested points (no energy from an
+        incomplete readout)."""
         try:
-            _payloads, records = await self.read_telegrams(meter.address)
+            payloads, records = await self.read_telegrams(meter.address)
         except FrameError as exc:
             raise NoResponse(f"meter {meter.id}: {exc}") from exc
         profile = self.profiles.get(meter.profile)
-        readings = map_points(profile, records, points)
+        mapping = map_records(profile, records)
+        self.last_read[meter.id] = (payloads, records, mapping)
+        check_medium(profile, payloads)
+        key = f"unmapped-{meter.id}"
+        if mapping.unmapped and key not in self._logged:  # once per meter: the layout does not change
+            self._logged.add(key)
+            log.info(
+                "M-Bus meter %s (profile %s): %d record(s) not mapped: %s",
+                meter.id,
+                profile.name,
+                len(mapping.unmapped),
+                unmapped_summary(records, mapping),
+            )
+        missing = [n for n in profile.points if n not in mapping.values and n not in mapping.withheld]
+        key = f"missing-{meter.id}"
+        if missing and key not in self._logged:  # a point the profile promises that no record gives: say so once
+            self._logged.add(key)
+            level = logging.WARNING if "Active_Energy_Import" in missing else logging.INFO  # billing value: warn
+            log.log(
+                level,
+                "M-Bus meter %s (profile %s, %s): no record gives %s; `meter-gateway read %s --records` lists them",
+                meter.id,
+                profile.name,
+                _header_text(payloads),
+                ", ".join(missing),
+                meter.id,
+            )
+        wanted = set(points)
+        out = [PointReading(n, float(v), None) for n, v in mapping.values.items() if n in wanted]
+        out += [PointReading(n, None, None, why) for n, why in mapping.withheld.items() if n in wanted]
         if not self.links[meter.address].complete:
-            readings = self.withhold_partial(meter, profile, readings)
-        return readings
+            out = self.withhold_partial(meter, profile, out)
+        return out
 
     def withhold_partial(self, meter: MeterConfig, profile, readings: list[PointReading]) -> list[PointReading]:
         """The readings an incomplete readout may publish: none of its energies, nothing summed over tariffs.

@@ -85,6 +85,7 @@ RELIABILITY = {
     Quality.GOOD: Reliability.noFaultDetected,
     Quality.COMM_FAILURE: Reliability.communicationFailure,
     Quality.BAD_DATA: Reliability.unreliableOther,
+    Quality.WRONG_DEVICE: Reliability.configurationError,
     Quality.UNKNOWN: Reliability.unreliableOther,
 }
 STALE = {

@@ -4,6 +4,7 @@ secondary selection with wildcards (colliding replies garbled as on a real bus),
 from __future__ import annotations
 
 import asyncio
+import struct
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -30,24 +31,73 @@ Fault = Literal["none", "no_reply", "bad_checksum", "garbage"]
 # how each quantity is encoded: (DIF data field, VIF bytes, factor from the canonical unit to the raw integer)
 ENCODING = {
     "energy": (0x04, b"\x04", 100),  # 10 Wh steps: kWh x 100
+    "reactive_energy": (0x04, b"\xfb\x82\x74", 100),  # FB 02 (kvarh) x VIFE 0x74 (10^-2): 10 varh steps
+    "apparent_energy": (0x04, b"\xfb\x84\x74", 100),
     "power": (0x04, b"\x2b", 1000),  # W: kW x 1000
+    "reactive_power": (0x04, b"\xfb\x14", 1000),  # var
+    "apparent_power": (0x04, b"\xfb\x34", 1000),  # VA
     "voltage": (0x02, b"\xfd\x48", 10),  # 0.1 V
     "current": (0x04, b"\xfd\x59", 1000),  # mA
+    "frequency": (0x02, b"\xfb\x2d", 100),  # 0.01 Hz
+    "dimensionless": (0x04, b"\xfd\x3a", 1),
 }
+DIRECTION_VIFE = {"import": b"\x3b", "export": b"\x3c", "net": b"\x7c\x0c"}
+PHASE_VIFE = {"L1": 1, "L2": 2, "L3": 3, "N": 4, "L1-L2": 5, "L2-L3": 6, "L3-L1": 7}
+#: vendor habits a simulated meter can have: "vife00" sends a VIFE 0x00 after each standard VIF (ABB)
+HABITS = ("vife00",)
 
 
-def encode_record(rule, value: float) -> bytes:
-    """One data record for a profile rule and a canonical value."""
-    code, vib, factor = ENCODING[rule.quantity]
-    tariff = rule.tariff[0] if isinstance(rule.tariff, list) else rule.tariff
-    dif = code | (FUNCTIONS[rule.function] << 4) | ((rule.storage & 1) << 6)
-    dife = ((rule.storage >> 1) & 0x0F) | ((tariff & 0x03) << 4) | ((rule.subunit & 0x01) << 6)
-    dib = bytes([dif | 0x80, dife]) if dife else bytes([dif])
-    tag = bytes.fromhex(rule.tag)
-    if tag:
-        vib = vib[:-1] + bytes([vib[-1] | 0x80]) + tag
-    size = {0x02: 2, 0x04: 4}[code]
-    raw = round(value * factor / rule.scale)
+def _chain(parts: bytes) -> bytes:
+    """Set the extension bit on every VIB byte but the last."""
+    return bytes(b | 0x80 for b in parts[:-1]) + parts[-1:]
+
+
+def encode_dib(code: int, function: int, storage: int, tariff: int, subunit: int) -> bytes:
+    """DIF and as many DIFEs as the storage number, tariff and sub-unit need (EN 13757-3 clause 6.3)."""
+    dif = code | (function << 4) | ((storage & 1) << 6)
+    storage >>= 1
+    difes = []
+    while storage or tariff or subunit:
+        difes.append((storage & 0x0F) | ((tariff & 0x03) << 4) | ((subunit & 0x01) << 6))
+        storage, tariff, subunit = storage >> 4, tariff >> 2, subunit >> 1
+    if not difes:
+        return bytes([dif])
+    return bytes([dif | 0x80] + [d | 0x80 for d in difes[:-1]] + difes[-1:])
+
+
+def encode_record(rule, value: float, habits: tuple[str, ...] = ()) -> bytes:
+    """One data record for a profile rule and a canonical value (named fields to DIB/VIB bytes)."""
+    if rule.vib:  # manufacturer-specific VIB: a float32 of the canonical value
+        code, vib, factor = 0x05, bytes.fromhex(rule.vib), 1
+    else:
+        code, vib, factor = ENCODING[rule.quantity]
+        vib = bytes(b & 0x7F for b in vib)
+        if "vife00" in habits:
+            vib += b"\x00"
+        direction = rule.direction[0] if isinstance(rule.direction, list) else rule.direction
+        vib += DIRECTION_VIFE.get(direction, b"")
+        if rule.phase != "none":
+            vib += bytes([0x7C, PHASE_VIFE[rule.phase]])
+        vib += bytes.fromhex(rule.tag)
+        vib = _chain(vib)
+    if rule.coding == "real":
+        code = 0x05
+    elif rule.coding == "bcd":
+        code = 0x0C
+    if isinstance(rule.tariff, list):  # a tariff sum: the whole value on the first tariff, 0 on the others
+        return b"".join(
+            encode_record(rule.model_copy(update={"tariff": t}), value if k == 0 else 0.0, habits)
+            for k, t in enumerate(rule.tariff)
+        )
+    dib = encode_dib(code, FUNCTIONS[rule.function], rule.storage, rule.tariff, rule.subunit)
+    scaled = value * factor / rule.scale
+    if code == 0x05:
+        return dib + vib + struct.pack("<f", scaled)
+    size = {0x02: 2, 0x04: 4, 0x0C: 4}[code]
+    raw = round(scaled)
+    if code == 0x0C:
+        raw = max(0, min(99999999, raw))
+        return dib + vib + bytes.fromhex(f"{raw:08d}")[::-1]
     limit = 1 << (8 * size - 1)
     raw = max(-limit, min(limit - 1, raw))
     return dib + vib + raw.to_bytes(size, "little", signed=True)
@@ -68,8 +118,10 @@ class SimMbusMeter:
     profile: MbusProfile
     model: LoadModel = field(default_factory=LoadModel)
     manufacturer: str = "GWY"
-    version: int = 1
+    version: int = 1  # header version byte
     telegrams: int = 2  # records are spread over this many telegrams ("more records follow")
+    medium: int = MEDIUM_ELECTRICITY
+    habits: tuple[str, ...] = ()  # vendor habits (HABITS)
     online: bool = True
     fault: Fault = "none"
     selected: bool = False
@@ -95,7 +147,9 @@ class SimMbusMeter:
     def records(self) -> list[bytes]:
         """Every record of the meter, in profile order."""
         values = self.model.advance()
-        return [encode_record(rule, float(values.get(name, 0.0))) for name, rule in self.profile.points.items()]
+        return [
+            encode_record(rule, float(values.get(name, 0.0)), self.habits) for name, rule in self.profile.points.items()
+        ]
 
     def telegram(self, address: int, fcb: bool, fcv: bool = True) -> bytes:
         """The answer to a REQ_UD2: the last reply again when the FCB was not toggled, else the next telegram."""
@@ -119,7 +173,7 @@ class SimMbusMeter:
             self.ident,
             self.manufacturer,
             self.version,
-            MEDIUM_ELECTRICITY,
+            self.medium,
             self._access,
             b"".join(chunk),
             more_follows=index < n - 1,
@@ -168,7 +222,7 @@ class SimMbusMeter:
             return False
         if pattern[6] != 0xFF and pattern[6] != self.version:
             return False
-        return pattern[7] in (0xFF, MEDIUM_ELECTRICITY)
+        return pattern[7] in (0xFF, self.medium)
 
 
 class MbusSimBus(PtyLine):
@@ -286,7 +340,11 @@ def make_mbus_meter(meter_id: str, address: int | str, profile: MbusProfile, ind
     ident = address if isinstance(address, str) else f"{(seed % 90000000) + 10000000:08d}"
     primary = address if isinstance(address, int) else 200 + index
     model = LoadModel(seed=seed, base_kw=3.0 + (seed % 5), phases=profile.phases)
-    return SimMbusMeter(primary, ident, profile, model, manufacturer=profile.manufacturer_id or "GWY")
+    habits = ("vife00",) if profile.manufacturer_id == "ABB" else ()  # ABB sends a VIFE 0x00 after each VIF
+    version = profile.versions[0] if profile.versions else 1
+    return SimMbusMeter(
+        primary, ident, profile, model, manufacturer=profile.manufacturer_id or "GWY", version=version, habits=habits
+    )
 
 
 async def start_simulated_mbus_bus(bus, meters, profiles) -> tuple[str, SimMbusHandle]:
