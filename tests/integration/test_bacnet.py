@@ -121,10 +121,11 @@ async def test_writes_follow_the_policy(bacnet, tmp_path):
     assert "write-access-denied" in (await c("wp", obj="accumulator,2001", value=0))["error"]  # MID energy
     assert (await c("wp", obj="binary-output,1030", value="active")) == {"ok": True}  # reset peak demand
     assert gw.simulators["gen"].writes[-1].function == 5
-    assert (await c("rp", obj="binary-output,1030", prop="present-value"))["value"] == "inactive"  # pulse
-    # other properties are read-only
+    # commandable: present-value follows the priority array (the meter's pulse is done, the command stays)
+    assert (await c("rp", obj="binary-output,1030", prop="present-value"))["value"] == "active"
+    # other properties are read-only (tests/conformance covers every property of every object)
     records = [json.loads(x) for x in gw.write_service.audit.path.read_text().splitlines()]
-    expected = ["accepted", "out-of-range", "denied", "denied", "accepted", "denied", "denied", "accepted"]
+    expected = ["accepted", "out-of-range", "denied", "denied", "denied", "accepted", "denied", "denied", "accepted"]
     assert [r["decision"] for r in records] == expected
     assert all(r["protocol"] == "bacnet" and r["source"] == "127.0.0.1" for r in records)
 
@@ -247,6 +248,7 @@ async def test_ede_export_matches_what_the_device_serves(bacnet, tmp_path):
         "binaryOutput": 4,
         "multiStateValue": 19,
         "accumulator": 23,
+        "datetimeValue": 44,
     }
     served_points = {(type_number[t], i) for t, i in served if t in type_number}
     assert set(exported) == served_points
