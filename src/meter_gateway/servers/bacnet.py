@@ -79,7 +79,7 @@ from bacpypes3.local.object import Object as _LocalObject
 from bacpypes3.object import AccumulatorObject as _AccumulatorObject
 from bacpypes3.object import BinaryOutputObject as _BinaryOutputObject
 from bacpypes3.object import DateTimeValueObject as _DateTimeValueObject
-from bacpypes3.primitivedata import Date, ObjectType, TagClass, TagNumber, Time
+from bacpypes3.primitivedata import Boolean, Date, ObjectType, TagClass, TagNumber, Time
 
 from .. import __version__
 from ..bacnet_model import ACCUMULATOR_MAX, ObjectSpec, object_specs, present_value, state_valid, table_value
@@ -90,6 +90,8 @@ from .base import Server, ServerStartError
 log = logging.getLogger(__name__)
 _source: contextvars.ContextVar[str] = contextvars.ContextVar("bacnet_source", default="")
 
+#: the device instance that stands for "this device"
+WILDCARD_INSTANCE = 4194303
 #: the APDU length the device accepts (BACnet/IP)
 MAX_APDU = 1476
 #: properties a Property_List never contains (ASHRAE 135 clause 12.1.1.4.1)
@@ -259,9 +261,9 @@ class GwDevice(_StandardPropertyList, DeviceObject):
         """Ignored: the time is the host clock's, never changed from the network."""
 
     @property
-    def daylightSavingsStatus(self) -> bool:
+    def daylightSavingsStatus(self) -> Boolean:
         """Whether daylight saving time is in effect in the gateway's time zone."""
-        return bool(self._gw_now().dst())
+        return Boolean(bool(self._gw_now().dst()))
 
     @daylightSavingsStatus.setter
     def daylightSavingsStatus(self, value) -> None:
@@ -327,7 +329,25 @@ class _GatewayApplication(Application):
             self._log_unserved(peer, type(apdu).__name__, "ignored")
             return
         _source.set(peer)
+        self._resolve_wildcard(apdu)
         await super().indication(apdu)
+
+    def _resolve_wildcard(self, apdu) -> None:
+        """Device instance 4194303 names this device (ASHRAE 135 clause 15.5.1.1.1 and others)."""
+        dev = self.device_object
+        if dev is None:
+            return
+
+        def resolved(oid):
+            if oid is not None and oid[0] == ObjectType.device and oid[1] == WILDCARD_INSTANCE:
+                return dev.objectIdentifier
+            return oid
+
+        if isinstance(apdu, (ReadPropertyRequest, WritePropertyRequest)):
+            apdu.objectIdentifier = resolved(apdu.objectIdentifier)
+        elif isinstance(apdu, ReadPropertyMultipleRequest):
+            for spec in apdu.listOfReadAccessSpecs:
+                spec.objectIdentifier = resolved(spec.objectIdentifier)
 
     def _log_unserved(self, peer: str, service: str, what: str) -> None:
         if not hasattr(self, "_logged_services"):
@@ -375,8 +395,6 @@ class _GatewayApplication(Application):
         server = self.gw_server
         assert server is not None
         objid = apdu.objectIdentifier
-        if objid == ("device", 4194303) and self.device_object is not None:
-            objid = self.device_object.objectIdentifier
         obj = self.get_object_id(objid)
         prop = PropertyIdentifier(apdu.propertyIdentifier)
         attr = prop.attr
