@@ -269,3 +269,58 @@ async def test_stale_values_show_the_configured_reliability(bacnet):
     await asyncio.sleep(1.2)  # the staleness refresh pushes the change
     vals = (await c("rpm", obj="analog-input,1011", props=["reliability", "status-flags"]))["values"]
     assert vals["reliability"] == "noSensor" and vals["statusFlags"][1] == 1
+
+
+async def test_multi_state_value_outside_its_states_is_a_fault(bacnet):
+    gw, c = await bacnet()
+    assert await wait_for(lambda: gw.table.get("gen", "Modbus_Baudrate").quality is Quality.GOOD, 10)
+    before = (await c("rp", obj="multi-state-value,1050", prop="present-value"))["value"]
+    gw.simulators["gen"].model.values["Modbus_Baudrate"] = 4800  # not one of 9600, 19200, 38400
+    gw.request_config_poll("gen")
+    assert await wait_for(lambda: gw.table.get("gen", "Modbus_Baudrate").value == 4800, 10)
+    await asyncio.sleep(0.2)
+    vals = (await c("rpm", obj="multi-state-value,1050", props=["present-value", "reliability", "status-flags"]))[
+        "values"
+    ]
+    assert vals["reliability"] == "multiStateFault" and vals["statusFlags"][1] == 1
+    assert vals["presentValue"] == before  # never shown as another, valid state
+    gw.simulators["gen"].model.values["Modbus_Baudrate"] = 19200
+    gw.request_config_poll("gen")
+    assert await wait_for(lambda: gw.table.get("gen", "Modbus_Baudrate").value == 19200, 10)
+    await asyncio.sleep(0.2)
+    vals = (await c("rpm", obj="multi-state-value,1050", props=["present-value", "reliability"]))["values"]
+    assert vals == {"presentValue": 2, "reliability": "noFaultDetected"}
+
+
+async def test_demand_peak_datetime_value_is_exact(bacnet):
+    from datetime import UTC, datetime
+
+    gw, c = await bacnet()
+    assert await wait_for(lambda: gw.table.get("gen", "Demand_Peak_Timestamp").quality is Quality.GOOD, 10)
+    gw.simulators["gen"].model.values["Demand_Peak_Timestamp"] = 1796132472  # 128 s from a float32 neighbour
+    assert await wait_for(lambda: gw.table.get("gen", "Demand_Peak_Timestamp").value == 1796132472, 10)
+    await asyncio.sleep(0.2)
+    ai = (await c("rp", obj="analog-input,1027", prop="present-value"))["value"]
+    assert ai != 1796132472  # a REAL cannot hold it
+    dt = (await c("rp", obj="datetime-value,1027", prop="present-value"))["value"]
+    # the gateway's zone is UTC in this configuration
+    assert dt == "2026-12-1 tue 13:41:12.00"  # bacpypes3's rendering of the DateTime
+    assert datetime.fromtimestamp(1796132472, UTC) == datetime(2026, 12, 1, 13, 41, 12, tzinfo=UTC)
+
+
+async def test_database_revision_is_persisted_and_raised_when_objects_change(gateways, tmp_path):
+    async def revision(text: str) -> int:
+        gw = await gateways(text)
+        srv = gw.servers[0]
+        rev = int(srv.device.databaseRevision)
+        await gw.stop()
+        return rev
+
+    state = tmp_path / "var" / "bacnet-state.json"
+    assert await revision(yaml_for()) == 1
+    assert state.exists() and oct(state.stat().st_mode & 0o777) == "0o600"
+    assert await revision(yaml_for()) == 1  # same objects: same revision
+    more = METERS + "  - {id: extra, bus: rtu, address: 4, profile: eastron_sdm120, bacnet_instance_base: 1500}\n"
+    assert await revision(yaml_for(meters=more)) == 2
+    assert await revision(yaml_for(meters=more)) == 2
+    assert await revision(yaml_for()) == 3  # removed again: another change
