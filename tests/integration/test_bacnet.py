@@ -324,3 +324,28 @@ async def test_database_revision_is_persisted_and_raised_when_objects_change(gat
     assert await revision(yaml_for(meters=more)) == 2
     assert await revision(yaml_for(meters=more)) == 2
     assert await revision(yaml_for()) == 3  # removed again: another change
+
+
+async def test_pics_table_is_read_from_the_running_device(bacnet):
+    import subprocess
+
+    from helpers import free_udp_port
+
+    gw, _c = await bacnet()
+    port = gw.servers[0].address()[1]
+    local = f"127.0.0.1/8:{free_udp_port()}"
+    res = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "meter_gateway.cli", "bacnet-read", f"127.0.0.1:{port}", "--pics", "--local", local],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    rows = {line.split(" | ")[0].strip("| "): line for line in res.stdout.splitlines() if line.startswith("| ")}
+    assert rows["Who-Is"] == "| Who-Is | 34 |" and rows["I-Am"] == "| I-Am | 26 |"
+    assert "ReadRange" not in rows and "AcknowledgeAlarm" not in rows and "ReinitializeDevice" not in rows
+    assert rows["binary-output"].endswith("| yes |") and "priority-array" in rows["binary-output"]
+    n_dtv = sum(s.object_type == "datetime-value" for s in gw.servers[0].specs)
+    assert rows["datetime-value"].startswith(f"| datetime-value | {n_dtv} |") and n_dtv == 2
+    assert "property-list" not in rows["device"] and "object-name" not in rows["device"]
