@@ -315,7 +315,7 @@ class _GatewayApplication(Application):
     """The bacpypes3 application: only the offered services, writes answered by the gateway's own rules."""
 
     gw_server: BacnetServer | None = None
-    _logged_services: set[tuple[str, str]]
+    _logged_services: set[str]
 
     async def indication(self, apdu) -> None:  # type: ignore[override]
         """Record the requester for write allowlists; reject services that are not offered."""
@@ -350,13 +350,19 @@ class _GatewayApplication(Application):
                 spec.objectIdentifier = resolved(spec.objectIdentifier)
 
     def _log_unserved(self, peer: str, service: str, what: str) -> None:
+        """One line per client (address) at most, whatever it sends; 1000 clients at most."""
         if not hasattr(self, "_logged_services"):
             self._logged_services = set()
-        key = (peer, service)
-        if key in self._logged_services or len(self._logged_services) >= 1000:
+        if peer in self._logged_services or len(self._logged_services) >= 1000:
             return
-        self._logged_services.add(key)
-        log.warning("BACnet: %s from %s is not a service of this device: %s (not logged again)", service, peer, what)
+        self._logged_services.add(peer)
+        log.warning(
+            "BACnet: %s from %s is not a service of this device: %s (further ones from %s are not logged)",
+            service,
+            peer,
+            what,
+            peer,
+        )
 
     def get_services_supported(self):
         """The services the device executes or initiates (ASHRAE 135 clause 21 bit numbers)."""
