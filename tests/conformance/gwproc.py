@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +67,6 @@ class GatewayProcess:
     tshark: subprocess.Popen | None = None
     tshark_path: str | None = None
     tshark_why: str = ""
-    extra_pcaps: list[Path] = field(default_factory=list)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -132,37 +131,26 @@ def stop_gateway(gp: GatewayProcess) -> None:
 
 
 def start_capture(gp: GatewayProcess) -> None:
-    """tshark on lo, capture filter on the device's port; records why when it cannot run."""
+    """tshark on lo with a capture filter on the device's port; records why when it cannot run."""
     gp.tshark_path = ensure_tshark()
     if gp.tshark_path is None:
         gp.tshark_why = "tshark is not installed (Debian package tshark; the suite installs it when run as root)"
         return
     gp.capture = gp.dir / "bacnet.pcapng"
     err = gp.dir / "tshark.err"
-    ready = gp.dir / "tshark.ready"
     with open(err, "w") as eh:
         gp.tshark = subprocess.Popen(
             [gp.tshark_path, "-i", "lo", "-f", f"udp port {gp.port}", "-w", str(gp.capture), "-q"],
             stdout=subprocess.DEVNULL,
             stderr=eh,
         )
-    # tshark says "Capturing on 'Loopback: lo'" once its capture runs; probe until a datagram lands in the file
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        for _ in range(100):
-            if gp.tshark.poll() is not None:
-                break
-            if "Capturing on" in err.read_text(errors="replace"):
-                break
-            time.sleep(0.1)
-        time.sleep(0.3)
-    finally:
-        probe.close()
+    # tshark says "Capturing on 'Loopback: lo'" once its capture runs
+    _wait_for(lambda: gp.tshark.poll() is not None or "Capturing on" in err.read_text(errors="replace"), 10)
+    time.sleep(0.2)
     if gp.tshark.poll() is not None:
         gp.tshark_why = f"tshark cannot capture on lo: {err.read_text(errors='replace').strip()[-300:]}"
         gp.tshark = None
         gp.capture = None
-    ready.write_text("")
 
 
 def stop_capture(gp: GatewayProcess) -> None:
@@ -176,9 +164,11 @@ def stop_capture(gp: GatewayProcess) -> None:
             gp.tshark.wait(timeout=5)
 
 
-def run_tool(bin_dir: Path, tool: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+def run_tool(
+    bin_dir: Path, tool: str, *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run one bacnet-stack tool on loopback from its own free UDP port."""
-    env = {**os.environ, "BACNET_IFACE": "lo", "BACNET_IP_PORT": str(free_udp_port())}
+    env = {**os.environ, "BACNET_IFACE": "lo", "BACNET_IP_PORT": str(free_udp_port()), **(env or {})}
     return subprocess.run(
         [str(bin_dir / tool), *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
     )

@@ -450,14 +450,19 @@ class RawClient:
             params += ctx(3, unsigned_bytes(lifetime))
         return self.confirmed(SC_SUBSCRIBE_COV, params)
 
-    def who_is(self, low: int | None = None, high: int | None = None, *, broadcast: bool = False, to=None) -> list:
-        """Who-Is; returns the I-Am answers as (device instance, max APDU, segmentation, vendor, source)."""
+    def who_is(
+        self, low: int | None = None, high: int | None = None, *, broadcast: bool = False, to=None, wait: float = 1.0
+    ) -> list:
+        """Who-Is; the I-Am answers (device instance, max APDU, segmentation, vendor, source) within `wait` s."""
         params = b""
         if low is not None:
             params = ctx(0, unsigned_bytes(low)) + ctx(1, unsigned_bytes(high if high is not None else low))
-        self.send(bytes([0x01, 0x00, 0x10, UC_WHO_IS]) + params, broadcast=broadcast, to=to)
         self.unconfirmed = []
-        self.listen(1.0)
+        self.send(bytes([0x01, 0x00, 0x10, UC_WHO_IS]) + params, broadcast=broadcast, to=to)
+        until = time.monotonic() + wait
+        while not any(s == UC_I_AM for s, _, _ in self.unconfirmed) and (got := self._recv(until)) is not None:
+            self._dispatch_unsolicited(*got)
+        self.listen(0.2)  # a second answer (the same device twice) would show here
         out = []
         for service, body, src in self.unconfirmed:
             if service == UC_I_AM:
