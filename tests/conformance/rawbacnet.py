@@ -66,6 +66,8 @@ SC_REINITIALIZE_DEVICE = 20
 SC_READ_RANGE = 26
 # unconfirmed service choices (BACnetUnconfirmedServiceChoice)
 UC_I_AM = 0
+UC_I_HAVE = 1
+UC_WHO_HAS = 7
 UC_UNCONFIRMED_COV_NOTIFICATION = 2
 UC_TIME_SYNCHRONIZATION = 6
 UC_WHO_IS = 8
@@ -469,3 +471,13 @@ class RawClient:
                 oid, max_apdu, seg, vendor = values(body)
                 out.append((oid[1], max_apdu, seg, vendor, src))
         return out
+
+    def who_has(self, *, name: str | None = None, obj: tuple[int, int] | None = None, wait: float = 1.0) -> list:
+        """Who-Has by object name or identifier; the I-Have answers as (device, object, name)."""
+        params = ctx(3, b"\x00" + name.encode()) if name is not None else ctx(2, object_id(*obj))
+        self.unconfirmed = []
+        self.send(bytes([0x01, 0x00, 0x10, UC_WHO_HAS]) + params)
+        until = time.monotonic() + wait
+        while not any(s == UC_I_HAVE for s, _, _ in self.unconfirmed) and (got := self._recv(until)) is not None:
+            self._dispatch_unsolicited(*got)
+        return [tuple(values(body)) for service, body, _ in self.unconfirmed if service == UC_I_HAVE]

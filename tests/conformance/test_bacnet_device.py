@@ -224,6 +224,10 @@ def test_services_claimed_are_served_and_the_others_rejected(gateway, client):
     rpm = ai + opening(1) + ctx(0, unsigned_bytes(85)) + closing(1)
     assert client.confirmed(14, rpm).kind == "complex"
     assert client.read(DEV, PROP["object-name"]).ok
+    # Who-Has (by name and by identifier) is answered with I-Have; an unknown name is not
+    assert client.who_has(name="gen.Voltage_L1_N") == [(DEV, (0, 1011), "gen.Voltage_L1_N")]
+    assert client.who_has(obj=(44, 1027)) == [(DEV, (44, 1027), "gen.Demand_Peak_DateTime")]
+    assert client.who_has(name="no.such.object", wait=0.5) == []
     # not claimed: the standard Reject, whatever the service
     unserved = {
         "ReadRange": (SC_READ_RANGE, ai + ctx(1, unsigned_bytes(85))),
