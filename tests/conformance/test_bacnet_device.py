@@ -153,7 +153,7 @@ def object_list(client) -> list[tuple[int, int]]:
 
 
 # -- discovery ---------------------------------------------------------------------------------------------------
-def test_who_is_unicast_and_broadcast(gateway, client, bacnet_stack):
+def test_who_is_unicast_and_broadcast(gateway, client):
     got = client.who_is()
     assert [(d, apdu, seg, vendor) for d, apdu, seg, vendor, _ in got] == [(DEVICE, 1476, 0, 999)]
     assert client.who_is(DEVICE, DEVICE) and not client.who_is(DEVICE + 1, DEVICE + 10)
@@ -161,7 +161,9 @@ def test_who_is_unicast_and_broadcast(gateway, client, bacnet_stack):
     assert [d[0] for d in client.who_is(broadcast=True)] == [DEVICE]
     bcast = client.who_is(broadcast=True, to=("127.255.255.255", gateway.port))
     assert [d[0] for d in bcast] == [DEVICE]
-    # the C stack finds it too
+
+
+def test_bacwi_finds_the_device(gateway, bacnet_stack):
     args = ["--mac", f"127.0.0.1:{gateway.port}", str(DEVICE), str(DEVICE)]
     out = run_tool(bacnet_stack, "bacwi", *args, env={"BACNET_APDU_TIMEOUT": "1000"})  # bacwi listens that long
     assert re.search(rf"^\s*{DEVICE}\s+7F:00:00:01:", out.stdout, re.M), out.stdout + out.stderr
@@ -294,7 +296,7 @@ def test_write_every_property_of_every_object_type(gateway, client):
             assert client.write(oid, PROP["present-value"], a_null(), priority=16).ok
 
 
-def test_write_edge_cases_answer_the_standard_errors(gateway, client, bacnet_stack):
+def test_write_edge_cases_answer_the_standard_errors(gateway, client):
     av, ai, bo = (2, 1047), (0, 1011), (4, 1031)
     pv = PROP["present-value"]
     cases = [
@@ -314,7 +316,11 @@ def test_write_edge_cases_answer_the_standard_errors(gateway, client, bacnet_sta
     for oid, prop, value, priority, index, expected in cases:
         ans = client.write(oid, prop, value, priority=priority, index=index)
         assert (ans.kind, ans.error) == ("error", expected), (oid, prop, priority, index, ans)
-    # the C stack reads the same errors
+    # the wildcard instance 4194303 names this device
+    assert client.read_values((8, 4194303), PROP["object-name"]) == ["conformance"]
+
+
+def test_bacnet_stack_reads_the_same_errors(gateway, bacnet_stack):
     out = run_tool(
         bacnet_stack, "bacwp", *mac(gateway), str(DEVICE), "analog-value", "1047", "present-value", "16", "-1", "0", "0"
     )
@@ -333,8 +339,6 @@ def test_write_edge_cases_answer_the_standard_errors(gateway, client, bacnet_sta
         "50",
     )
     assert "write-access-denied" in out.stdout + out.stderr
-    # and the wildcard instance 4194303 names this device
-    assert client.read_values((8, 4194303), PROP["object-name"]) == ["conformance"]
     out = run_tool(bacnet_stack, "bacrp", *mac(gateway), str(DEVICE), "device", "4194303", "object-name")
     assert '"conformance"' in out.stdout or "conformance" in out.stdout, out.stdout + out.stderr
 
@@ -346,7 +350,7 @@ def _bo_state(client, bo) -> tuple[int, list, list]:
     return pv, pa, ccp
 
 
-def test_binary_output_command_and_relinquish_at_several_priorities(gateway, client, bacnet_stack):
+def test_binary_output_command_and_relinquish_at_several_priorities(gateway, client):
     bo = (4, 1030)  # gen.Reset_Demand_Peak
     pv = PROP["present-value"]
     assert _bo_state(client, bo) == (0, [None] * 16, [None])
@@ -356,10 +360,7 @@ def test_binary_output_command_and_relinquish_at_several_priorities(gateway, cli
     assert client.write(bo, pv, a_enumerated(1), priority=16).ok
     assert _bo_state(client, bo) == (1, [None] * 15 + [1], [16])
     # inactive at 8 wins, nothing is sent to the meter
-    out = run_tool(
-        bacnet_stack, "bacwp", *mac(gateway), str(DEVICE), "binary-output", "1030", "present-value", "8", "-1", "9", "0"
-    )
-    assert "Acknowledged" in out.stdout, out.stdout + out.stderr
+    assert client.write(bo, pv, a_enumerated(0), priority=8).ok
     assert _bo_state(client, bo) == (0, [None] * 7 + [0] + [None] * 7 + [1], [8])
     # active at 12 loses against 8: stored, not executed
     assert client.write(bo, pv, a_enumerated(1), priority=12).ok
@@ -368,23 +369,8 @@ def test_binary_output_command_and_relinquish_at_several_priorities(gateway, cli
     assert client.write(bo, pv, a_null(), priority=8).ok
     assert _bo_state(client, bo) == (1, [None] * 11 + [1, None, None, None, 1], [12])
     assert client.write(bo, pv, a_null(), priority=12).ok
-    out = run_tool(
-        bacnet_stack,
-        "bacwp",
-        *mac(gateway),
-        str(DEVICE),
-        "binary-output",
-        "1030",
-        "present-value",
-        "16",
-        "-1",
-        "0",
-        "0",
-    )
-    assert "Acknowledged" in out.stdout, out.stdout + out.stderr
+    assert client.write(bo, pv, a_null(), priority=16).ok
     assert _bo_state(client, bo) == (0, [None] * 16, [None])
-    out = run_tool(bacnet_stack, "bacrp", *mac(gateway), str(DEVICE), "binary-output", "1030", "present-value")
-    assert "inactive" in out.stdout
     recs = audit(gateway)[n:]
     assert [r["decision"] for r in recs] == ["accepted"] * 6
     executed = [r for r in recs if r["meter_reply"] == "ok"]
@@ -395,6 +381,27 @@ def test_binary_output_command_and_relinquish_at_several_priorities(gateway, cli
         "relinquish at priority 12",
         "relinquish at priority 16",
     ]
+
+
+def test_bacnet_stack_commands_a_binary_output(gateway, client, bacnet_stack):
+    def tool(name: str, *args: str) -> str:
+        out = run_tool(bacnet_stack, name, *mac(gateway), str(DEVICE), "binary-output", "1030", *args)
+        return out.stdout + out.stderr
+
+    n = len(audit(gateway))
+    assert "Acknowledged" in tool("bacwp", "present-value", "10", "-1", "9", "1")  # active at 10: executed
+    assert "active" in tool("bacrp", "present-value") and "inactive" not in tool("bacrp", "present-value")
+    assert tool("bacrp", "current-command-priority").strip() == "10"
+    assert "{Null,Null,Null,Null,Null,Null,Null,Null,Null,1," in tool("bacrp", "priority-array")
+    assert "Acknowledged" in tool("bacwp", "present-value", "10", "-1", "0", "0")  # NULL at 10: relinquished
+    assert "inactive" in tool("bacrp", "present-value")
+    assert "value-out-of-range" in tool("bacwp", "present-value", "10", "-1", "9", "2")
+    recs = audit(gateway)[n:]
+    assert [(r["decision"], r["meter_reply"]) for r in recs[:2]] == [
+        ("accepted", "ok"),
+        ("accepted", "no action (command value 0)"),
+    ]
+    assert recs[2]["decision"] == "denied" and "BinaryPV 2" in recs[2]["reason"]
 
 
 # -- COV ---------------------------------------------------------------------------------------------------------
