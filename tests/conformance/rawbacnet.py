@@ -481,3 +481,49 @@ class RawClient:
         while not any(s == UC_I_HAVE for s, _, _ in self.unconfirmed) and (got := self._recv(until)) is not None:
             self._dispatch_unsolicited(*got)
         return [tuple(values(body)) for service, body, _ in self.unconfirmed if service == UC_I_HAVE]
+
+    def read_segmented(
+        self, obj: tuple[int, int], prop: int, max_apdu_code: int, max_segments_code: int, window: int = 4
+    ) -> tuple[Answer, list[int]]:
+        """ReadProperty accepting a segmented answer (clause 5.2, 20.1.2.4): max APDU and max segments as encoded
+        in the request (0=50, 1=128, 2=206, 3=480, 4=1024, 5=1476 octets; segments 0=unspecified, 1=2, 2=4,
+        3=8, ...). Returns the reassembled answer and the length of every APDU segment received."""
+        self.invoke = (self.invoke + 1) % 256
+        inv = self.invoke
+        params = ctx(0, object_id(*obj)) + ctx(1, unsigned_bytes(prop))
+        self.send(bytes([0x01, 0x04, 0x02, (max_segments_code << 4) | max_apdu_code, inv, SC_READ_PROPERTY]) + params)
+        sizes: list[int] = []
+        data = b""
+        expected_seq = since_ack = 0
+        until = time.monotonic() + self.timeout
+        while (got := self._recv(until)) is not None:
+            apdu, src = got
+            pdu_type = apdu[0] >> 4
+            if pdu_type in (0, 1):
+                self._dispatch_unsolicited(apdu, src)
+                continue
+            if apdu[1] != inv:
+                continue
+            if pdu_type == 7:
+                return Answer("abort", error=str(apdu[2])), sizes
+            if pdu_type != 3:
+                return Answer({5: "error", 6: "reject"}.get(pdu_type, str(pdu_type)), error=apdu.hex()), sizes
+            sizes.append(len(apdu))
+            if not apdu[0] & 0x08:  # not segmented
+                return Answer("complex", apdu[2], apdu[3:]), sizes
+            more = bool(apdu[0] & 0x04)
+            seq, proposed = apdu[2], apdu[3]
+            assert seq == expected_seq % 256, (seq, expected_seq)
+            data += apdu[5:]
+            expected_seq += 1
+            since_ack += 1
+            # SegmentACK (from the client: SRV=0) for the first segment (the server waits for it to learn the
+            # window), at the end of each window and for the last segment (clause 5.4.5.2)
+            actual = min(window, proposed or 1)
+            if seq == 0 or since_ack >= actual or not more:
+                self.send(bytes([0x01, 0x00, 0x40, inv, seq, actual]), to=src)
+                since_ack = 0
+            if not more:
+                return Answer("complex", apdu[4], data), sizes
+            until = time.monotonic() + self.timeout
+        return Answer("timeout"), sizes
