@@ -29,6 +29,8 @@ COV_INCREMENT = {
     "bps": 1.0,
 }
 ACCUMULATOR_MAX = 0xFFFFFFFF
+#: points shown a second time as a DateTime Value object (a REAL cannot hold Unix seconds exactly)
+DATETIME_POINTS = {"Demand_Peak_Timestamp": "Demand_Peak_DateTime"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +39,7 @@ class ObjectSpec:
 
     meter_id: str
     point: PointDef
-    object_type: str  # bacpypes3 object type name: accumulator, analog-input, binary-input, ...
+    object_type: str  # bacpypes3 object type name: accumulator, analog-input, binary-input, datetime-value, ...
     instance: int
     name: str
     description: str
@@ -92,7 +94,34 @@ def object_specs(
                     desc[:255],
                 )
             )
+            if p.name in DATETIME_POINTS:
+                out.append(
+                    ObjectSpec(
+                        m.id,
+                        p,
+                        "datetime-value",
+                        m.bacnet_instance_base + p.index,
+                        f"{m.id}.{DATETIME_POINTS[p.name]}",
+                        f"{desc} (date and time)"[:255],
+                    )
+                )
     return out
+
+
+def state_valid(spec: ObjectSpec, value: float | int | bool | None) -> bool:
+    """Whether a multi-state table value is one of the object's states (others show as multi-state-fault)."""
+    p = spec.point
+    if spec.object_type != "multi-state-value" or value is None:
+        return True
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        return False
+    if v != value:
+        return False
+    if p.allowed_values:
+        return v in p.allowed_values
+    return 0 <= v < len(p.states or ())
 
 
 def present_value(spec: ObjectSpec, value: float | int | bool | None) -> float | int | str:

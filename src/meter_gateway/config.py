@@ -158,6 +158,10 @@ class BacnetSection(_Strict):
     foreign_bbmd: str = Field("", description="register as a foreign device with this BBMD (host:port)")
     foreign_ttl: int = Field(300, ge=30, le=65535)
     stale_reliability: Literal["unreliable-other", "no-sensor", "communication-failure"] = "unreliable-other"
+    state_file: str = Field(
+        "var/bacnet-state.json",
+        description="device state kept across restarts (database-revision), relative to the configuration file",
+    )
 
 
 class ModbusTcpSection(_Strict):

@@ -40,7 +40,8 @@ class WriteRequest:
     source: str  # client IP address
     meter_id: str
     point: str
-    value: float | int | bool
+    value: float | int | bool | str
+    detail: str = ""  # e.g. the BACnet priority of a command, or what was refused before the policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,12 @@ class WriteService:
         self._record(req, result)
         return result
 
+    def refuse(self, req: WriteRequest, reason: str) -> WriteResult:
+        """Audit a write refused before the policy (read-only property, unknown object, wrong data type)."""
+        result = WriteResult(Decision.DENIED, reason)
+        self._record(req, result)
+        return result
+
     def _record(self, req: WriteRequest, result: WriteResult) -> None:
         self.counts[result.decision.value] += 1
         record = {
@@ -161,6 +168,8 @@ class WriteService:
             "reason": result.reason,
             "meter_reply": result.meter_reply,
         }
+        if req.detail:
+            record["detail"] = req.detail
         try:
             self.audit.append(record)
         except OSError as exc:

@@ -121,10 +121,11 @@ async def test_writes_follow_the_policy(bacnet, tmp_path):
     assert "write-access-denied" in (await c("wp", obj="accumulator,2001", value=0))["error"]  # MID energy
     assert (await c("wp", obj="binary-output,1030", value="active")) == {"ok": True}  # reset peak demand
     assert gw.simulators["gen"].writes[-1].function == 5
-    assert (await c("rp", obj="binary-output,1030", prop="present-value"))["value"] == "inactive"  # pulse
-    # other properties are read-only
+    # commandable: present-value follows the priority array (the meter's pulse is done, the command stays)
+    assert (await c("rp", obj="binary-output,1030", prop="present-value"))["value"] == "active"
+    # other properties are read-only (tests/conformance covers every property of every object)
     records = [json.loads(x) for x in gw.write_service.audit.path.read_text().splitlines()]
-    expected = ["accepted", "out-of-range", "denied", "denied", "accepted", "denied", "denied", "accepted"]
+    expected = ["accepted", "out-of-range", "denied", "denied", "denied", "accepted", "denied", "denied", "accepted"]
     assert [r["decision"] for r in records] == expected
     assert all(r["protocol"] == "bacnet" and r["source"] == "127.0.0.1" for r in records)
 
@@ -247,6 +248,7 @@ async def test_ede_export_matches_what_the_device_serves(bacnet, tmp_path):
         "binaryOutput": 4,
         "multiStateValue": 19,
         "accumulator": 23,
+        "datetimeValue": 44,
     }
     served_points = {(type_number[t], i) for t, i in served if t in type_number}
     assert set(exported) == served_points
@@ -267,3 +269,83 @@ async def test_stale_values_show_the_configured_reliability(bacnet):
     await asyncio.sleep(1.2)  # the staleness refresh pushes the change
     vals = (await c("rpm", obj="analog-input,1011", props=["reliability", "status-flags"]))["values"]
     assert vals["reliability"] == "noSensor" and vals["statusFlags"][1] == 1
+
+
+async def test_multi_state_value_outside_its_states_is_a_fault(bacnet):
+    gw, c = await bacnet()
+    assert await wait_for(lambda: gw.table.get("gen", "Modbus_Baudrate").quality is Quality.GOOD, 10)
+    before = (await c("rp", obj="multi-state-value,1050", prop="present-value"))["value"]
+    gw.simulators["gen"].model.values["Modbus_Baudrate"] = 4800  # not one of 9600, 19200, 38400
+    gw.request_config_poll("gen")
+    assert await wait_for(lambda: gw.table.get("gen", "Modbus_Baudrate").value == 4800, 10)
+    await asyncio.sleep(0.2)
+    vals = (await c("rpm", obj="multi-state-value,1050", props=["present-value", "reliability", "status-flags"]))[
+        "values"
+    ]
+    assert vals["reliability"] == "multiStateFault" and vals["statusFlags"][1] == 1
+    assert vals["presentValue"] == before  # never shown as another, valid state
+    gw.simulators["gen"].model.values["Modbus_Baudrate"] = 19200
+    gw.request_config_poll("gen")
+    assert await wait_for(lambda: gw.table.get("gen", "Modbus_Baudrate").value == 19200, 10)
+    await asyncio.sleep(0.2)
+    vals = (await c("rpm", obj="multi-state-value,1050", props=["present-value", "reliability"]))["values"]
+    assert vals == {"presentValue": 2, "reliability": "noFaultDetected"}
+
+
+async def test_demand_peak_datetime_value_is_exact(bacnet):
+    from datetime import UTC, datetime
+
+    gw, c = await bacnet()
+    assert await wait_for(lambda: gw.table.get("gen", "Demand_Peak_Timestamp").quality is Quality.GOOD, 10)
+    gw.simulators["gen"].model.values["Demand_Peak_Timestamp"] = 1796132472  # 128 s from a float32 neighbour
+    assert await wait_for(lambda: gw.table.get("gen", "Demand_Peak_Timestamp").value == 1796132472, 10)
+    await asyncio.sleep(0.2)
+    ai = (await c("rp", obj="analog-input,1027", prop="present-value"))["value"]
+    assert ai != 1796132472  # a REAL cannot hold it
+    dt = (await c("rp", obj="datetime-value,1027", prop="present-value"))["value"]
+    # the gateway's zone is UTC in this configuration
+    assert dt == "2026-12-1 tue 13:41:12.00"  # bacpypes3's rendering of the DateTime
+    assert datetime.fromtimestamp(1796132472, UTC) == datetime(2026, 12, 1, 13, 41, 12, tzinfo=UTC)
+
+
+async def test_database_revision_is_persisted_and_raised_when_objects_change(gateways, tmp_path):
+    async def revision(text: str) -> int:
+        gw = await gateways(text)
+        srv = gw.servers[0]
+        rev = int(srv.device.databaseRevision)
+        await gw.stop()
+        return rev
+
+    state = tmp_path / "var" / "bacnet-state.json"
+    assert await revision(yaml_for()) == 1
+    assert state.exists() and oct(state.stat().st_mode & 0o777) == "0o600"
+    assert await revision(yaml_for()) == 1  # same objects: same revision
+    more = METERS + "  - {id: extra, bus: rtu, address: 4, profile: eastron_sdm120, bacnet_instance_base: 1500}\n"
+    assert await revision(yaml_for(meters=more)) == 2
+    assert await revision(yaml_for(meters=more)) == 2
+    assert await revision(yaml_for()) == 3  # removed again: another change
+
+
+async def test_pics_table_is_read_from_the_running_device(bacnet):
+    import subprocess
+
+    from helpers import free_udp_port
+
+    gw, _c = await bacnet()
+    port = gw.servers[0].address()[1]
+    local = f"127.0.0.1/8:{free_udp_port()}"
+    res = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "meter_gateway.cli", "bacnet-read", f"127.0.0.1:{port}", "--pics", "--local", local],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    rows = {line.split(" | ")[0].strip("| "): line for line in res.stdout.splitlines() if line.startswith("| ")}
+    assert rows["Who-Is"] == "| Who-Is | 34 |" and rows["I-Am"] == "| I-Am | 26 |"
+    assert "ReadRange" not in rows and "AcknowledgeAlarm" not in rows and "ReinitializeDevice" not in rows
+    assert rows["binary-output"].endswith("| yes |") and "priority-array" in rows["binary-output"]
+    n_dtv = sum(s.object_type == "datetime-value" for s in gw.servers[0].specs)
+    assert rows["datetime-value"].startswith(f"| datetime-value | {n_dtv} |") and n_dtv == 2
+    assert "property-list" not in rows["device"] and "object-name" not in rows["device"]

@@ -1,4 +1,4 @@
-"""`meter-gateway bacnet-read`: a small BACnet/IP client to check a device (Who-Is, ReadProperty)."""
+"""`meter-gateway bacnet-read`: a small BACnet/IP client to check a device (Who-Is, ReadProperty, a PICS table)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ def add_parser(sub) -> None:
     p.add_argument("object", nargs="?", default="", help="object, e.g. analog-input,1011 (default: Who-Is only)")
     p.add_argument("properties", nargs="*", default=["present-value"], help="properties (default present-value)")
     p.add_argument("--local", default="127.0.0.1/8:47809", help="this client's address/mask:port")
+    p.add_argument(
+        "--pics", action="store_true", help="print the device's PICS as Markdown tables, read from the running device"
+    )
     p.set_defaults(func=_main)
 
 
@@ -35,6 +38,9 @@ async def _read(args) -> int:
         if not i_ams:
             print(f"no I-Am from {args.device}", file=sys.stderr)
             return 1
+        if args.pics:
+            print(await pics(app, addr, i_ams[0].iAmDeviceIdentifier))
+            return 0
         for i in i_ams:
             print(f"device {i.iAmDeviceIdentifier[1]} at {i.pduSource}")
         if not args.object:
@@ -63,3 +69,57 @@ def _show(value) -> str:
         if v is not None:
             return f"{choice}={v}"
     return str(value)
+
+
+async def pics(app, addr, device_id) -> str:
+    """The device's PICS as Markdown: identity, services and object types with their properties, all read from it."""
+    from bacpypes3.basetypes import ObjectTypesSupported, ServicesSupported
+    from bacpypes3.primitivedata import ObjectType
+
+    dev = f"device,{device_id[1]}"
+
+    async def rp(obj: str, prop: str):
+        return await app.read_property(addr, obj, prop)
+
+    lines = ["| Device property | Value |", "|---|---|"]
+    for prop in (
+        "vendor-name",
+        "vendor-identifier",
+        "model-name",
+        "firmware-revision",
+        "protocol-version",
+        "protocol-revision",
+        "max-apdu-length-accepted",
+        "segmentation-supported",
+        "max-segments-accepted",
+    ):
+        lines.append(f"| {prop} | {_show(await rp(dev, prop))} |")
+    services = await rp(dev, "protocol-services-supported")
+    names = {v: k for k, v in vars(ServicesSupported).items() if isinstance(v, int) and not k.startswith("_")}
+    lines += ["", "| Service (protocol-services-supported) | Bit |", "|---|---|"]
+    lines += [f"| {_service_name(names.get(i, f'bit {i}'))} | {i} |" for i, bit in enumerate(services) if bit]
+    types = await rp(dev, "protocol-object-types-supported")
+    type_names = {v: k for k, v in vars(ObjectTypesSupported).items() if isinstance(v, int) and not k.startswith("_")}
+    objects = list(await rp(dev, "object-list"))
+    lines += ["", "| Object type | Objects | Properties (property-list of the first object) | Commandable |"]
+    lines.append("|---|---|---|---|")
+    for bit, on in enumerate(types):
+        if not on:
+            continue
+        of_type = [o for o in objects if int(o[0]) == bit]
+        if not of_type:
+            lines.append(f"| {type_names.get(bit, bit)} | 0 | | |")
+            continue
+        first = f"{ObjectType(of_type[0][0])},{of_type[0][1]}"
+        plist = [str(p) for p in await rp(first, "property-list")]
+        commandable = "yes" if "priority-array" in plist else "no"
+        lines.append(f"| {ObjectType(bit)} | {len(of_type)} | {', '.join(sorted(plist))} | {commandable} |")
+    return "\n".join(lines)
+
+
+def _service_name(camel: str) -> str:
+    """ReadPropertyMultiple style names for the table (who-is -> Who-Is)."""
+    special = {"iAm": "I-Am", "iHave": "I-Have", "whoIs": "Who-Is", "whoHas": "Who-Has", "subscribeCOV": "SubscribeCOV"}
+    if camel in special:
+        return special[camel]
+    return camel[:1].upper() + camel[1:]

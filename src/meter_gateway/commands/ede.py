@@ -18,6 +18,7 @@ OBJECT_TYPE_NUMBER = {
     "binary-output": 4,
     "multi-state-value": 19,
     "accumulator": 23,
+    "datetime-value": 44,
 }
 # BACnet engineering unit numbers of the units the catalogue uses
 UNIT_NUMBER = {
@@ -60,7 +61,8 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
         ref = ""
         if p.states and s.object_type in ("binary-input", "binary-output", "multi-state-value"):
             ref = str(states.setdefault(tuple(p.states), len(states) + 1))
-        lo, hi = (f"{p.range[0]:g}", f"{p.range[1]:g}") if p.range else ("", "")
+        has_units = s.object_type in ("accumulator", "analog-input", "analog-value")
+        lo, hi = (f"{p.range[0]:g}", f"{p.range[1]:g}") if p.range and has_units else ("", "")
         rows.append(
             [
                 s.name,
@@ -77,7 +79,7 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
                 "",
                 "",
                 ref,
-                str(UNIT_NUMBER.get(p.bacnet_unit or "", "")) if p.bacnet_unit else "",
+                str(UNIT_NUMBER.get(p.bacnet_unit or "", "")) if p.bacnet_unit and has_units else "",
                 f"{s.meter_id}/{p.name}",
             ]
         )

@@ -1,31 +1,73 @@
 """Upstream BACnet/IP device (bacpypes3): one object per point per meter, values pushed from the point table.
 
-Traps handled here (DESIGN.md section 8): the application is built inside the running loop; every property is
-read-only except present-value of points, whose writes go through the write service (policy + audit);
-WritePropertyMultiple and DeviceCommunicationControl are not offered; multi-state objects use GenericCriteria for
-COV; Accumulator is a local class; reliability changes fire a COV notification (status flags alone would not);
-the UDP port is checked before binding (SO_REUSEPORT would let two processes share it) and the bind is verified.
+Traps handled here (DESIGN.md section 8): the application is built inside the running loop; the application
+answers WriteProperty itself: every property of every object is read-only except present-value of BO and AV
+objects, whose writes go through the write service (policy + audit), and every refusal is audited too; services
+the device does not offer get a Reject (unrecognized-service), logged once per client; protocol-services-supported
+is stated explicitly (bacpypes3 puts unconfirmed services on confirmed-service bit numbers); multi-state objects use
+GenericCriteria for COV; Accumulator is a local class; reliability changes fire a COV notification (status flags
+alone would not); the UDP port is checked before binding (SO_REUSEPORT would let two processes share it) and the
+bind is verified. See docs/bacnet.md for the conformance statement.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
+import inspect
 import ipaddress
+import json
 import logging
+import math
+import os
 import socket
+import time
+from datetime import datetime
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from bacpypes3 import appservice
 from bacpypes3.apdu import (
     AbortPDU,
     APCISequence,
-    DeviceCommunicationControlRequest,
+    ConfirmedRequestPDU,
+    IAmRequest,
+    IHaveRequest,
+    ReadPropertyMultipleRequest,
+    ReadPropertyRequest,
     RejectPDU,
-    WritePropertyMultipleRequest,
+    SimpleAckPDU,
+    SubscribeCOVRequest,
+    WhoHasRequest,
+    WhoIsRequest,
+    WritePropertyRequest,
 )
 from bacpypes3.app import Application
-from bacpypes3.basetypes import EngineeringUnits, EventState, Polarity, Reliability, Scale, StatusFlags
+from bacpypes3.basetypes import (
+    BinaryPV,
+    COVSubscription,
+    DateTime,
+    DeviceAddress,
+    EngineeringUnits,
+    EventState,
+    ListOfCOVSubscription,
+    ObjectPropertyReference,
+    ObjectTypesSupported,
+    OptionalUnsigned,
+    Polarity,
+    PriorityArray,
+    PriorityValue,
+    PropertyIdentifier,
+    Recipient,
+    RecipientProcess,
+    Reliability,
+    Scale,
+    ServicesSupported,
+    StatusFlags,
+)
+from bacpypes3.constructeddata import ArrayOf
 from bacpypes3.errors import ExecutionError, RejectException
 from bacpypes3.local.analog import AnalogInputObject, AnalogValueObject
 from bacpypes3.local.binary import BinaryInputObject
@@ -36,15 +78,42 @@ from bacpypes3.local.networkport import NetworkPortObject
 from bacpypes3.local.object import Object as _LocalObject
 from bacpypes3.object import AccumulatorObject as _AccumulatorObject
 from bacpypes3.object import BinaryOutputObject as _BinaryOutputObject
+from bacpypes3.object import DateTimeValueObject as _DateTimeValueObject
+from bacpypes3.primitivedata import Boolean, Date, ObjectType, TagClass, TagNumber, Time
 
 from .. import __version__
-from ..bacnet_model import ACCUMULATOR_MAX, ObjectSpec, object_specs, present_value, table_value
+from ..bacnet_model import ACCUMULATOR_MAX, ObjectSpec, object_specs, present_value, state_valid, table_value
 from ..core.quality import PointValue, Quality
-from ..writes import Decision, WriteRequest
+from ..writes import Decision, WriteRequest, WriteResult
 from .base import Server, ServerStartError
 
 log = logging.getLogger(__name__)
 _source: contextvars.ContextVar[str] = contextvars.ContextVar("bacnet_source", default="")
+
+#: the device instance that stands for "this device"
+WILDCARD_INSTANCE = 4194303
+#: the APDU length the device accepts (BACnet/IP)
+MAX_APDU = 1476
+#: properties a Property_List never contains (ASHRAE 135 clause 12.1.1.4.1)
+NOT_IN_PROPERTY_LIST = frozenset({"objectIdentifier", "objectName", "objectType", "propertyList"})
+#: confirmed services the device executes (anything else: Reject unrecognized-service)
+CONFIRMED_SERVED = (ReadPropertyRequest, ReadPropertyMultipleRequest, WritePropertyRequest, SubscribeCOVRequest)
+#: unconfirmed services the device executes (I-Am / I-Have from peers feed the address cache)
+UNCONFIRMED_SERVED = (WhoIsRequest, WhoHasRequest, IAmRequest, IHaveRequest)
+#: protocol-services-supported: services executed (confirmed and Who-Is/Who-Has) or initiated (I-Am, I-Have, COV
+#: notifications); bit numbers of BACnetServicesSupported, ASHRAE 135 clause 21
+SERVICES_SUPPORTED = {
+    "subscribeCOV": 5,
+    "confirmedCOVNotification": 1,
+    "readProperty": 12,
+    "readPropertyMultiple": 14,
+    "writeProperty": 15,
+    "iAm": 26,
+    "iHave": 27,
+    "unconfirmedCOVNotification": 28,
+    "whoHas": 33,
+    "whoIs": 34,
+}
 
 
 class RejectingServerSSM(appservice.ServerSSM):
@@ -95,18 +164,33 @@ STALE = {
 }
 
 
-class _GatewayPoint:
-    """Mixin: every property is read-only except present-value, which goes through the write service."""
+class _StandardPropertyList:
+    """Mixin: a Property_List without the four properties the standard excludes from it."""
+
+    @property
+    def propertyList(self):
+        """The properties this object has, less object-identifier, object-name, object-type and property-list."""
+        out = []
+        for name in self._elements:  # type: ignore[attr-defined]
+            if name in NOT_IN_PROPERTY_LIST or inspect.getattr_static(self, name, None) is None:
+                continue
+            out.append(PropertyIdentifier(name))
+        return ArrayOf(PropertyIdentifier)(out)
+
+    @propertyList.setter
+    def propertyList(self, value) -> None:
+        """Ignored: the list is derived from the object's properties."""
+
+
+class _GatewayPoint(_StandardPropertyList):
+    """Mixin: a point object; the application decides its writes, this is the last line of defence."""
 
     # set after construction: _gw_spec (ObjectSpec) and _gw_server (BacnetServer); no annotations here, the
     # bacpypes3 object metaclass evaluates the type hints of every class in the hierarchy
 
     async def write_property(self, attr, value, index=None, priority=None) -> None:  # type: ignore[override]
-        """Deny every write except present-value, which the write policy decides."""
-        name = attr if isinstance(attr, str) else self._property_identifier_class(attr).attr  # type: ignore[attr-defined]
-        if name != "presentValue" or index is not None:
-            raise ExecutionError(errorClass="property", errorCode="writeAccessDenied")
-        await self._gw_server.write_point(self._gw_spec, value)
+        """Never reached from the network (the application answers WriteProperty): deny."""
+        raise ExecutionError(errorClass="property", errorCode="writeAccessDenied")
 
 
 class GwAccumulator(_GatewayPoint, _LocalObject, _AccumulatorObject):
@@ -120,7 +204,7 @@ class GwAnalogInput(_GatewayPoint, AnalogInputObject):
 
 
 class GwAnalogValue(_GatewayPoint, AnalogValueObject):
-    """Analog value (configuration) whose writes go through the write policy."""
+    """Analog value (configuration) whose present-value writes go through the write policy."""
 
 
 class GwBinaryInput(_GatewayPoint, BinaryInputObject):
@@ -128,7 +212,7 @@ class GwBinaryInput(_GatewayPoint, BinaryInputObject):
 
 
 class GwBinaryOutput(_GatewayPoint, _LocalObject, _BinaryOutputObject):
-    """Binary output (command) without a priority array machinery: writes go through the write policy."""
+    """Commandable binary output (a meter command): the priority array decides present-value (see gw_command)."""
 
     _cov_criteria = GenericCriteria
 
@@ -139,6 +223,68 @@ class GwMultiStateValue(_GatewayPoint, MultiStateValueObject):
     _cov_criteria = GenericCriteria
 
 
+class GwDateTimeValue(_GatewayPoint, _LocalObject, _DateTimeValueObject):
+    """Date and time of a Unix-seconds point (exact, where a REAL loses up to 128 s), in the gateway's zone."""
+
+    _cov_criteria = GenericCriteria
+
+
+class GwNetworkPort(_StandardPropertyList, NetworkPortObject):
+    """The BACnet/IP network port, with a standard property list."""
+
+
+class GwDevice(_StandardPropertyList, DeviceObject):
+    """The device object: local date and time in the gateway's time zone, object types from the objects served."""
+
+    # set after construction: _gw_zone (ZoneInfo)
+
+    def _gw_now(self) -> datetime:
+        return datetime.now(self._gw_zone)
+
+    @property
+    def localDate(self) -> Date:  # type: ignore[override]
+        """Today in the gateway's time zone."""
+        now = self._gw_now()
+        return Date((now.year - 1900, now.month, now.day, now.isoweekday()))
+
+    @localDate.setter
+    def localDate(self, value) -> None:
+        """Ignored: the date is the host clock's, never changed from the network."""
+
+    @property
+    def localTime(self) -> Time:  # type: ignore[override]
+        """The time of day in the gateway's time zone."""
+        now = self._gw_now()
+        return Time((now.hour, now.minute, now.second, now.microsecond // 10000))
+
+    @localTime.setter
+    def localTime(self, value) -> None:
+        """Ignored: the time is the host clock's, never changed from the network."""
+
+    @property
+    def daylightSavingsStatus(self) -> Boolean:
+        """Whether daylight saving time is in effect in the gateway's time zone."""
+        return Boolean(bool(self._gw_now().dst()))
+
+    @daylightSavingsStatus.setter
+    def daylightSavingsStatus(self, value) -> None:
+        """Ignored: derived from the time zone."""
+
+    @property
+    def protocolObjectTypesSupported(self) -> ObjectTypesSupported:  # type: ignore[override]
+        """One bit per object type the device serves."""
+        ots = ObjectTypesSupported([])
+        app = self._app
+        objs = app.objectIdentifier.keys() if app is not None else [self.objectIdentifier]
+        for t in {oid[0] for oid in objs}:
+            ots[int(ObjectType(t))] = 1
+        return ots
+
+    @protocolObjectTypesSupported.setter
+    def protocolObjectTypesSupported(self, value) -> None:
+        """Ignored: derived from the objects."""
+
+
 CLASSES = {
     "accumulator": GwAccumulator,
     "analog-input": GwAnalogInput,
@@ -146,27 +292,163 @@ CLASSES = {
     "binary-input": GwBinaryInput,
     "binary-output": GwBinaryOutput,
     "multi-state-value": GwMultiStateValue,
+    "datetime-value": GwDateTimeValue,
 }
 
 
+def utc_offset_minutes(zone: ZoneInfo, when: datetime | None = None) -> int:
+    """BACnet UTC_Offset of a zone's standard time: minutes, positive west of Greenwich (Paris: -60)."""
+    now = when or datetime.now(zone)
+    off = now.utcoffset() or (now - now)
+    dst = now.dst() or (now - now)
+    return -round((off - dst).total_seconds() / 60)
+
+
+def services_supported() -> ServicesSupported:
+    """protocol-services-supported: exactly the services in SERVICES_SUPPORTED."""
+    ss = ServicesSupported([])
+    for bit in SERVICES_SUPPORTED.values():
+        ss[bit] = 1
+    return ss
+
+
 class _GatewayApplication(Application):
-    """The bacpypes3 application with the services the gateway does not offer removed."""
+    """The bacpypes3 application: only the offered services, writes answered by the gateway's own rules."""
+
+    gw_server: BacnetServer | None = None
+    _logged_services: set[str]
 
     async def indication(self, apdu) -> None:  # type: ignore[override]
         """Record the requester for write allowlists; reject services that are not offered."""
-        if isinstance(apdu, (WritePropertyMultipleRequest, DeviceCommunicationControlRequest)):
+        source = apdu.pduSource
+        peer = str(getattr(source, "addrTuple", (str(source),))[0]) if source is not None else ""
+        if isinstance(apdu, ConfirmedRequestPDU) and not isinstance(apdu, CONFIRMED_SERVED):
+            self._log_unserved(peer, type(apdu).__name__, "rejected (unrecognized-service)")
             await self.response(RejectPDU(reason="unrecognizedService", context=apdu))
             return
-        source = apdu.pduSource
-        _source.set(str(getattr(source, "addrTuple", (str(source),))[0]) if source is not None else "")
+        if not isinstance(apdu, (ConfirmedRequestPDU, *UNCONFIRMED_SERVED)):
+            self._log_unserved(peer, type(apdu).__name__, "ignored")
+            return
+        _source.set(peer)
+        self._resolve_wildcard(apdu)
         await super().indication(apdu)
 
+    def _resolve_wildcard(self, apdu) -> None:
+        """Device instance 4194303 names this device (ASHRAE 135 clause 15.5.1.1.1 and others)."""
+        dev = self.device_object
+        if dev is None:
+            return
+
+        def resolved(oid):
+            if oid is not None and oid[0] == ObjectType.device and oid[1] == WILDCARD_INSTANCE:
+                return dev.objectIdentifier
+            return oid
+
+        if isinstance(apdu, (ReadPropertyRequest, WritePropertyRequest)):
+            apdu.objectIdentifier = resolved(apdu.objectIdentifier)
+        elif isinstance(apdu, ReadPropertyMultipleRequest):
+            for spec in apdu.listOfReadAccessSpecs:
+                spec.objectIdentifier = resolved(spec.objectIdentifier)
+
+    def _log_unserved(self, peer: str, service: str, what: str) -> None:
+        """One line per client (address) at most, whatever it sends; 1000 clients at most."""
+        if not hasattr(self, "_logged_services"):
+            self._logged_services = set()
+        if peer in self._logged_services or len(self._logged_services) >= 1000:
+            return
+        self._logged_services.add(peer)
+        log.warning(
+            "BACnet: %s from %s is not a service of this device: %s (further ones from %s are not logged)",
+            service,
+            peer,
+            what,
+            peer,
+        )
+
     def get_services_supported(self):
-        """Services supported, without WritePropertyMultiple and DeviceCommunicationControl."""
-        ss = super().get_services_supported()
-        for name in ("writePropertyMultiple", "deviceCommunicationControl"):
-            ss[getattr(ss, name)] = 0
-        return ss
+        """The services the device executes or initiates (ASHRAE 135 clause 21 bit numbers)."""
+        return services_supported()
+
+    def get_active_cov_subscriptions(self) -> ListOfCOVSubscription:
+        """The device's active-cov-subscriptions: one entry per subscription, with its time remaining."""
+        now = asyncio.get_running_loop().time()
+        out = []
+        for objid, detection in list(getattr(self, "_cov_detections", {}).items()):
+            for cov in list(detection.cov_subscriptions):
+                handle = cov.cancel_handle
+                remaining = 0 if handle is None else max(0, math.ceil(handle.when() - now))
+                addr = cov.client_addr
+                mac = bytes(getattr(addr, "addrAddr", b"") or b"")
+                entry = COVSubscription(
+                    recipient=RecipientProcess(
+                        recipient=Recipient(
+                            address=DeviceAddress(networkNumber=getattr(addr, "addrNet", None) or 0, macAddress=mac)
+                        ),
+                        processIdentifier=cov.proc_id,
+                    ),
+                    monitoredPropertyReference=ObjectPropertyReference(
+                        objectIdentifier=objid, propertyIdentifier="presentValue"
+                    ),
+                    issueConfirmedNotifications=bool(cov.confirmed),
+                    timeRemaining=remaining,
+                )
+                if cov.covIncrement is not None:
+                    entry.covIncrement = cov.covIncrement
+                out.append(entry)
+        return ListOfCOVSubscription(out)
+
+    async def do_WritePropertyRequest(self, apdu: WritePropertyRequest) -> None:  # type: ignore[override]
+        """WriteProperty: present-value of BO/AV through the write policy; anything else refused and audited."""
+        server = self.gw_server
+        assert server is not None
+        objid = apdu.objectIdentifier
+        obj = self.get_object_id(objid)
+        prop = PropertyIdentifier(apdu.propertyIdentifier)
+        attr = prop.attr
+        spec: ObjectSpec | None = getattr(obj, "_gw_spec", None)
+        target = f"{ObjectType(objid[0])},{objid[1]}"
+
+        def refuse(code: str, reason: str, error_class: str = "property") -> ExecutionError:
+            server.audit_refusal(spec, target, str(prop), apdu, reason)
+            return ExecutionError(errorClass=error_class, errorCode=code)
+
+        if obj is None:
+            raise refuse("unknownObject", "unknown object", "object")
+        if attr not in obj._elements or inspect.getattr_static(obj, attr, None) is None:
+            raise refuse("unknownProperty", f"{obj.objectName} has no {prop}")
+        if spec is None or not spec.writable or attr != "presentValue":
+            raise refuse("writeAccessDenied", f"{prop} of {obj.objectName} is read-only")
+        if apdu.propertyArrayIndex is not None:
+            raise refuse("propertyIsNotAnArray", "present-value is not an array")
+        priority = apdu.priority
+        if priority is not None and not 1 <= priority <= 16:
+            raise refuse("parameterOutOfRange", f"priority {priority} is not 1..16", "services")
+        tags = [t for t in apdu.propertyValue.tagList if t.tag_class in (TagClass.application, TagClass.context)]
+        if len(tags) == 1 and len(list(apdu.propertyValue.tagList)) == 3:
+            pass  # opening tag 3, the value, closing tag 3 (the encoding of a WriteProperty value)
+        elif len(list(apdu.propertyValue.tagList)) != 1:
+            tags = []
+        tag = tags[0] if len(tags) == 1 and tags[0].tag_class == TagClass.application else None
+        is_null = tag is not None and tag.tag_number == TagNumber.null
+        if spec.object_type == "binary-output":
+            if is_null:
+                await server.command(obj, None, priority or 16)
+            elif tag is None or tag.tag_number != TagNumber.enumerated:
+                raise refuse("invalidDataType", "a binary output takes an enumerated (BinaryPV) or NULL")
+            else:
+                raw = int.from_bytes(bytes(tag.tag_data), "big") if tag.tag_data else 0
+                if raw not in (0, 1):
+                    raise refuse("valueOutOfRange", f"BinaryPV {raw} is neither inactive (0) nor active (1)")
+                await server.command(obj, raw, priority or 16)
+        else:
+            if tag is None or tag.tag_number != TagNumber.real:
+                what = "NULL (no priority array)" if is_null else "a value that is not a REAL"
+                raise refuse("invalidDataType", f"present-value of {obj.objectName} takes a REAL, not {what}")
+            value = float(tag.app_to_object())
+            if not math.isfinite(value):
+                raise refuse("valueOutOfRange", f"{value} is not a finite number")
+            await server.write_point(spec, value)
+        await self.response(SimpleAckPDU(context=apdu))
 
 
 def _units(name: str | None):
@@ -184,8 +466,13 @@ class BacnetServer(Server):
         self.specs = object_specs(
             gateway.config, gateway.catalogue, {m: gateway.meter_points(m) for m in gateway.table.meter_ids}
         )
-        self.objects: dict[tuple[str, str], Any] = {}
+        self.zone = ZoneInfo(gateway.config.gateway.timezone)
+        #: every point object, by (meter, point, object type)
+        self.objects: dict[tuple[str, str, str], Any] = {}
+        self._by_point: dict[tuple[str, str], list[Any]] = {}
         self.app: _GatewayApplication | None = None
+        self.device: GwDevice | None = None
+        self.database_revision = 1
         self._bound: tuple[str, int] | None = None
 
     # -- start / stop ---------------------------------------------------------------------------------
@@ -215,7 +502,8 @@ class BacnetServer(Server):
             address = f"{host}/{self.cfg.netmask}:{port}"
         self._check_port_free(host, port)
         gw = self.gateway
-        device = DeviceObject(
+        self.database_revision = self._database_revision()
+        device = GwDevice(
             objectIdentifier=("device", self.cfg.device_instance),
             objectName=self.cfg.device_name or gw.config.gateway.name,
             vendorName=self.cfg.vendor_name,
@@ -225,10 +513,15 @@ class BacnetServer(Server):
             applicationSoftwareVersion=__version__,
             location=self.cfg.location or gw.config.gateway.location,
             description=self.cfg.description or gw.config.gateway.description,
-            maxApduLengthAccepted=1476,
+            maxApduLengthAccepted=MAX_APDU,
             segmentationSupported="segmentedBoth",
+            databaseRevision=self.database_revision,
+            utcOffset=utc_offset_minutes(self.zone),
         )
-        port_obj = NetworkPortObject(address, objectIdentifier=("network-port", 1), objectName="NetworkPort-1")
+        device._gw_zone = self.zone
+        self.device = device
+        port_obj = GwNetworkPort(address, objectIdentifier=("network-port", 1), objectName="NetworkPort-1")
+        self._complete_network_port(port_obj)
         if self.cfg.foreign_bbmd:
             from bacpypes3.basetypes import HostNPort, IPMode
 
@@ -247,16 +540,84 @@ class BacnetServer(Server):
             self.app = _GatewayApplication.from_object_list(objs)
         except Exception as exc:
             raise ServerStartError(f"BACnet/IP device cannot start: {exc}") from exc
+        self.app.gw_server = self
         await self._verify_bound(host, port)
         gw.table.add_listener(self._on_change)
         log.info(
-            "BACnet/IP device %d (%s) on %s:%d with %d objects",
+            "BACnet/IP device %d (%s) on %s:%d with %d objects, database revision %d",
             self.cfg.device_instance,
             device.objectName,
             host,
             port,
             len(self.specs),
+            self.database_revision,
         )
+
+    def _complete_network_port(self, port_obj: GwNetworkPort) -> None:
+        """Required properties of a BACnet/IP Network Port that bacpypes3 leaves unset."""
+        from bacpypes3.basetypes import IPMode, NetworkNumberQuality
+
+        if port_obj.networkNumber is None:
+            port_obj.networkNumber = 0
+        if port_obj.networkNumberQuality is None:
+            port_obj.networkNumberQuality = NetworkNumberQuality.unknown
+        port_obj.apduLength = MAX_APDU
+        if port_obj.linkSpeed is None:
+            port_obj.linkSpeed = 0.0
+        if port_obj.bacnetIPMode is None:
+            port_obj.bacnetIPMode = IPMode.normal
+        if port_obj.ipDefaultGateway is None:
+            port_obj.ipDefaultGateway = "0.0.0.0"
+        if port_obj.ipDNSServer is None:
+            port_obj.ipDNSServer = []
+        if port_obj.outOfService is None:
+            port_obj.outOfService = False
+        if port_obj.reliability is None:
+            port_obj.reliability = Reliability.noFaultDetected
+        if port_obj.changesPending is None:
+            port_obj.changesPending = False
+
+    def _state_path(self) -> Path | None:
+        p = Path(self.cfg.state_file)
+        if not p.is_absolute():
+            if self.gateway.config_path is None:
+                return None
+            p = Path(self.gateway.config_path).parent / p
+        return p
+
+    def _database_revision(self) -> int:
+        """The persisted database-revision, raised (and saved) when the object set differs from the last run."""
+        items = sorted((s.object_type, s.instance, s.name) for s in self.specs)
+        ident = [self.cfg.device_instance, self.cfg.device_name or self.gateway.config.gateway.name]
+        fingerprint = hashlib.sha256(json.dumps([ident, items]).encode()).hexdigest()
+        path = self._state_path()
+        if path is None:
+            return 1
+        state: dict[str, Any] = {}
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            rev = int(state.get("database_revision", 0))
+        except FileNotFoundError:
+            rev = 0
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("BACnet state file %s unreadable (%s): database revision restarts", path, exc)
+            state, rev = {}, 0
+        if rev >= 1 and state.get("object_set") == fingerprint:
+            return rev
+        rev = rev + 1 if rev < 0xFFFFFFFF else 1
+        state = {"database_revision": rev, "object_set": fingerprint, "changed": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(state, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("BACnet state file %s cannot be written (%s): database revision not persisted", path, exc)
+        return rev
 
     async def _verify_bound(self, host: str, port: int) -> None:
         """Wait until bacpypes3 really owns the socket (its own bind retries silently)."""
@@ -288,16 +649,27 @@ class BacnetServer(Server):
         p = spec.point
         cls = CLASSES[spec.object_type]
         v = self.gateway.table.get(spec.meter_id, p.name)
+        t = spec.object_type
         common: dict[str, Any] = {
-            "objectIdentifier": (spec.object_type, spec.instance),
+            "objectIdentifier": (t, spec.instance),
             "objectName": spec.name,
             "description": spec.description,
-            "presentValue": present_value(spec, v.value),
-            "eventState": EventState.normal,
             "outOfService": False,
-            "reliability": self._reliability(v),
+            "reliability": self._reliability(spec, v),
         }
-        t = spec.object_type
+        if t != "datetime-value":
+            common["eventState"] = EventState.normal
+        if t == "datetime-value":
+            common |= {"presentValue": self._datetime(v.value), "isUTC": False}
+        elif t == "binary-output":
+            common |= {
+                "presentValue": BinaryPV.inactive,
+                "priorityArray": PriorityArray([PriorityValue(null=()) for _ in range(16)]),
+                "relinquishDefault": BinaryPV.inactive,
+                "currentCommandPriority": OptionalUnsigned(null=()),
+            }
+        else:
+            common["presentValue"] = present_value(spec, v.value if state_valid(spec, v.value) else None)
         if t == "accumulator":
             common |= {
                 "units": _units(p.bacnet_unit),
@@ -317,31 +689,68 @@ class BacnetServer(Server):
         obj = cls(**common)
         obj._gw_spec = spec
         obj._gw_server = self
-        self.objects[(spec.meter_id, p.name)] = obj
+        if t == "binary-output":
+            obj._gw_slots = [None] * 16
+        self.objects[(spec.meter_id, p.name, t)] = obj
+        self._by_point.setdefault((spec.meter_id, p.name), []).append(obj)
         return obj
 
-    def _reliability(self, v: PointValue) -> Reliability:
+    def _datetime(self, value) -> DateTime:
+        """A DateTime in the gateway's zone for Unix seconds (unspecified when there is no value)."""
+        if value is None or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            return DateTime(date=Date((255, 255, 255, 255)), time=Time((255, 255, 255, 255)))
+        d = datetime.fromtimestamp(int(value), self.zone)
+        return DateTime(
+            date=Date((d.year - 1900, d.month, d.day, d.isoweekday())), time=Time((d.hour, d.minute, d.second, 0))
+        )
+
+    def _reliability(self, spec: ObjectSpec, v: PointValue) -> Reliability:
         if v.quality is Quality.STALE:
             return STALE[self.cfg.stale_reliability]
+        if v.quality is Quality.GOOD and not state_valid(spec, v.value):
+            return Reliability.multiStateFault
         return RELIABILITY.get(v.quality, Reliability.unreliableOther)
 
     def _on_change(self, meter_id: str, point: str, old: PointValue, new: PointValue) -> None:
-        """Push a table change into the object: present value, then reliability (with its own COV)."""
-        obj = self.objects.get((meter_id, point))
-        if obj is None:
-            return
-        spec: ObjectSpec = obj._gw_spec
-        if new.value is not None and new.quality is Quality.GOOD:
-            obj.presentValue = present_value(spec, new.value)
-        rel = self._reliability(new)
-        if obj.reliability != rel:
-            fault = int(rel != Reliability.noFaultDetected)
-            # statusFlags is derived from reliability: assigning it first is what makes bacpypes3 notify COV
-            # subscribers of a reliability change (a change of status flags alone fires no COV otherwise)
-            obj.statusFlags = StatusFlags([0, fault, 0, 0])
-            obj.reliability = rel
+        """Push a table change into the objects: present value, then reliability (with its own COV)."""
+        for obj in self._by_point.get((meter_id, point), ()):
+            spec: ObjectSpec = obj._gw_spec
+            rel = self._reliability(spec, new)
+            if new.value is not None and new.quality is Quality.GOOD and spec.object_type != "binary-output":
+                if spec.object_type == "datetime-value":
+                    obj.presentValue = self._datetime(new.value)
+                elif rel != Reliability.multiStateFault:
+                    obj.presentValue = present_value(spec, new.value)
+            if obj.reliability != rel:
+                fault = int(rel != Reliability.noFaultDetected)
+                # statusFlags is derived from reliability: assigning it first is what makes bacpypes3 notify COV
+                # subscribers of a reliability change (a change of status flags alone fires no COV otherwise)
+                obj.statusFlags = StatusFlags([0, fault, 0, 0])
+                obj.reliability = rel
 
     # -- writes ------------------------------------------------------------------------------------------
+    def audit_refusal(self, spec: ObjectSpec | None, target: str, prop: str, apdu, reason: str) -> None:
+        """Audit a WriteProperty refused before the write policy (read-only property, unknown object, bad type)."""
+        try:
+            tags = [t for t in apdu.propertyValue.tagList if t.tag_class == TagClass.application]
+            value = str(tags[0].app_to_object()) if len(tags) == 1 else f"({len(tags)} values)"
+        except Exception:
+            value = "(undecodable)"
+        meter = spec.meter_id if spec is not None else ""
+        self.gateway.write_service.refuse(
+            WriteRequest("bacnet", _source.get() or "unknown", meter, f"{target}/{prop}", value[:80]), reason
+        )
+
+    @staticmethod
+    def _raise_for(result: WriteResult) -> None:
+        if result.decision is Decision.ACCEPTED:
+            return
+        if result.decision is Decision.OUT_OF_RANGE:
+            raise ExecutionError(errorClass="property", errorCode="valueOutOfRange")
+        if result.decision is Decision.DENIED:
+            raise ExecutionError(errorClass="property", errorCode="writeAccessDenied")
+        raise ExecutionError(errorClass="device", errorCode="operationalProblem")
+
     async def write_point(self, spec: ObjectSpec, written) -> None:
         """A present-value write: decided by the write policy, carried out by the driver, audited."""
         try:
@@ -352,13 +761,38 @@ class BacnetServer(Server):
         result = await self.gateway.write_service.write(
             WriteRequest("bacnet", source, spec.meter_id, spec.point.name, value)
         )
-        if result.decision is Decision.ACCEPTED:
-            return
-        if result.decision is Decision.OUT_OF_RANGE:
-            raise ExecutionError(errorClass="property", errorCode="valueOutOfRange")
-        if result.decision is Decision.DENIED:
-            raise ExecutionError(errorClass="property", errorCode="writeAccessDenied")
-        raise ExecutionError(errorClass="device", errorCode="operationalProblem")
+        self._raise_for(result)
+
+    async def command(self, obj: GwBinaryOutput, value: int | None, priority: int) -> None:
+        """Command a binary output at a priority (None relinquishes).
+
+        The meter command is a pulse: it is executed when active is written at the winning priority (no higher
+        priority holds a command); inactive, a losing active and a relinquish never reach the meter. Every one
+        is decided by the write policy and audited; the slot changes only when the policy accepts.
+        """
+        spec: ObjectSpec = obj._gw_spec
+        slots: list[int | None] = obj._gw_slots
+        current = next((i + 1 for i, s in enumerate(slots) if s is not None), None)
+        executes = value == 1 and (current is None or priority <= current)
+        if value is None:
+            detail = f"relinquish at priority {priority}"
+        elif value == 1 and not executes:
+            detail = f"active at priority {priority}, below the command at priority {current}: not executed"
+        else:
+            detail = f"{'active' if value else 'inactive'} at priority {priority}"
+        result = await self.gateway.write_service.write(
+            WriteRequest("bacnet", _source.get() or "unknown", spec.meter_id, spec.point.name, int(executes), detail)
+        )
+        self._raise_for(result)
+        slots[priority - 1] = value
+        winner = next((i for i, s in enumerate(slots) if s is not None), None)
+        obj.priorityArray = PriorityArray(
+            [PriorityValue(null=()) if s is None else PriorityValue(enumerated=s) for s in slots]
+        )
+        obj.currentCommandPriority = (
+            OptionalUnsigned(null=()) if winner is None else OptionalUnsigned(unsigned=winner + 1)
+        )
+        obj.presentValue = BinaryPV(slots[winner]) if winner is not None else obj.relinquishDefault
 
 
 def _primary_ipv4() -> str:
