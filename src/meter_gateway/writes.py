@@ -102,6 +102,7 @@ class WriteService:
         self.timeout = timeout if timeout is not None else gateway.config.upstream.modbus_tcp.write_timeout
         self.audit = AuditLog(audit_path(gateway))
         self.counts: Counter[str] = Counter()  # decisions, for metrics
+        self._unwritten: list[dict[str, Any]] = []  # audit records not yet written (disk full), oldest first
         self._lock = asyncio.Lock()
 
     def rights(self, meter_id: str) -> MeterRights:
@@ -137,6 +138,16 @@ class WriteService:
             result = WriteResult(Decision(policy.verdict.value), policy.reason)
         else:
             async with self._lock:  # one write at a time: the audit order is the meter's order
+                intent = {**self._doc(req), "decision": "intent", "reason": policy.reason}
+                try:
+                    # the intent is durable before the meter is touched: no write without its audit record
+                    self._durable(intent)
+                except OSError as exc:
+                    if self._unwritten and self._unwritten[-1] is intent:
+                        self._unwritten.pop()
+                    result = WriteResult(Decision.DENIED, f"refused: the audit record cannot be written ({exc})")
+                    self._record(req, result)
+                    return result
                 try:
                     value = bool(req.value) if pdef.kind is PointKind.COMMAND else req.value
                     reply = await asyncio.wait_for(self.gw.perform_write(req.meter_id, req.point, value), self.timeout)
@@ -148,22 +159,36 @@ class WriteService:
         self._record(req, result)
         return result
 
-    def _record(self, req: WriteRequest, result: WriteResult) -> None:
-        self.counts[result.decision.value] += 1
-        record = {
+    @staticmethod
+    def _doc(req: WriteRequest) -> dict[str, Any]:
+        return {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "protocol": req.protocol,
             "source": req.source,
             "meter": req.meter_id,
             "point": req.point,
             "value": req.value,
+        }
+
+    def _durable(self, record: dict[str, Any]) -> None:
+        """Append a record, after any kept from a failed attempt; raises OSError (the record is then kept)."""
+        self._unwritten.append(record)
+        while self._unwritten:
+            self.audit.append(self._unwritten[0])
+            self._unwritten.pop(0)
+
+    def _record(self, req: WriteRequest, result: WriteResult) -> None:
+        self.counts[result.decision.value] += 1
+        record = {
+            **self._doc(req),
             "decision": result.decision.value,
             "reason": result.reason,
             "meter_reply": result.meter_reply,
         }
         try:
-            self.audit.append(record)
-        except OSError as exc:
+            self._durable(record)
+        except OSError as exc:  # kept in memory (bounded), written when the audit file takes records again
+            del self._unwritten[:-1000]
             log.error("cannot write the audit log %s: %s", self.audit.path, exc)
         level = logging.INFO if result.decision is Decision.ACCEPTED else logging.WARNING
         log.log(

@@ -28,6 +28,8 @@ def _main(args) -> int:
         print(f"no write attempts recorded in {path}")
         return 0
     for r in records:
+        if "event" in r and not args.json:
+            continue  # journal checkpoints copied into the audit log (see docs/journal.md)
         if args.json:
             print(json.dumps(r, ensure_ascii=False))
         else:
