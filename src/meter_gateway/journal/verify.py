@@ -193,6 +193,13 @@ def _check_db(
     check = [r for (r,) in db.execute("PRAGMA integrity_check(10)")]
     if check != ["ok"]:
         rep.add("CORRUPT", "SQLite integrity check: " + "; ".join(check))
+    if not tables:
+        rep.add(
+            "LOST" if cps else "CORRUPT",
+            "the file holds no journal table (its WAL lost after a crash, or the file replaced)"
+            + (f"; checkpoints vouch for {max(cps)} rows" if cps else ""),
+        )
+        return
     for t in ("readings", "anchor", "meta"):
         if t not in tables:
             if t == "meta" and "readings" in tables:
@@ -226,18 +233,14 @@ def _check_db(
         rep.add("TAMPERED", f"{n} rows for {m} {p} {k} {_iso(b, zone)} (seq {seqs}): a boundary is recorded once")
 
     # the checkpoints: each vouches for a row (seq, MAC) and for every meter's last row at that time
-    for seq, cp in sorted(cps.items()):
-        if seq <= start_seq:
-            continue  # pruned, or in a journal kept aside
-        if seq > rep.last_seq:
-            rep.add(
-                "LOST",
-                f"rows seq {rep.last_seq + 1}..{seq} are gone: the checkpoint of {cp.get('time')} vouches for them "
-                "(tail deleted, or a WAL lost)",
-            )
-            break
     last_cp = max((s for s in cps if s > start_seq), default=None)
-    if last_cp is not None and last_cp <= rep.last_seq:
+    if last_cp is not None and last_cp > max(rep.last_seq, start_seq):
+        rep.add(
+            "LOST",
+            f"rows seq {max(rep.last_seq, start_seq) + 1}..{last_cp} are gone: the checkpoint of "
+            f"{cps[last_cp].get('time')} vouches for them (tail deleted, or a WAL lost)",
+        )
+    if last_cp is not None:
         for meter, mseq in (cps[last_cp].get("meters") or {}).items():
             if int(mseq) <= start_seq:
                 continue
@@ -295,8 +298,11 @@ def _check_rows(
                 _notice(rep, r, zone, last_value)
     except sqlite3.DatabaseError as exc:
         rep.add("CORRUPT", f"rows after seq {rep.last_seq} cannot be read: {exc}")
-    for a, b in gaps:
-        rep.add("TAMPERED", f"rows seq {a}..{b} are missing ({b - a + 1} rows deleted)")
+    if gaps:
+        text = ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in gaps[:12])
+        text += f", ... ({len(gaps) - 12} more ranges)" if len(gaps) > 12 else ""
+        n = sum(b - a + 1 for a, b in gaps)
+        rep.add("TAMPERED", f"{n} row(s) deleted: seq {text}")
     if broken:
         rep.add("TAMPERED", f"chain broken at row seq {_ranges(broken)}: a row before it was removed or altered")
     if altered:
