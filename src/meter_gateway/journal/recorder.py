@@ -34,7 +34,7 @@ def clock_sync_state() -> str:
 
 
 STEP_TOLERANCE = 5.0  # s: wall clock moving this much more or less than the monotonic clock is a step
-CATCH_UP_BATCH = 200  # boundaries collected per tick: a long catch-up is spread over ticks, the loop keeps going
+CATCH_UP_BATCH = 50  # boundaries collected per tick: a long catch-up is spread over ticks, the loop keeps going
 MAX_PENDING = 200_000  # rows kept in memory (as missing) while the journal cannot be written
 AUDIT_CHECKPOINT_EVERY = 3600.0  # s between checkpoints copied into the audit log
 SYNC_STATE_EVERY = 60.0  # s between clock synchronisation queries
@@ -162,6 +162,18 @@ class Recorder:
         else:
             rows = []
             n = 0
+            oldest = int(now // self.interval * self.interval) - MAX_BACKFILL * self.interval
+            if self.next_boundary < oldest:  # as after a stop: beyond MAX_BACKFILL, one event instead of rows
+                skipped = (oldest - self.next_boundary) // self.interval
+                rows.append(
+                    event(
+                        "boundaries_skipped",
+                        int(now),
+                        f"{skipped} boundaries from {self.next_boundary} to {oldest - self.interval} not recorded "
+                        f"one by one (more than {MAX_BACKFILL} passed at once)",
+                    )
+                )
+                self.next_boundary = oldest
             while now >= self.next_boundary and n < CATCH_UP_BATCH:
                 rows += self.rows_at(self.next_boundary, now)
                 self.next_boundary += self.interval
@@ -402,7 +414,8 @@ class Recorder:
                     await asyncio.sleep(0)  # catching up: other tasks run between batches
                     continue
                 nb = self.next_boundary or now + 1
-                await asyncio.sleep(min(max(0.05, nb - self.clock() + 0.2), 60.0))
+                # bounded: a clock set back must not put the recorder to sleep for as long as the step
+                await asyncio.sleep(min(max(0.05, nb - self.clock() + 0.2), 5.0))
         finally:
             if self.store is not None:
                 self._audit_checkpoint(force=True)
