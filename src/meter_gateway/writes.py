@@ -173,6 +173,9 @@ class WriteService:
     def _durable(self, record: dict[str, Any]) -> None:
         """Append a record, after any kept from a failed attempt; raises OSError (the record is then kept)."""
         self._unwritten.append(record)
+        self._flush()
+
+    def _flush(self) -> None:
         while self._unwritten:
             self.audit.append(self._unwritten[0])
             self._unwritten.pop(0)
@@ -204,5 +207,9 @@ class WriteService:
         )
 
     async def close(self) -> None:
-        """Close the audit file."""
+        """Write what the audit file refused earlier (if it takes it now), then close it."""
+        try:
+            self._flush()
+        except OSError as exc:
+            log.error("audit log %s: %d records not written: %s", self.audit.path, len(self._unwritten), exc)
         self.audit.close()

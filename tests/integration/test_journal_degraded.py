@@ -103,7 +103,7 @@ async def test_an_unwritable_journal_folder_leaves_the_gateway_running(gateways,
     assert gw.journal.state == "unavailable" and "cannot open" in gw.journal.problem
     prom = server(gw, "prometheus").address()
     code, body = await asyncio.to_thread(http_get, prom, "/health")
-    assert json.loads(body)["journal"]["state"] == "unavailable"
+    assert code == 200 and json.loads(body)["journal"]["state"] == "unavailable"
     assert await wait_for(lambda: all(gw.table.is_online(m) for m in gw.table.meter_ids), 10)
 
 

@@ -269,14 +269,21 @@ class Recorder:
             batch = [event("write_error", int(self.clock()), detail), *self._pending, *rows]
         try:
             self.store.append(batch)
-            self.last_checkpoint = self.store.checkpoint()
         except JournalError as exc:
             self._keep(rows, str(exc))
+            return
+        self._pending, self._pending_since, self._pending_dropped = [], None, 0
+        try:
+            self.last_checkpoint = self.store.checkpoint()
+        except JournalError as exc:  # the rows are in; the next checkpoint will vouch for them
+            if not self.error:
+                log.error("journal: %s", exc)
+            self.error = str(exc)
+            self.disk_full = "space" in self.error.lower()
             return
         if self.error:
             log.info("journal: writing again after: %s", self.error)
         self.error, self.disk_full = "", False
-        self._pending, self._pending_since, self._pending_dropped = [], None, 0
         self._audit_checkpoint()
         boundaries = sorted({r.boundary for r in rows if r.kind == "interval"})
         for b in boundaries[-1:]:
