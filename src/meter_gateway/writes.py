@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -58,13 +59,22 @@ class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the gateway's lifetime
+        self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open for the gateway's lifetime
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one record durably."""
-        self._fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        """Write one record durably, or nothing (OSError: a partial line is cut off, nothing stays buffered)."""
+        data = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
+        fd = self._fh.fileno()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
 
     def close(self) -> None:
         """Close the file."""
