@@ -59,7 +59,8 @@ class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open for the gateway's lifetime
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)  # a state file: not world-readable
+        self._fh = os.fdopen(fd, "ab", buffering=0)  # kept open for the gateway's lifetime
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record durably, or nothing (OSError: a partial line is cut off, nothing stays buffered)."""

@@ -527,6 +527,9 @@ def open_journal(path: Path, clock=time.time) -> tuple[JournalStore, list[Readin
     except JournalCorrupt as exc:
         aside = move_aside(path, "format1" if "format 1" in str(exc) else "damaged", clock)
         problem = f"{exc}; kept aside as {aside.name}, a new journal continues the chain"
+        if cp is None and cp_path.exists():  # checkpoints of the old journal (another key): kept with it
+            os.rename(cp_path, aside.with_name(aside.name + ".checkpoints"))
+            problem = f"{exc}; kept aside as {aside.name} (with its checkpoints), a new journal starts"
     anchor = (int(cp["seq"]), str(cp["head"]), f"continues after {aside.name}") if cp else None
     store = JournalStore(path, key, anchor=anchor, clock=clock)
     return store, [event("journal_restarted", int(clock()), problem)], problem
