@@ -93,6 +93,9 @@ async def test_corrupt_journal_at_start_leaves_a_degraded_gateway_serving_everyt
     assert await wait_for(lambda: len(gw.journal.store.rows(kind="interval")) >= 4, 10)
     events = [e["point"] for e in gw.journal.store.rows(kind="event")]
     assert events[0] == "journal_restarted"
+    _, body = await asyncio.to_thread(http_get, prom, "/health")
+    cp = json.loads(body)["journal"]["checkpoint"]
+    assert cp["seq"] >= 5 and len(cp["head"]) == 64 and len(cp["mac"]) == 64
 
 
 async def test_an_unwritable_journal_folder_leaves_the_gateway_running(gateways, tmp_path):
