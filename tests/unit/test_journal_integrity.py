@@ -7,9 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -302,38 +300,55 @@ def test_index_going_down_is_attention_with_the_rows(tmp_path):
     assert "(2026-09-21T16:45:00+02:00, seq 3) to 0.50 (2026-09-21T17:00:00+02:00, seq 4)" in f.text
 
 
-WRITER = r"""
-import sys, time
+KILLER = r"""
+import os, random, signal, sys, time
 from pathlib import Path
 from meter_gateway.journal.store import Reading, open_journal
-path = Path(sys.argv[1])
-store, events, problem = open_journal(path)
-assert not problem, problem
-store.append(events)
-b = max(store.last_boundaries.values(), default=1_790_000_100 // 900 * 900)
-print("ready", flush=True)
-while True:
-    b += 900
-    store.append([
-        Reading(m, "T", "S", "X", False, "Active_Energy_Import", "interval", b, "ok", "", str(b // 900), "kWh",
-                "generic", 1, b - 1.0, "unknown", "good")
-        for m in ("a", "c", "d")
-    ])
-    store.checkpoint()
+
+path, rng = Path(sys.argv[1]), random.Random(22)
+
+
+def writer() -> None:
+    store, events, problem = open_journal(path)
+    if problem:
+        print(problem, file=sys.stderr, flush=True)
+        os._exit(3)
+    store.append(events)
+    b = max(store.last_boundaries.values(), default=1_790_000_100 // 900 * 900)
+    os.write(w, b"r")
+    while True:
+        b += 900
+        store.append([
+            Reading(m, "T", "S", "X", False, "Active_Energy_Import", "interval", b, "ok", "", str(b // 900), "kWh",
+                    "generic", 1, b - 1.0, "unknown", "good")
+            for m in ("a", "c", "d")
+        ])
+        store.checkpoint()
+
+
+for i in range(100):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        writer()
+    os.close(w)
+    assert os.read(r, 1) == b"r", "the writer did not start"
+    os.close(r)
+    time.sleep(rng.uniform(0.0, 0.03))  # somewhere in a transaction, a checkpoint, or between them
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status), f"writer {i} ended by itself: {status}"
+print("killed 100")
 """
 
 
 def test_kill_9_at_random_moments_leaves_a_journal_that_verifies(tmp_path):
+    """100 writers (forked from one helper process: cheap) each killed with SIGKILL at a random moment."""
     path = tmp_path / "journal.sqlite"
-    rng = random.Random(22)
     t0 = time.monotonic()
-    for _ in range(100):
-        p = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
-        assert p.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.0, 0.03))
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(timeout=10)
-        p.stdout.close()
+    res = subprocess.run([sys.executable, "-c", KILLER, str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "killed 100" in res.stdout, res.stdout + res.stderr
     rep = verify(path)
     print(f"100 kills in {time.monotonic() - t0:.1f} s: {rep.rows} rows, last seq {rep.last_seq}")
     assert rep.findings == [] and rep.exit_code == 0 and rep.rows > 100
