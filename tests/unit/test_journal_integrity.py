@@ -362,3 +362,26 @@ def test_events_are_chained_like_readings(tmp_path):
     store.close()
     sql(path, "UPDATE readings SET value = '+0.0 s' WHERE kind = 'event'")
     assert any("MAC wrong" in f.text for f in verify(path).findings)
+
+
+def test_a_page_corrupted_journal_is_kept_aside_and_the_chain_continues(template, tmp_path):
+    """At start a damaged journal is renamed (bytes untouched) and a new one continues from the last checkpoint:
+    a later verify reports the restart, not a false TAMPERED."""
+    d = tmp_path / "j"
+    shutil.copytree(template, d)
+    path = d / "journal.sqlite"
+    t_page_corruption(path)
+    damaged = path.read_bytes()
+    store, events, problem = open_journal(path)
+    assert "corrupt" in problem and "kept aside" in problem
+    [aside] = [p for p in d.iterdir() if p.name.startswith("journal.sqlite.damaged-")]
+    assert aside.read_bytes() == damaged
+    store.append(events)
+    for i in range(30, 35):
+        store.append([reading("a", T0 + 900 * i, f"{100 + i}.00")])
+        store.checkpoint()
+    assert store.seq == 60 + 1 + 5  # numbering continues after the last checkpoint of the damaged file
+    store.close()
+    rep = verify(path, "Europe/Paris")
+    assert rep.exit_code == 3, rep.findings
+    assert [f.level for f in rep.findings] == ["ATTENTION"] and "journal_restarted" in rep.findings[0].text
