@@ -16,7 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from meter_gateway.journal.store import FIELDS, Reading, event, open_journal, row_mac, side_paths
+from meter_gateway.journal.store import (
+    FIELDS,
+    JournalCorrupt,
+    JournalError,
+    Reading,
+    event,
+    open_journal,
+    row_mac,
+    side_paths,
+)
 from meter_gateway.journal.verify import verify
 
 T0 = 1_790_000_100 // 900 * 900
@@ -385,3 +394,20 @@ def test_a_page_corrupted_journal_is_kept_aside_and_the_chain_continues(template
     rep = verify(path, "Europe/Paris")
     assert rep.exit_code == 3, rep.findings
     assert [f.level for f in rep.findings] == ["ATTENTION"] and "journal_restarted" in rep.findings[0].text
+
+
+def test_a_sound_journal_that_cannot_be_opened_is_never_moved_aside(template, tmp_path):
+    """Not damage: a WAL that cannot be created (here a folder in its place). The journal stays where it is."""
+    d = tmp_path / "j"
+    shutil.copytree(template, d)
+    path = d / "journal.sqlite"
+    (d / "journal.sqlite-wal").mkdir()
+    before = path.read_bytes()
+    with pytest.raises(JournalError) as err:
+        open_journal(path)
+    assert not isinstance(err.value, JournalCorrupt)
+    assert sorted(p.name for p in d.iterdir() if p.name.startswith("journal.sqlite")) == [
+        "journal.sqlite",
+        "journal.sqlite-wal",
+    ]
+    assert path.read_bytes() == before

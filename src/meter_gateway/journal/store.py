@@ -82,6 +82,7 @@ FIELDS = (
     "quality",
 )
 DATA_FIELDS = FIELDS[2:]
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # primary result codes of a damaged file
 
 
 class JournalError(RuntimeError):
@@ -273,7 +274,10 @@ class JournalStore:
             self._load_state()
         except sqlite3.Error as exc:
             self.db.close()
-            raise JournalCorrupt(f"{path}: {exc}") from exc
+            if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB):
+                raise JournalCorrupt(f"{path}: {exc}") from exc
+            # locked, read-only, I/O error...: the file may be sound; it is never moved aside for that
+            raise JournalError(f"journal {path}: {exc}") from exc
         except JournalError:
             self.db.close()
             raise
