@@ -73,3 +73,11 @@ class BacnetClient:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
+
+
+def audit_attempts(path: Path) -> list[dict]:
+    """The write attempts of an audit file: not the intent line before an accepted write, nor journal checkpoints."""
+    if not path.exists():
+        return []
+    records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [r for r in records if r.get("decision") != "intent" and "event" not in r]

@@ -112,12 +112,13 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
             if self.config.journal.enabled:
                 from .journal.recorder import Recorder, journal_path
-                from .journal.store import JournalStore
+                from .writes import audit_path
 
-                store = JournalStore(journal_path(self))
-                self.journal = Recorder(self, store)
+                # the journal opens inside its own task (worker thread): a damaged or unwritable journal leaves
+                # the gateway running, degraded, instead of stopping it
+                self.journal = Recorder(self, None, audit=audit_path(self))
                 self._teardown.append(self._close_journal)
-                self._tasks.append(asyncio.create_task(self.journal.run(), name="journal"))
+                self._tasks.append(asyncio.create_task(self.journal.run(journal_path(self)), name="journal"))
             await self._start_servers()
             self.started = True
             log.info(
@@ -194,7 +195,8 @@ class Gateway:
 
     async def _close_journal(self) -> None:
         if self.journal is not None:
-            self.journal.store.close()
+            if self.journal.store is not None:
+                self.journal.store.close()
             self.journal = None
 
     async def _housekeeping(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -59,13 +60,23 @@ class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the gateway's lifetime
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)  # a state file: not world-readable
+        self._fh = os.fdopen(fd, "ab", buffering=0)  # kept open for the gateway's lifetime
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one record durably."""
-        self._fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        """Write one record durably, or nothing (OSError: a partial line is cut off, nothing stays buffered)."""
+        data = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
+        fd = self._fh.fileno()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
 
     def close(self) -> None:
         """Close the file."""
@@ -103,6 +114,7 @@ class WriteService:
         self.timeout = timeout if timeout is not None else gateway.config.upstream.modbus_tcp.write_timeout
         self.audit = AuditLog(audit_path(gateway))
         self.counts: Counter[str] = Counter()  # decisions, for metrics
+        self._unwritten: list[dict[str, Any]] = []  # audit records not yet written (disk full), oldest first
         self._lock = asyncio.Lock()
 
     def rights(self, meter_id: str) -> MeterRights:
@@ -138,6 +150,16 @@ class WriteService:
             result = WriteResult(Decision(policy.verdict.value), policy.reason)
         else:
             async with self._lock:  # one write at a time: the audit order is the meter's order
+                intent = {**self._doc(req), "decision": "intent", "reason": policy.reason}
+                try:
+                    # the intent is durable before the meter is touched: no write without its audit record
+                    self._durable(intent)
+                except OSError as exc:
+                    if self._unwritten and self._unwritten[-1] is intent:
+                        self._unwritten.pop()
+                    result = WriteResult(Decision.DENIED, f"refused: the audit record cannot be written ({exc})")
+                    self._record(req, result)
+                    return result
                 try:
                     value = bool(req.value) if pdef.kind is PointKind.COMMAND else req.value
                     reply = await asyncio.wait_for(self.gw.perform_write(req.meter_id, req.point, value), self.timeout)
@@ -155,15 +177,31 @@ class WriteService:
         self._record(req, result)
         return result
 
-    def _record(self, req: WriteRequest, result: WriteResult) -> None:
-        self.counts[result.decision.value] += 1
-        record = {
+    @staticmethod
+    def _doc(req: WriteRequest) -> dict[str, Any]:
+        return {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "protocol": req.protocol,
             "source": req.source,
             "meter": req.meter_id,
             "point": req.point,
             "value": req.value,
+        }
+
+    def _durable(self, record: dict[str, Any]) -> None:
+        """Append a record, after any kept from a failed attempt; raises OSError (the record is then kept)."""
+        self._unwritten.append(record)
+        self._flush()
+
+    def _flush(self) -> None:
+        while self._unwritten:
+            self.audit.append(self._unwritten[0])
+            self._unwritten.pop(0)
+
+    def _record(self, req: WriteRequest, result: WriteResult) -> None:
+        self.counts[result.decision.value] += 1
+        record = {
+            **self._doc(req),
             "decision": result.decision.value,
             "reason": result.reason,
             "meter_reply": result.meter_reply,
@@ -171,8 +209,9 @@ class WriteService:
         if req.detail:
             record["detail"] = req.detail
         try:
-            self.audit.append(record)
-        except OSError as exc:
+            self._durable(record)
+        except OSError as exc:  # kept in memory (bounded), written when the audit file takes records again
+            del self._unwritten[:-1000]
             log.error("cannot write the audit log %s: %s", self.audit.path, exc)
         level = logging.INFO if result.decision is Decision.ACCEPTED else logging.WARNING
         log.log(
@@ -188,5 +227,9 @@ class WriteService:
         )
 
     async def close(self) -> None:
-        """Close the audit file."""
+        """Write what the audit file refused earlier (if it takes it now), then close it."""
+        try:
+            self._flush()
+        except OSError as exc:
+            log.error("audit log %s: %d records not written: %s", self.audit.path, len(self._unwritten), exc)
         self.audit.close()

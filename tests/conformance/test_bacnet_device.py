@@ -4,7 +4,6 @@ One gateway process for the module; its traffic is captured and dissected with t
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import time
@@ -40,6 +39,8 @@ from rawbacnet import (
     unsigned_bytes,
     values,
 )
+
+from helpers import audit_attempts
 
 DEV = (OBJECT_TYPE["device"], DEVICE)
 #: protocol-services-supported bits the device must set: services it executes or initiates (clause 21)
@@ -142,10 +143,8 @@ def mac(gateway) -> list[str]:
 
 
 def audit(gateway) -> list[dict]:
-    """The gateway's audit records."""
-    if not gateway.audit.exists():
-        return []
-    return [json.loads(x) for x in gateway.audit.read_text().splitlines() if x.strip()]
+    """The gateway's audit records of write attempts."""
+    return audit_attempts(gateway.audit)
 
 
 def object_list(client) -> list[tuple[int, int]]:

@@ -99,7 +99,9 @@ async def test_export_over_http(gateways, tmp_path):
         .replace("INTERVAL", "1")
         .replace("path: journal.sqlite", f"path: {tmp_path / 'j.sqlite'}")
     )
-    assert await wait_for(lambda: len(gw.journal.store.rows(meter="a", kind="interval")) >= 3 * 4, 15)
+    assert await wait_for(
+        lambda: gw.journal.store is not None and len(gw.journal.store.rows(meter="a", kind="interval")) >= 3 * 4, 15
+    )
     rows = [
         r
         for r in gw.journal.store.rows(meter="a", kind="interval")

@@ -135,8 +135,13 @@ async def test_write_matrix(gateways, tmp_path, enabled, allowed):
     finally:
         c.close()
     # every attempt is in the audit log with its decision, in order
-    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    records = [r for r in lines if r["decision"] != "intent"]
     assert len(records) == len(cases)
+    # an accepted write's intent is durable before the meter is touched: it directly precedes its outcome
+    for i, r in enumerate(lines):
+        if r["decision"] == "accepted":
+            assert lines[i - 1]["decision"] == "intent" and lines[i - 1]["point"] == r["point"]
     for rec, (meter, point, _value, want) in zip(records, cases, strict=True):
         assert (rec["meter"], rec["point"], rec["protocol"], rec["source"]) == (meter, point, "modbus", "127.0.0.1")
         decision = {"accepted": "accepted", "0x02": "denied", "0x03": "out-of-range"}[want]

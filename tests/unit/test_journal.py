@@ -17,7 +17,8 @@ from meter_gateway.app import Gateway
 from meter_gateway.config import parse_config
 from meter_gateway.journal.export import export, is_off_peak
 from meter_gateway.journal.recorder import Recorder
-from meter_gateway.journal.store import JournalStore
+from meter_gateway.journal.store import open_journal
+from meter_gateway.journal.verify import verify
 from meter_gateway.profiles import load_profiles
 from meter_gateway.sim.physics import LoadModel
 
@@ -52,8 +53,8 @@ def run_virtual(tmp_path: Path, hours: float, outage: tuple[float, float] | None
     clock = VirtualClock(float(START))
     gw = Gateway(parse_config(YAML, profiles=profiles), profiles, clock=clock)
     sims = {mid: LoadModel(seed=i, base_kw=20.0 + 10 * i, clock=clock) for i, mid in enumerate(("a", "c"))}
-    store = JournalStore(store_path or tmp_path / "journal.sqlite")
-    rec = Recorder(gw, store, clock=clock, clock_sync=lambda: "synchronized")
+    store, _events, _problem = open_journal(store_path or tmp_path / "journal.sqlite", clock)
+    rec = Recorder(gw, store, clock=clock, clock_sync=lambda: "synchronized", monotonic=clock)
     history: dict[str, list[tuple[float, Decimal]]] = {"a": [], "c": []}
     rec.tick(clock.t)
     end = START + hours * 3600
@@ -94,7 +95,7 @@ def test_boundary_readings_match_the_simulator(tmp_path):
     midnights = [datetime.fromtimestamp(r["boundary"], ZoneInfo(TZ)) for r in daily]
     assert [(d.hour, d.minute) for d in midnights] == [(0, 0), (0, 0)]  # Oct 31 and Nov 1
     assert [datetime.fromtimestamp(r["boundary"], ZoneInfo(TZ)).day for r in monthly] == [1]
-    assert rec.store.verify() == []
+    assert verify(rec.store.path).findings == []
 
 
 def test_export_and_tariff_split_against_the_simulator(tmp_path):
@@ -148,42 +149,52 @@ def test_tampering_and_loss_are_detected(tmp_path):
     _gw, rec, _ = run_virtual(tmp_path, 4, store_path=path)
     rec.store.close()
     db = sqlite3.connect(path)
-    db.execute("UPDATE readings SET value = '1.00' WHERE id = 7")
+    db.execute("UPDATE readings SET value = '1.00' WHERE seq = 7")
     db.commit()
-    store = JournalStore(path)
-    problems = store.verify()
-    assert any("row 7" in p and "altered" in p for p in problems)
-    store.close()
-    db.execute("DELETE FROM readings WHERE id = 12")
+    assert any("seq 7" in str(f) and "altered" in str(f) for f in verify(path).findings)
+    db.execute("DELETE FROM readings WHERE seq = 12")
     db.commit()
     db.close()
-    store = JournalStore(path)
-    assert any("chain broken" in p for p in store.verify())
-    store.close()
+    assert any("1 row(s) deleted: seq 12" in str(f) for f in verify(path).findings)
 
 
 def test_retention_prunes_and_keeps_the_chain_verifiable(tmp_path):
     _gw, rec, _ = run_virtual(tmp_path, 6)
     before = len(rec.store.rows())
     deleted = rec.store.prune(START + 3 * 3600)
-    assert 0 < deleted < before and rec.store.verify() == []
+    assert 0 < deleted < before and verify(rec.store.path).findings == []
 
 
 def test_disk_full_is_an_alarm_not_a_crash(tmp_path):
-    _gw, rec, _ = run_virtual(tmp_path, 1)
+    gw, rec, _ = run_virtual(tmp_path, 1)
     pages = rec.store.db.execute("PRAGMA page_count").fetchone()[0]
     rec.store.db.execute(f"PRAGMA max_page_count = {pages}")  # the real SQLITE_FULL once the free space is used
-    boundary = START + 3 * 3600
+    boundary = START + 3600 + 900
+    index = gw.table.get("a", "Active_Energy_Import").value
+
+    def record(b: int) -> None:
+        nonlocal index
+        index += 1.0
+        for mid in ("a", "c"):
+            gw.table.update(mid, "Active_Energy_Import", index, read_time=b)  # a good reading at the boundary
+        rec.record(b, b)
+
     for _ in range(500):
-        rec.record(boundary, boundary)
+        record(boundary)
         boundary += 900
         if rec.error:
             break
-    assert "full" in rec.error
+    assert "full" in rec.error and rec.disk_full and rec.state == "degraded"
+    failed = boundary - 900  # its readings were taken but could not be written
     rec.store.db.execute("PRAGMA max_page_count = 1073741823")
-    rec.record(boundary, boundary)
-    assert rec.error == ""
-    assert rec.store.verify() == []  # the failed transaction left nothing half-written
+    record(boundary)
+    assert rec.error == "" and not rec.disk_full
+    rows = [r for r in rec.store.rows(meter="a", kind="interval") if r["point"] == "Active_Energy_Import"]
+    at = {r["boundary"]: r["status"] for r in rows}
+    assert at[failed] == "missing" and at[boundary] == "ok"  # recorded as missing once space returned
+    rep = verify(rec.store.path)  # the failed transaction left nothing half-written
+    assert rep.exit_code == 0 and [f.level for f in rep.findings] == ["INFO"]
+    assert "write_error" in rep.findings[0].text and "recorded missing" in rep.findings[0].text
 
 
 def test_off_peak_ranges_wrap_midnight():

@@ -1,8 +1,8 @@
-"""`meter-gateway export`: billing export per meter from the journal (CSV or JSON)."""
+"""`meter-gateway export`: billing export per meter from the journal (CSV or JSON), streamed, read-only."""
 
 from __future__ import annotations
 
-import json
+import sqlite3
 import sys
 
 from ._common import add_config_arg, load_or_exit
@@ -22,25 +22,29 @@ def add_parser(sub) -> None:
 
 def _main(args) -> int:
     from ..journal.dates import parse_local
-    from ..journal.export import export, to_csv
-    from ..journal.store import JournalStore
+    from ..journal.export import ExportRequestError, check_request, csv_chunks, iter_export, json_chunks
+    from ..journal.verify import open_readonly
 
     cfg, _profiles = load_or_exit(args.config)
     try:
         start, end = parse_local(args.start, cfg.gateway.timezone), parse_local(args.end, cfg.gateway.timezone)
-    except ValueError as exc:
+        check_request(cfg, start, end, args.tenant)
+    except ValueError as exc:  # ExportRequestError included
         print(f"error: {exc}", file=sys.stderr)
         return 2
     path = _path(cfg, args.config)
     if not path.exists():
         print(f"error: no journal at {path}", file=sys.stderr)
         return 2
-    store = JournalStore(path)
+    chunks = csv_chunks if args.format == "csv" else json_chunks
     try:
-        rows = export(store, cfg, start, end, args.tenant)
-    finally:
-        store.close()
-    print(
-        json.dumps(rows, indent=2) if args.format == "json" else to_csv(rows), end="" if args.format == "csv" else "\n"
-    )
+        with open_readonly(path) as db:
+            for chunk in chunks(iter_export(db, cfg, start, end, args.tenant, path)):
+                sys.stdout.write(chunk)
+    except (sqlite3.DatabaseError, OSError) as exc:
+        print(f"error: the journal {path} cannot be read ({exc}); run `meter-gateway journal verify`", file=sys.stderr)
+        return 1
+    except ExportRequestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0

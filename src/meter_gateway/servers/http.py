@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,6 +25,7 @@ class Response:
     status: int
     body: bytes
     content_type: str = "text/plain; charset=utf-8"
+    stream: AsyncIterator[bytes] | None = None  # a body sent as produced (no Content-Length, ends with the close)
 
 
 Handler = Callable[[dict[str, list[str]]], Awaitable[Response] | Response]
@@ -34,6 +35,8 @@ REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    413: "Content Too Large",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -118,13 +121,23 @@ class HttpServer:
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, resp: Response, head_only: bool = False) -> None:
+        length = "" if resp.stream is not None else f"Content-Length: {len(resp.body)}\r\n"
         head = (
             f"HTTP/1.1 {resp.status} {REASONS.get(resp.status, 'OK')}\r\nContent-Type: {resp.content_type}\r\n"
-            f"Content-Length: {len(resp.body)}\r\nConnection: close\r\n\r\n"
+            f"{length}Connection: close\r\n\r\n"
         ).encode()
         writer.write(head if head_only else head + resp.body)
         with contextlib.suppress(ConnectionError):
             await writer.drain()
+        if resp.stream is not None:
+            try:
+                if not head_only:
+                    async for chunk in resp.stream:
+                        writer.write(chunk)
+                        await writer.drain()  # a slow reader slows the producer, nothing piles up
+            finally:
+                with contextlib.suppress(Exception):
+                    await resp.stream.aclose()  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
         """Stop accepting and end open connections."""

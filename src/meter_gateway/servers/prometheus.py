@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -20,6 +23,7 @@ from .base import Server
 from .http import HttpServer, Response
 
 P = "meter_gateway_"
+log = logging.getLogger(__name__)
 
 #: largest share of the event loop that building /metrics may take: a client scraping without pause (or many at
 #: once) is slowed down instead of starving the poll tasks; every answer is still built from a fresh snapshot
@@ -168,9 +172,18 @@ class GatewayCollector:
         yield writes
         rec = gw.journal
         if rec is not None:
-            jok = GaugeMetricFamily(P + "journal_ok", "1 while the billing journal is written, 0 on a write error")
-            jok.add_metric([], 0.0 if rec.error else 1.0)
+            jok = GaugeMetricFamily(
+                P + "journal_ok", "1 while the billing journal is written, 0 when it cannot be (or was damaged)"
+            )
+            jok.add_metric([], 1.0 if rec.state == "ok" else 0.0)
             yield jok
+            full = GaugeMetricFamily(P + "journal_disk_full", "1 while the journal cannot be written for lack of space")
+            full.add_metric([], 1.0 if rec.disk_full else 0.0)
+            yield full
+            if rec.last_checkpoint is not None:
+                cps = GaugeMetricFamily(P + "journal_checkpoint_seq", "Sequence number of the last journal checkpoint")
+                cps.add_metric([], float(rec.last_checkpoint["seq"]))
+                yield cps
             alerts = GaugeMetricFamily(
                 P + "consumption_alert",
                 "1 while a consumption threshold is exceeded",
@@ -240,7 +253,15 @@ def health(gw) -> tuple[int, dict]:
         status = "degraded"
     else:
         status = "ok"
-    return (503 if status == "failed" else 200), {"status": status, "buses": buses, "meters": meters}
+    doc = {"status": status, "buses": buses, "meters": meters}
+    rec = getattr(gw, "journal", None)
+    if rec is not None:
+        doc["journal"] = {"state": rec.state, "problem": rec.problem, "error": rec.error, "disk_full": rec.disk_full}
+        if rec.last_checkpoint is not None:
+            doc["journal"]["checkpoint"] = rec.last_checkpoint
+        if rec.state != "ok" and status == "ok":
+            doc["status"] = "degraded"
+    return (503 if status == "failed" else 200), doc
 
 
 class PrometheusServer(Server):
@@ -260,6 +281,7 @@ class PrometheusServer(Server):
         self.http.route("/", self._index)
         self._bound: tuple[str, int] | None = None
         self._scrape_lock = asyncio.Lock()
+        self._exports = 0  # exports running
         self._next_scrape = 0.0  # loop time before which the next collection waits
 
     async def _metrics(self, _query) -> Response:
@@ -278,24 +300,104 @@ class PrometheusServer(Server):
         code, doc = health(self.gateway)
         return Response(code, (json.dumps(doc, indent=2) + "\n").encode(), "application/json")
 
-    def _export(self, query) -> Response:
-        """Billing export from the journal: ?from=2026-11-01&to=2026-12-01[&tenant=T][&format=csv|json]."""
+    async def _export(self, query) -> Response:
+        """Billing export from the journal: ?from=2026-11-01&to=2026-12-01[&tenant=T][&format=csv|json].
+
+        Computed in a worker thread on its own read-only connection and streamed; at most MAX_CONCURRENT at once.
+        """
         rec = self.gateway.journal
         if rec is None:
             return Response(404, b"the journal is not enabled (journal.enabled: true)\n")
         from ..journal.dates import parse_local
-        from ..journal.export import export, to_csv
+        from ..journal.export import MAX_CONCURRENT, ExportRequestError, check_request
 
-        tz = self.gateway.config.gateway.timezone
+        cfg = self.gateway.config
         try:
-            start = parse_local(query.get("from", [""])[0], tz)
-            end = parse_local(query.get("to", [""])[0], tz)
+            start = parse_local(query.get("from", [""])[0], cfg.gateway.timezone)
+            end = parse_local(query.get("to", [""])[0], cfg.gateway.timezone)
+            check_request(cfg, start, end, query.get("tenant", [None])[0])
+        except ExportRequestError as exc:
+            return Response(exc.status, f"{exc}\n".encode())
         except ValueError as exc:
             return Response(400, f"{exc}; use ?from=2026-11-01&to=2026-12-01\n".encode())
-        rows = export(rec.store, self.gateway.config, start, end, query.get("tenant", [None])[0])
-        if query.get("format", ["json"])[0] == "csv":
-            return Response(200, to_csv(rows).encode(), "text/csv; charset=utf-8")
-        return Response(200, (json.dumps(rows, indent=2) + "\n").encode(), "application/json")
+        fmt = query.get("format", ["json"])[0]
+        if fmt not in ("json", "csv"):
+            return Response(400, b"format: json or csv\n")
+        if self._exports >= MAX_CONCURRENT:
+            return Response(429, f"{MAX_CONCURRENT} exports are running; try again when one is done\n".encode())
+        self._exports += 1
+        stream = self._export_stream(start, end, query.get("tenant", [None])[0], fmt)
+        try:
+            first = await anext(stream)
+        except BaseException as exc:
+            self._exports -= 1
+            await stream.aclose()
+            if isinstance(exc, StopAsyncIteration):
+                return Response(500, b"export produced nothing\n")
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.error("export: the journal cannot be read: %s", exc)
+            return Response(503, f"the journal cannot be read: {exc}\n".encode())
+        ctype = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
+        return Response(200, first, ctype, stream=self._release(stream))
+
+    async def _release(self, stream):
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            self._exports -= 1
+            await stream.aclose()
+
+    async def _export_stream(self, start: int, end: int, tenant: str | None, fmt: str):
+        """Chunks produced by a worker thread through a small queue (back-pressure: the thread waits)."""
+        from ..journal.export import csv_chunks, iter_export, json_chunks
+        from ..journal.recorder import journal_path
+        from ..journal.verify import open_readonly
+
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue(maxsize=4)
+        stop = threading.Event()
+        path = journal_path(self.gateway)
+        cfg = self.gateway.config
+        done = object()
+
+        def put(item) -> None:
+            while not stop.is_set():
+                try:
+                    asyncio.run_coroutine_threadsafe(q.put(item), loop).result(timeout=5)
+                    return
+                except TimeoutError:
+                    continue
+
+        def work() -> None:
+            try:
+                with open_readonly(path) as db:
+                    chunks = csv_chunks if fmt == "csv" else json_chunks
+                    for chunk in chunks(iter_export(db, cfg, start, end, tenant, path)):
+                        if stop.is_set():
+                            return
+                        put(chunk.encode())
+            except Exception as exc:  # reported to the consumer, logged there once
+                put(exc)
+            finally:
+                put(done)
+
+        worker = loop.run_in_executor(None, work)
+        try:
+            while True:
+                item = await q.get()
+                if item is done:
+                    break
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while not q.empty():
+                q.get_nowait()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(worker), 10)
 
     def _index(self, _query) -> Response:
         paths = "\n".join(sorted(self.http.routes))
