@@ -139,6 +139,21 @@ def _check_net(v: list[str]) -> list[str]:
     return v
 
 
+class BacnetCovSection(_Strict):
+    """Limits on COV subscriptions and on confirmed notifications in flight (docs/bacnet-network.md)."""
+
+    max_subscriptions: int = Field(1000, ge=0, le=100000, description="COV subscriptions in the whole device")
+    max_subscriptions_per_client: int = Field(
+        500, ge=0, le=100000, description="COV subscriptions from one client address (IP:port)"
+    )
+    max_outstanding: int = Field(
+        8, ge=1, le=255, description="confirmed notifications awaiting an acknowledgement, per subscriber"
+    )
+    drop_after: int = Field(
+        3, ge=1, le=1000, description="unanswered confirmed notifications in a row that cancel a subscriber"
+    )
+
+
 class BacnetSection(_Strict):
     """The gateway's BACnet/IP device."""
 
@@ -158,6 +173,7 @@ class BacnetSection(_Strict):
     foreign_bbmd: str = Field("", description="register as a foreign device with this BBMD (host:port)")
     foreign_ttl: int = Field(300, ge=30, le=65535)
     stale_reliability: Literal["unreliable-other", "no-sensor", "communication-failure"] = "unreliable-other"
+    cov: BacnetCovSection = BacnetCovSection()
 
 
 class ModbusTcpSection(_Strict):

@@ -41,6 +41,7 @@ from .. import __version__
 from ..bacnet_model import ACCUMULATOR_MAX, ObjectSpec, object_specs, present_value, table_value
 from ..core.quality import PointValue, Quality
 from ..writes import Decision, WriteRequest
+from .bacnet_cov import CovGuard, CovLimits
 from .base import Server, ServerStartError
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ CLASSES = {
 }
 
 
-class _GatewayApplication(Application):
+class _GatewayApplication(CovGuard, Application):
     """The bacpypes3 application with the services the gateway does not offer removed."""
 
     async def indication(self, apdu) -> None:  # type: ignore[override]
@@ -246,6 +247,7 @@ class BacnetServer(Server):
             self.app = _GatewayApplication.from_object_list(objs)
         except Exception as exc:
             raise ServerStartError(f"BACnet/IP device cannot start: {exc}") from exc
+        self.app.cov_limits = CovLimits(**self.cfg.cov.model_dump())
         await self._verify_bound(host, port)
         gw.table.add_listener(self._on_change)
         log.info(

@@ -1,0 +1,161 @@
+"""Hostile BACnet peers against a real gateway process (issue 21): a COV subscriber that never acknowledges, COV
+subscription limits. Raw UDP from a client written from ASHRAE 135 (tests/bacnet_raw.py), not bacpypes3."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from pymodbus.client import AsyncModbusTcpClient
+
+from bacnet_raw import RawPeer, bvlc, free_port, read_property, subscribe_cov
+
+AI, DEVICE = 0, 8
+CONFIG = """
+gateway: {{name: hostile, log_level: info}}
+buses:
+  - {{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.3}}
+meters:
+  - {{id: a, bus: rtu, address: 1, profile: generic, bacnet_instance_base: 1000, modbus_unit: 1,
+     poll_intervals: {{power: 0.5, voltage: 0.5, energy: 0.5, alarm: 0.5, status: 0.5, config: 5}}}}
+upstream:
+  bacnet: {{enabled: true, bind: 127.0.0.1, netmask: 8, port: {bacnet}, device_instance: 599, cov: {cov}}}
+  modbus_tcp: {{enabled: true, bind: 127.0.0.1, port: {modbus}}}
+  prometheus: {{enabled: true, bind: 127.0.0.1, port: {http}}}
+"""
+
+
+class GatewayProcess:
+    """`meter-gateway run` in its own process, output in a file; stopped by SIGTERM (killed after 20 s)."""
+
+    def __init__(self, tmp: Path, cov: str) -> None:
+        self.ports = {"bacnet": free_port(socket.SOCK_DGRAM), "modbus": free_port(), "http": free_port()}
+        cfg = tmp / "gateway.yaml"
+        cfg.write_text(CONFIG.format(cov=cov, **self.ports))
+        self.log = tmp / "gateway.log"
+        self.fh = open(self.log, "w")  # noqa: SIM115 - closed in stop()
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(cfg)], stdout=self.fh, stderr=subprocess.STDOUT
+        )
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and self.p.poll() is None:
+            if text in self.log.read_text():
+                return True
+            time.sleep(0.1)
+        return text in self.log.read_text()
+
+    def metrics(self, timeout: float) -> str:
+        url = f"http://127.0.0.1:{self.ports['http']}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.read().decode()
+
+    def stop(self) -> int:
+        if self.p.poll() is None:
+            self.p.terminate()
+        try:
+            return self.p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(timeout=5)
+            return -9
+        finally:
+            self.fh.close()
+
+
+@pytest.fixture
+def gateway_process(tmp_path):
+    procs: list[GatewayProcess] = []
+
+    def make(cov: str = "{}") -> GatewayProcess:
+        gp = GatewayProcess(tmp_path, cov)
+        procs.append(gp)
+        assert gp.wait_for("meter a: communication established"), gp.log.read_text()
+        return gp
+
+    yield make
+    for gp in procs:
+        gp.stop()
+
+
+def _voltage_age(metrics: str) -> float:
+    m = re.search(r'meter_gateway_point_age_seconds\{meter="a",point="Voltage_L1_N"\} (\S+)', metrics)
+    assert m, metrics[:2000]
+    return float(m.group(1))
+
+
+async def _modbus_read(port: int) -> list[int]:
+    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=1, retries=0)
+    try:
+        assert await client.connect()
+        rr = await client.read_input_registers(0, count=2, device_id=1)
+        assert not rr.isError(), rr
+        return rr.registers
+    finally:
+        client.close()
+
+
+def test_cov_subscriber_that_never_acknowledges_hangs_nothing(gateway_process):
+    """Issue 21.1: 1,000 confirmed SubscribeCOV from one socket that never acknowledges a notification."""
+    gp = gateway_process("{max_subscriptions: 2000, max_subscriptions_per_client: 1000}")
+    port = gp.ports["bacnet"]
+    hostile = RawPeer(port)
+    try:
+        for i in range(1000):  # 1000 distinct (process id, object) pairs: every one a new subscription
+            hostile.send(bvlc(subscribe_cov(i, 1 + i, AI, 1000 + 10 + i % 20, True, 0)))
+            if i % 50 == 49:
+                hostile.drain(0.02)  # read the acks (never acknowledging a notification) so the socket never fills
+        hostile.drain(0.5)
+        probe = RawPeer(port)
+        try:
+            for round_ in range(5):  # over several seconds, while notifications to the silent peer time out
+                t0 = time.monotonic()
+                a = probe.ask(read_property(round_, DEVICE, 599, 77), timeout=1.0, invoke=round_)
+                assert a is not None and a[0] >> 4 == 3, f"BACnet did not answer within 1 s (round {round_})"
+                regs = asyncio.run(asyncio.wait_for(_modbus_read(gp.ports["modbus"]), 1.0))
+                assert len(regs) == 2
+                text = gp.metrics(timeout=1.0)
+                assert time.monotonic() - t0 < 3.0  # three answers, each within its own 1 s bound
+                assert _voltage_age(text) < 2.5, "polling lost its period (voltage polled every 0.5 s)"
+                hostile.drain(0.8)
+        finally:
+            probe.close()
+        # the silent subscriber is dropped once its notifications time out (3 s x 4 tries, 3 in a row)
+        assert gp.wait_for("left 3 confirmed notifications in a row unacknowledged", 40), gp.log.read_text()[-3000:]
+    finally:
+        hostile.close()
+    text = gp.log.read_text()
+    assert text.count("unacknowledged") == 1 and "Traceback" not in text, text[-3000:]
+    assert gp.stop() == 0
+
+
+def test_cov_subscription_limits_per_client_and_device(gateway_process):
+    """Issue 14.7: limits refused with Error resources / no-space-to-add-list-element; renewals still accepted."""
+    gp = gateway_process("{max_subscriptions: 5, max_subscriptions_per_client: 3}")
+    port = gp.ports["bacnet"]
+    one, two = RawPeer(port), RawPeer(port)
+    try:
+
+        def subscribe(peer: RawPeer, invoke: int, proc_id: int) -> bytes:
+            a = peer.ask(subscribe_cov(invoke, proc_id, AI, 1010, False, 60), invoke=invoke)
+            assert a is not None
+            return a
+
+        assert [subscribe(one, i, i)[0] >> 4 for i in range(3)] == [2, 2, 2]  # Simple-ACK
+        refused = subscribe(one, 3, 3)
+        # Error PDU, service SubscribeCOV (5), class resources (enum 3), code no-space-to-add-list-element (19)
+        assert refused[0] >> 4 == 5 and refused[2] == 5 and refused[3:] == bytes([0x91, 3, 0x91, 19]), refused.hex()
+        assert subscribe(one, 4, 1)[0] >> 4 == 2  # a renewal is not a new subscription
+        assert [subscribe(two, 5 + i, i)[0] >> 4 for i in range(3)] == [2, 2, 5]  # device limit 5 reached
+    finally:
+        one.close()
+        two.close()
+    assert gp.log.read_text().count("refused: ") == 2  # once per client, not per request
