@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from bacnet_raw import RawPeer, bvlc, free_port, read_property, subscribe_cov
+from bacnet_raw import RawPeer, apdu_of, bvlc, free_port, read_property, subscribe_cov
 
 AI, DEVICE = 0, 8
 CONFIG = """
@@ -159,3 +159,28 @@ def test_cov_subscription_limits_per_client_and_device(gateway_process):
         one.close()
         two.close()
     assert gp.log.read_text().count("refused: ") == 2  # once per client, not per request
+
+
+def test_confirmed_notifications_in_flight_are_bounded_and_all_delivered(gateway_process):
+    """At most 8 unacknowledged notifications reach a subscriber; acknowledging them lets the waiting ones through."""
+    gp = gateway_process()
+    peer = RawPeer(gp.ports["bacnet"])
+    try:
+        for i in range(20):
+            peer.send(bvlc(subscribe_cov(i, 100 + i, AI, 1010 + i, True, 120)))
+        frames = peer.drain(1.0)
+        notes = [a for a in map(apdu_of, frames) if a[0] >> 4 == 0 and a[3] == 1]  # ConfirmedCOVNotification
+        in_flight = {a[2] for a in notes}
+        assert 1 <= len(in_flight) <= 8, sorted(in_flight)
+        seen: set[int] = set()
+        end = time.monotonic() + 20
+        while len(seen) < 20 and time.monotonic() < end:
+            for a in notes:
+                proc_id = a[5] if a[4] == 0x09 else None  # context tag 0, one octet: subscriber process id
+                seen.add(proc_id)
+                peer.send(bvlc(b"\x01\x00" + bytes([0x20, a[2], 1])))  # Simple-ACK
+            notes = [a for a in map(apdu_of, peer.drain(0.3)) if a[0] >> 4 == 0 and a[3] == 1]
+        assert seen >= set(range(100, 120)), sorted(seen)
+    finally:
+        peer.close()
+    assert "unacknowledged" not in gp.log.read_text()
