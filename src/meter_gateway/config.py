@@ -174,6 +174,11 @@ class BacnetSection(_Strict):
     foreign_ttl: int = Field(300, ge=30, le=65535)
     stale_reliability: Literal["unreliable-other", "no-sensor", "communication-failure"] = "unreliable-other"
     cov: BacnetCovSection = BacnetCovSection()
+    trusted_bbmds: list[str] = Field(
+        [],
+        description="BBMDs (host[:port]) whose Forwarded-NPDU carry a trusted original source (BDT peers and "
+        "foreign_bbmd are trusted too)",
+    )
 
 
 class ModbusTcpSection(_Strict):

@@ -4,8 +4,10 @@ subscription limits. Raw UDP from a client written from ASHRAE 135 (tests/bacnet
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -26,19 +28,22 @@ meters:
   - {{id: a, bus: rtu, address: 1, profile: generic, bacnet_instance_base: 1000, modbus_unit: 1,
      poll_intervals: {{power: 0.5, voltage: 0.5, energy: 0.5, alarm: 0.5, status: 0.5, config: 5}}}}
 upstream:
-  bacnet: {{enabled: true, bind: 127.0.0.1, netmask: 8, port: {bacnet}, device_instance: 599, cov: {cov}}}
+  bacnet: {{enabled: true, bind: 127.0.0.1, netmask: 8, port: {bacnet}, device_instance: 599, cov: {cov}{extra}}}
   modbus_tcp: {{enabled: true, bind: 127.0.0.1, port: {modbus}}}
   prometheus: {{enabled: true, bind: 127.0.0.1, port: {http}}}
+writes: {{enabled: true, allow_bacnet: [10.0.0.5/32, 127.0.0.2/32], audit_log: {audit}}}
 """
 
 
 class GatewayProcess:
     """`meter-gateway run` in its own process, output in a file; stopped by SIGTERM (killed after 20 s)."""
 
-    def __init__(self, tmp: Path, cov: str) -> None:
+    def __init__(self, tmp: Path, cov: str, extra: str = "") -> None:
         self.ports = {"bacnet": free_port(socket.SOCK_DGRAM), "modbus": free_port(), "http": free_port()}
+        tmp.mkdir(exist_ok=True)
         cfg = tmp / "gateway.yaml"
-        cfg.write_text(CONFIG.format(cov=cov, **self.ports))
+        self.audit = tmp / "audit.jsonl"
+        cfg.write_text(CONFIG.format(cov=cov, extra=extra, audit=self.audit, **self.ports))
         self.log = tmp / "gateway.log"
         self.fh = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.p = subprocess.Popen(
@@ -75,8 +80,8 @@ class GatewayProcess:
 def gateway_process(tmp_path):
     procs: list[GatewayProcess] = []
 
-    def make(cov: str = "{}") -> GatewayProcess:
-        gp = GatewayProcess(tmp_path, cov)
+    def make(cov: str = "{}", extra: str = "") -> GatewayProcess:
+        gp = GatewayProcess(tmp_path / str(len(procs)), cov, extra)
         procs.append(gp)
         assert gp.wait_for("meter a: communication established"), gp.log.read_text()
         return gp
@@ -184,3 +189,69 @@ def test_confirmed_notifications_in_flight_are_bounded_and_all_delivered(gateway
     finally:
         peer.close()
     assert "unacknowledged" not in gp.log.read_text()
+
+
+# issue 21.2: a WriteProperty (Reset_Demand_Peak, BO 2030 there, BO 1030 here, present-value := active) in a
+# Forwarded-NPDU claiming to come from 10.0.0.5, which is in writes.allow_bacnet
+FORGED = bytes.fromhex("8104001b0a000005bac00104000544 0f0c010007ee19553e91013f".replace(" ", ""))
+FORGED = FORGED[:17] + struct.pack(">I", (4 << 22) | 1030) + FORGED[21:]
+MALFORMED = {
+    "eight zero bytes": bytes(8),
+    "BVLC length past the end": bytes.fromhex("810a0040 01040005"),
+    "unknown BVLC function": bytes.fromhex("81ee0008 01040005"),
+    "NPDU cut short": bytes.fromhex("810a0005 01"),
+    "APDU cut short": bytes.fromhex("810a0008 01040005"),
+    "confirmed request cut short": bytes.fromhex("810a000b 0104 00050c0c02"),
+}
+
+
+def _audit(gp: GatewayProcess) -> list[dict]:
+    return [json.loads(line) for line in gp.audit.read_text().splitlines()] if gp.audit.exists() else []
+
+
+def test_forged_forwarded_npdu_is_judged_on_its_real_source_and_bad_datagrams_log_once(gateway_process):
+    gp = gateway_process()
+    peer = RawPeer(gp.ports["bacnet"])
+    try:
+        peer.send(FORGED)
+        reply = apdu_of(peer.recv(3.0) or b"\x81\x0a\x00\x04")
+        # Error, invoke 0x44, WriteProperty: class property (2), code write-access-denied (40)
+        assert reply == bytes([0x50, 0x44, 0x0F, 0x91, 2, 0x91, 40]), reply.hex()
+        for _ in range(50):  # every kind many times
+            for frame in MALFORMED.values():
+                peer.send(frame)
+        a = peer.ask(read_property(9, DEVICE, 599, 77), invoke=9)
+        assert a is not None and a[0] >> 4 == 3  # still serving
+    finally:
+        peer.close()
+    records = _audit(gp)
+    assert [(r["source"], r["point"], r["decision"]) for r in records] == [("127.0.0.1", "Reset_Demand_Peak", "denied")]
+    assert gp.stop() == 0
+    text = gp.log.read_text()
+    assert "Traceback" not in text and "unsupported message" not in text, text[-3000:]
+    lines = [ln for ln in text.splitlines() if "from 127.0.0.1" in ln and "BACnet" in ln]
+    assert len(lines) == len(set(lines)) and 1 <= len(lines) <= len(MALFORMED) + 1, "\n".join(lines)
+    assert any("claims 10.0.0.5:47808" in ln for ln in lines)
+
+
+def test_forwarded_npdu_through_a_trusted_bbmd_keeps_the_original_source(gateway_process):
+    bbmd = RawPeer(0)  # its port is known before the gateway starts: it is the trusted BBMD
+    try:
+        gp = gateway_process(extra=f", trusted_bbmds: ['127.0.0.1:{bbmd.sock.getsockname()[1]}']")
+        bbmd.target = ("127.0.0.1", gp.ports["bacnet"])
+        forwarded = FORGED[:4] + socket.inet_aton("127.0.0.2") + FORGED[8:]
+        bbmd.send(forwarded)
+        assert wait_until(lambda: _audit(gp), 5)
+    finally:
+        bbmd.close()
+    assert [(r["source"], r["decision"]) for r in _audit(gp)] == [("127.0.0.2", "accepted")]
+    assert "not a trusted BBMD" not in gp.log.read_text()
+
+
+def wait_until(pred, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return bool(pred())

@@ -42,6 +42,7 @@ from ..bacnet_model import ACCUMULATOR_MAX, ObjectSpec, object_specs, present_va
 from ..core.quality import PointValue, Quality
 from ..writes import Decision, WriteRequest
 from .bacnet_cov import CovGuard, CovLimits
+from .bacnet_net import host_port, install_guards
 from .base import Server, ServerStartError
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,7 @@ class BacnetServer(Server):
         except Exception as exc:
             raise ServerStartError(f"BACnet/IP device cannot start: {exc}") from exc
         self.app.cov_limits = CovLimits(**self.cfg.cov.model_dump())
+        self.bvll_guards = install_guards(self.app, self._trusted_bbmds())
         await self._verify_bound(host, port)
         gw.table.add_listener(self._on_change)
         log.info(
@@ -258,6 +260,15 @@ class BacnetServer(Server):
             port,
             len(self.specs),
         )
+
+    def _trusted_bbmds(self) -> set[tuple[str, int]]:
+        """Sources whose Forwarded-NPDU are trusted: configured BBMDs, BDT peers (as BBMD), the foreign BBMD."""
+        entries = list(self.cfg.trusted_bbmds)
+        if self.cfg.bbmd:
+            entries += self.cfg.bdt
+        if self.cfg.foreign_bbmd:
+            entries.append(self.cfg.foreign_bbmd)
+        return {host_port(e) for e in entries}
 
     async def _verify_bound(self, host: str, port: int) -> None:
         """Wait until bacpypes3 really owns the socket (its own bind retries silently)."""
