@@ -1,11 +1,17 @@
 """BACnet/IP frames written by hand from ASHRAE 135 (annex J, clauses 6, 20, 21): an independent client for the
-hostile-network tests, importable as `bacnet_raw` (tests/ is on the pytest python path)."""
+network tests, and a gateway process to point it at; importable as `bacnet_raw` (tests/ is on the python path)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
+import subprocess
+import sys
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 ORIGINAL_UNICAST = 0x0A
 ORIGINAL_BROADCAST = 0x0B
@@ -61,6 +67,23 @@ def subscribe_cov(invoke: int, proc_id: int, obj_type: int, instance: int, confi
     return confirmed(invoke, 5, body)
 
 
+def object_ids(data: bytes) -> list[tuple[int, int]]:
+    """The application-tagged object identifiers of a ReadProperty-ACK's value (object-list)."""
+    assert data[0] == 0x0C and data[5] == 0x19, data.hex()  # object identifier, one-octet property identifier
+    i = 7
+    if data[i] & 0xF8 == 0x28:  # context tag 2: property array index
+        i += 1 + (data[i] & 0x07)
+    assert data[i] == 0x3E, data.hex()
+    i += 1
+    out = []
+    while data[i] == 0xC4:
+        (oid,) = struct.unpack_from(">I", data, i + 1)
+        out.append((oid >> 22, oid & 0x3FFFFF))
+        i += 5
+    assert data[i] == 0x3F, data[i:].hex()
+    return out
+
+
 def apdu_of(frame: bytes) -> bytes:
     """The APDU of a BVLC/NPDU frame without network-layer addresses (as the gateway sends them)."""
     off = 4 + (6 if frame[1] == FORWARDED_NPDU else 0)
@@ -113,6 +136,114 @@ class RawPeer:
                 return a
         return None
 
+    def read_segmented(self, npdu_apdu: bytes, invoke: int, timeout: float = 3.0) -> tuple[list[bytes], bytes]:
+        """A confirmed request whose Complex-ACK may come in segments (each acknowledged, window 1): the APDUs
+        received and the reassembled service data (after invoke ID and service choice)."""
+        self.send(bvlc(npdu_apdu))
+        apdus: list[bytes] = []
+        data = b""
+        while (f := self.recv(timeout)) is not None:
+            a = apdu_of(f)
+            if a[0] >> 4 not in (3, 5, 6, 7) or a[1] != invoke:
+                continue
+            apdus.append(a)
+            if a[0] >> 4 != 3:
+                break
+            if not a[0] & 0x08:  # unsegmented
+                data = a[3:]
+                break
+            data += a[5:]
+            self.send(bvlc(b"\x01\x00" + bytes([0x40, invoke, a[2], 1])))  # Segment-ACK
+            if not a[0] & 0x04:  # no more follows
+                break
+        return apdus, data
+
     def close(self) -> None:
         """Close the socket."""
         self.sock.close()
+
+
+METER = (
+    "  - {{id: {id}, bus: rtu, address: {n}, profile: generic, bacnet_instance_base: {base}, modbus_unit: {n},"
+    " poll_intervals: {{power: 0.5, voltage: 0.5, energy: 0.5, alarm: 0.5, status: 0.5, config: 5}}}}"
+)
+
+
+def _meters(n: int) -> str:
+    """Meter 'a' (instances 1000..) then 'm2', 'm3'... on one simulated RTU bus."""
+    return "\n".join(
+        METER.format(id="a" if i == 1 else f"m{i}", n=i, base=1000 + 100 * (i - 1)) for i in range(1, n + 1)
+    )
+
+
+CONFIG = """
+gateway: {{name: hostile, log_level: info}}
+buses:
+  - {{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.3}}
+meters:
+{meters}
+upstream:
+  bacnet: {{enabled: true, bind: 127.0.0.1, netmask: 8, port: {bacnet}, device_instance: 599, cov: {cov}{extra}}}
+  modbus_tcp: {{enabled: true, bind: 127.0.0.1, port: {modbus}}}
+  prometheus: {{enabled: true, bind: 127.0.0.1, port: {http}}}
+writes: {{enabled: true, allow_bacnet: [10.0.0.5/32, 127.0.0.2/32], audit_log: {audit}}}
+"""
+
+
+class GatewayProcess:
+    """`meter-gateway run` in its own process, output in a file; stopped by SIGTERM (killed after 20 s)."""
+
+    def __init__(self, tmp: Path, cov: str = "{}", extra: str = "", meters: int = 1) -> None:
+        self.ports = {"bacnet": free_port(socket.SOCK_DGRAM), "modbus": free_port(), "http": free_port()}
+        tmp.mkdir(exist_ok=True)
+        cfg = tmp / "gateway.yaml"
+        self.audit = tmp / "audit.jsonl"
+        cfg.write_text(CONFIG.format(cov=cov, extra=extra, audit=self.audit, meters=_meters(meters), **self.ports))
+        self.log = tmp / "gateway.log"
+        self.fh = open(self.log, "w")  # noqa: SIM115 - closed in stop()
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(cfg)], stdout=self.fh, stderr=subprocess.STDOUT
+        )
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and self.p.poll() is None:
+            if text in self.log.read_text():
+                return True
+            time.sleep(0.1)
+        return text in self.log.read_text()
+
+    def metrics(self, timeout: float) -> str:
+        url = f"http://127.0.0.1:{self.ports['http']}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.read().decode()
+
+    def stop(self) -> int:
+        if self.p.poll() is None:
+            self.p.terminate()
+        try:
+            return self.p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(timeout=5)
+            return -9
+        finally:
+            self.fh.close()
+
+
+@contextlib.contextmanager
+def gateway_processes(tmp: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """A starter of gateway processes (waits for meter 'a' online); every one is stopped on exit."""
+    procs: list[GatewayProcess] = []
+
+    def make(cov: str = "{}", extra: str = "", meters: int = 1) -> GatewayProcess:
+        gp = GatewayProcess(tmp / str(len(procs)), cov, extra, meters)
+        procs.append(gp)
+        assert gp.wait_for("meter a: communication established"), gp.log.read_text()
+        return gp
+
+    try:
+        yield make
+    finally:
+        for gp in procs:
+            gp.stop()

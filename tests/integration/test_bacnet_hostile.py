@@ -8,87 +8,21 @@ import json
 import re
 import socket
 import struct
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from bacnet_raw import RawPeer, apdu_of, bvlc, free_port, read_property, subscribe_cov
+from bacnet_raw import GatewayProcess, RawPeer, apdu_of, bvlc, gateway_processes, read_property, subscribe_cov
 
 AI, DEVICE = 0, 8
-CONFIG = """
-gateway: {{name: hostile, log_level: info}}
-buses:
-  - {{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.3}}
-meters:
-  - {{id: a, bus: rtu, address: 1, profile: generic, bacnet_instance_base: 1000, modbus_unit: 1,
-     poll_intervals: {{power: 0.5, voltage: 0.5, energy: 0.5, alarm: 0.5, status: 0.5, config: 5}}}}
-upstream:
-  bacnet: {{enabled: true, bind: 127.0.0.1, netmask: 8, port: {bacnet}, device_instance: 599, cov: {cov}{extra}}}
-  modbus_tcp: {{enabled: true, bind: 127.0.0.1, port: {modbus}}}
-  prometheus: {{enabled: true, bind: 127.0.0.1, port: {http}}}
-writes: {{enabled: true, allow_bacnet: [10.0.0.5/32, 127.0.0.2/32], audit_log: {audit}}}
-"""
-
-
-class GatewayProcess:
-    """`meter-gateway run` in its own process, output in a file; stopped by SIGTERM (killed after 20 s)."""
-
-    def __init__(self, tmp: Path, cov: str, extra: str = "") -> None:
-        self.ports = {"bacnet": free_port(socket.SOCK_DGRAM), "modbus": free_port(), "http": free_port()}
-        tmp.mkdir(exist_ok=True)
-        cfg = tmp / "gateway.yaml"
-        self.audit = tmp / "audit.jsonl"
-        cfg.write_text(CONFIG.format(cov=cov, extra=extra, audit=self.audit, **self.ports))
-        self.log = tmp / "gateway.log"
-        self.fh = open(self.log, "w")  # noqa: SIM115 - closed in stop()
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(cfg)], stdout=self.fh, stderr=subprocess.STDOUT
-        )
-
-    def wait_for(self, text: str, timeout: float = 20.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and self.p.poll() is None:
-            if text in self.log.read_text():
-                return True
-            time.sleep(0.1)
-        return text in self.log.read_text()
-
-    def metrics(self, timeout: float) -> str:
-        url = f"http://127.0.0.1:{self.ports['http']}/metrics"
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.read().decode()
-
-    def stop(self) -> int:
-        if self.p.poll() is None:
-            self.p.terminate()
-        try:
-            return self.p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait(timeout=5)
-            return -9
-        finally:
-            self.fh.close()
 
 
 @pytest.fixture
 def gateway_process(tmp_path):
-    procs: list[GatewayProcess] = []
-
-    def make(cov: str = "{}", extra: str = "") -> GatewayProcess:
-        gp = GatewayProcess(tmp_path / str(len(procs)), cov, extra)
-        procs.append(gp)
-        assert gp.wait_for("meter a: communication established"), gp.log.read_text()
-        return gp
-
-    yield make
-    for gp in procs:
-        gp.stop()
+    """Starts gateway processes (bacnet_raw.GatewayProcess); all stop at the end."""
+    with gateway_processes(tmp_path) as make:
+        yield make
 
 
 def _voltage_age(metrics: str) -> float:

@@ -43,6 +43,7 @@ from ..core.quality import PointValue, Quality
 from ..writes import Decision, WriteRequest
 from .bacnet_cov import CovGuard, CovLimits
 from .bacnet_net import host_port, install_guards
+from .bacnet_segment import ObjectListCache, fit_segments
 from .base import Server, ServerStartError
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ CLASSES = {
 }
 
 
-class _GatewayApplication(CovGuard, Application):
+class _GatewayApplication(CovGuard, ObjectListCache, Application):
     """The bacpypes3 application with the services the gateway does not offer removed."""
 
     async def indication(self, apdu) -> None:  # type: ignore[override]
@@ -244,6 +245,7 @@ class BacnetServer(Server):
             port_obj.bbmdForeignDeviceTable = []
             port_obj.bbmdBroadcastDistributionTable = [BDTEntry(e) for e in self.cfg.bdt]
         objs = [device, port_obj] + [self._make(spec) for spec in self.specs]
+        fit_segments()
         try:
             self.app = _GatewayApplication.from_object_list(objs)
         except Exception as exc:
