@@ -158,9 +158,12 @@ class BacnetSection(_Strict):
     """The gateway's BACnet/IP device."""
 
     enabled: bool = True
-    bind: str = "0.0.0.0"
+    bind: str = Field(
+        "0.0.0.0",
+        description="interface name (eth0) or interface address; 0.0.0.0: the first interface that is not loopback",
+    )
     port: int = Field(47808, ge=0, le=65535)
-    netmask: int = Field(24, ge=0, le=32)
+    netmask: int | None = Field(None, ge=0, le=32, description="prefix length; default: the interface's")
     device_instance: int = Field(599, ge=0, le=4194302)
     device_name: str = ""
     vendor_name: str = "meter-gateway project"

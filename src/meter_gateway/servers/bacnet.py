@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import ipaddress
 import logging
 import socket
 from typing import Any
@@ -42,7 +41,7 @@ from ..bacnet_model import ACCUMULATOR_MAX, ObjectSpec, object_specs, present_va
 from ..core.quality import PointValue, Quality
 from ..writes import Decision, WriteRequest
 from .bacnet_cov import CovGuard, CovLimits
-from .bacnet_net import host_port, install_guards
+from .bacnet_net import announce, host_port, install_guards, resolve_bind
 from .bacnet_segment import ObjectListCache, fit_segments
 from .base import Server, ServerStartError
 
@@ -189,13 +188,15 @@ class BacnetServer(Server):
         self.objects: dict[tuple[str, str], Any] = {}
         self.app: _GatewayApplication | None = None
         self._bound: tuple[str, int] | None = None
+        self._broadcast_listener = None
 
     # -- start / stop ---------------------------------------------------------------------------------
     def _address(self) -> str:
-        host = self.cfg.bind
-        if host in ("0.0.0.0", ""):
-            host = _primary_ipv4()
-        return f"{host}/{self.cfg.netmask}:{self.cfg.port}"
+        try:
+            self.bind_info = resolve_bind(self.cfg.bind, self.cfg.netmask)
+        except ValueError as exc:
+            raise ServerStartError(f"BACnet/IP: {exc}") from exc
+        return f"{self.bind_info.address}/{self.bind_info.prefix}:{self.cfg.port}"
 
     def _check_port_free(self, host: str, port: int) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -214,7 +215,7 @@ class BacnetServer(Server):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.bind((host, 0))
                 port = s.getsockname()[1]
-            address = f"{host}/{self.cfg.netmask}:{port}"
+            address = f"{host}/{self.bind_info.prefix}:{port}"
         self._check_port_free(host, port)
         gw = self.gateway
         device = DeviceObject(
@@ -253,6 +254,7 @@ class BacnetServer(Server):
         self.app.cov_limits = CovLimits(**self.cfg.cov.model_dump())
         self.bvll_guards = install_guards(self.app, self._trusted_bbmds())
         await self._verify_bound(host, port)
+        self._broadcast_listener = await announce(self.app, self.bind_info, port)
         gw.table.add_listener(self._on_change)
         log.info(
             "BACnet/IP device %d (%s) on %s:%d with %d objects",
@@ -288,6 +290,9 @@ class BacnetServer(Server):
     async def stop(self) -> None:
         """Stop listening to the table and close the sockets."""
         self.gateway.table.remove_listener(self._on_change)
+        if self._broadcast_listener is not None:
+            self._broadcast_listener.close()
+            self._broadcast_listener = None
         if self.app is not None:
             self.app.close()
             self.app = None
@@ -373,13 +378,3 @@ class BacnetServer(Server):
         if result.decision is Decision.DENIED:
             raise ExecutionError(errorClass="property", errorCode="writeAccessDenied")
         raise ExecutionError(errorClass="device", errorCode="operationalProblem")
-
-
-def _primary_ipv4() -> str:
-    """The host's own IPv4 address, as BACnet/IP needs a real interface address (not 0.0.0.0)."""
-    try:
-        addr = socket.gethostbyname(socket.gethostname())
-        ipaddress.ip_address(addr)
-    except (OSError, ValueError):
-        addr = "127.0.0.1"
-    return addr

@@ -11,16 +11,24 @@ Every datagram passes here before bacpypes3 decodes it:
   the write policy and the audit log see the transport-level source (issue 21.2). Logged once per sender.
 - An exception raised while bacpypes3 handles a datagram is logged once per source and kind, one line (bacpypes3
   logs a 700-byte stack trace per datagram otherwise).
+
+It also resolves where the device binds (an interface name or address, with the interface's prefix and broadcast
+address, instead of the address of the host name, 127.0.1.1 on Debian) and listens to limited broadcasts
+(255.255.255.255), which bacpypes3 does not receive on a socket bound to an interface address.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 import socket
 import struct
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
+import ifaddr
 from bacpypes3.pdu import PDU, IPv4Address
 
 log = logging.getLogger(__name__)
@@ -105,3 +113,125 @@ class BvllGuard:
 def install_guards(app: Any, trusted: set[tuple[str, int]]) -> list[BvllGuard]:
     """Put a BvllGuard in front of every BACnet/IP link layer of a bacpypes3 application."""
     return [BvllGuard(ll, trusted) for ll in app.link_layers.values() if hasattr(ll, "multiplexer")]
+
+
+# -- where the device binds ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BindInfo:
+    """The interface address the device binds to, with the interface's prefix and broadcast address."""
+
+    address: str
+    prefix: int
+    interface: str
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        """The interface's IPv4 network."""
+        return ipaddress.IPv4Interface(f"{self.address}/{self.prefix}").network
+
+    @property
+    def broadcast(self) -> str:
+        """The directed broadcast address of the interface's network."""
+        return str(self.network.broadcast_address)
+
+    @property
+    def loopback(self) -> bool:
+        """True when no other host can reach the device."""
+        return ipaddress.IPv4Address(self.address).is_loopback
+
+
+def ipv4_interfaces() -> list[tuple[str, str, int]]:
+    """(interface name, IPv4 address, prefix length) of every interface address of the host."""
+    return [
+        (adapter.nice_name, ip.ip, ip.network_prefix)
+        for adapter in ifaddr.get_adapters()
+        for ip in adapter.ips
+        if ip.is_IPv4 and isinstance(ip.ip, str)
+    ]
+
+
+def resolve_bind(bind: str, netmask: int | None, interfaces: list[tuple[str, str, int]] | None = None) -> BindInfo:
+    """The address to bind: an interface name, an address of an interface, or ""/0.0.0.0 for the first interface
+    that is not loopback (loopback if there is none). The prefix is the interface's unless `netmask` is given."""
+    ifaces = ipv4_interfaces() if interfaces is None else interfaces
+    found: tuple[str, str, int] | None = None
+    if bind in ("", "0.0.0.0"):
+        outside = [i for i in ifaces if not ipaddress.IPv4Address(i[1]).is_loopback]
+        found = outside[0] if outside else next(iter(ifaces), ("lo", "127.0.0.1", 8))
+    else:
+        try:
+            ipaddress.IPv4Address(bind)
+        except ValueError:
+            named = [i for i in ifaces if i[0] == bind]
+            if not named:
+                names = ", ".join(sorted({i[0] for i in ifaces})) or "none"
+                raise ValueError(
+                    f"no IPv4 address on a network interface named {bind!r} (interfaces: {names})"
+                ) from None
+            found = named[0]
+        else:
+            found = next((i for i in ifaces if i[1] == bind), ("?", bind, netmask or 32))
+    name, address, prefix = found
+    return BindInfo(address, netmask if netmask is not None else prefix, name)
+
+
+class LimitedBroadcastListener:
+    """A socket on 255.255.255.255:port handing limited broadcasts (Who-Is from a client that does not know the
+    subnet) to the device's datagram server as local broadcasts; the device's own sockets receive unicast and the
+    subnet's directed broadcast only."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+
+    async def start(self, server: Any, port: int) -> None:
+        """Bind 255.255.255.255:port and feed `server` (a bacpypes3 IPv4DatagramServer)."""
+        from bacpypes3.ipv4 import IPv4DatagramProtocol
+        from bacpypes3.pdu import LocalBroadcast
+
+        def factory() -> IPv4DatagramProtocol:
+            protocol = IPv4DatagramProtocol()
+            protocol.server = server
+            return protocol
+
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(
+            factory, local_addr=("255.255.255.255", port), allow_broadcast=True, reuse_port=True
+        )
+        protocol.destination = LocalBroadcast()
+        self.transport = transport
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
+async def announce(app: Any, info: BindInfo, port: int) -> LimitedBroadcastListener | None:
+    """After the bind: warn when on loopback, listen to limited broadcasts, broadcast an I-Am (ASHRAE 135 16.10)."""
+    listener = None
+    if info.loopback:
+        log.warning(
+            "BACnet/IP device bound to loopback %s:%d: no BACnet client on the network can reach it; set "
+            "upstream.bacnet.bind to an interface name (e.g. eth0) or address",
+            info.address,
+            port,
+        )
+    else:
+        servers = [ll.server for ll in app.link_layers.values() if hasattr(ll, "server")]
+        listener = LimitedBroadcastListener()
+        try:
+            await listener.start(servers[0], port)
+        except OSError as exc:
+            log.warning("BACnet: cannot listen to 255.255.255.255:%d (%s): global Who-Is unanswered", port, exc)
+            listener = None
+    log.info(
+        "BACnet/IP on interface %s: %s/%d, broadcast %s, port %d",
+        info.interface,
+        info.address,
+        info.prefix,
+        info.broadcast,
+        port,
+    )
+    app.i_am()
+    return listener
