@@ -183,7 +183,7 @@ buses:
 meters:
 {meters}
 upstream:
-  bacnet: {{enabled: true, bind: 127.0.0.1, netmask: 8, port: {bacnet}, device_instance: 599, cov: {cov}{extra}}}
+  bacnet: {{enabled: true, bind: {bind}, port: {bacnet}, device_instance: 599, cov: {cov}{extra}}}
   modbus_tcp: {{enabled: true, bind: 127.0.0.1, port: {modbus}}}
   prometheus: {{enabled: true, bind: 127.0.0.1, port: {http}}}
 writes: {{enabled: true, allow_bacnet: [10.0.0.5/32, 127.0.0.2/32], audit_log: {audit}}}
@@ -193,16 +193,30 @@ writes: {{enabled: true, allow_bacnet: [10.0.0.5/32, 127.0.0.2/32], audit_log: {
 class GatewayProcess:
     """`meter-gateway run` in its own process, output in a file; stopped by SIGTERM (killed after 20 s)."""
 
-    def __init__(self, tmp: Path, cov: str = "{}", extra: str = "", meters: int = 1) -> None:
-        self.ports = {"bacnet": free_port(socket.SOCK_DGRAM), "modbus": free_port(), "http": free_port()}
+    def __init__(
+        self,
+        tmp: Path,
+        cov: str = "{}",
+        extra: str = "",
+        meters: int = 1,
+        bind: str = "127.0.0.1",
+        netns: str = "",
+        bacnet_port: int = 0,
+    ) -> None:
+        self.ports = {"bacnet": bacnet_port or free_port(socket.SOCK_DGRAM), "modbus": free_port(), "http": free_port()}
         tmp.mkdir(exist_ok=True)
         cfg = tmp / "gateway.yaml"
         self.audit = tmp / "audit.jsonl"
-        cfg.write_text(CONFIG.format(cov=cov, extra=extra, audit=self.audit, meters=_meters(meters), **self.ports))
+        cfg.write_text(
+            CONFIG.format(cov=cov, extra=extra, audit=self.audit, meters=_meters(meters), bind=bind, **self.ports)
+        )
         self.log = tmp / "gateway.log"
         self.fh = open(self.log, "w")  # noqa: SIM115 - closed in stop()
+        prefix = ["ip", "netns", "exec", netns] if netns else []
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(cfg)], stdout=self.fh, stderr=subprocess.STDOUT
+            [*prefix, sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(cfg)],
+            stdout=self.fh,
+            stderr=subprocess.STDOUT,
         )
 
     def wait_for(self, text: str, timeout: float = 20.0) -> bool:
@@ -236,8 +250,8 @@ def gateway_processes(tmp: Path) -> Iterator[Callable[..., GatewayProcess]]:
     """A starter of gateway processes (waits for meter 'a' online); every one is stopped on exit."""
     procs: list[GatewayProcess] = []
 
-    def make(cov: str = "{}", extra: str = "", meters: int = 1) -> GatewayProcess:
-        gp = GatewayProcess(tmp / str(len(procs)), cov, extra, meters)
+    def make(cov: str = "{}", extra: str = "", meters: int = 1, **kw) -> GatewayProcess:
+        gp = GatewayProcess(tmp / str(len(procs)), cov, extra, meters, **kw)
         procs.append(gp)
         assert gp.wait_for("meter a: communication established"), gp.log.read_text()
         return gp
