@@ -1,7 +1,14 @@
-"""The gateway's BACnet/IP device on the network (issue 14.4): segments that fit the client's max-APDU, object-list
-elements. A client written from ASHRAE 135 (tests/bacnet_raw.py) against a real gateway process."""
+"""The gateway's BACnet/IP device on the network (issue 14.4, 14.8): segments that fit the client's max-APDU,
+object-list elements, foreign-device registration, the BBMD's foreign-device table. A client written from
+ASHRAE 135 (tests/bacnet_raw.py) against a real gateway process."""
 
 from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+import urllib.request
 
 import pytest
 
@@ -53,3 +60,68 @@ def test_object_list_element_by_element(three_meters):
     assert elements == whole
     # Error: class property (2), code invalid-array-index (42)
     assert beyond is not None and beyond[0] >> 4 == 5 and beyond[3:] == bytes([0x91, 2, 0x91, 42]), beyond
+
+
+def _register_fd(ttl: int) -> bytes:
+    """BVLC Register-Foreign-Device."""
+    return struct.pack(">BBHH", 0x81, 0x05, 6, ttl)
+
+
+def _health(gp) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{gp.ports['http']}/health", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_foreign_device_registration_state_in_log_health_and_metrics(tmp_path):
+    """Issue 14.8: a BBMD that does not answer, then answers: each change logged once, in /health and a metric."""
+    bbmd = RawPeer(0)  # a BBMD written from annex J: silent at first
+    bbmd_port = bbmd.sock.getsockname()[1]
+    try:
+        with gateway_processes(tmp_path) as make:
+            gp = make(extra=f", foreign_bbmd: '127.0.0.1:{bbmd_port}', foreign_ttl: 60")
+            first = bbmd.recv(10)
+            assert first is not None and first[:6] == _register_fd(60), first
+            assert gp.wait_for("no answer for 6 s", 15), gp.log.read_text()
+            assert _health(gp)["bacnet_foreign_device"] == "no-answer"
+            assert _health(gp)["status"] == "degraded"
+            assert 'meter_gateway_bacnet_foreign_registered{state="no-answer"} 0.0' in gp.metrics(5)
+            while (f := bbmd.recv(10)) is not None and f[:2] != b"\x81\x05":
+                pass  # skip anything else (the start-up I-Am goes to the BBMD as Distribute-Broadcast-To-Network)
+            assert f is not None, "the registration is not repeated"
+            bbmd.sock.sendto(struct.pack(">BBHH", 0x81, 0x00, 6, 0), ("127.0.0.1", gp.ports["bacnet"]))  # Result: ok
+            assert gp.wait_for("registered as a foreign device with BBMD", 10), gp.log.read_text()
+            assert _health(gp) == {**_health(gp), "bacnet_foreign_device": "registered", "status": "ok"}
+            assert 'meter_gateway_bacnet_foreign_registered{state="registered"} 1.0' in gp.metrics(5)
+            text = gp.log.read_text()
+    finally:
+        bbmd.close()
+    assert text.count("no answer for") == 1 and text.count("registered as a foreign device") == 1
+
+
+def test_bbmd_keeps_foreign_devices_30_s_beyond_their_ttl_and_shows_its_table(bbmd_gateway):
+    gp = bbmd_gateway
+    fd = RawPeer(gp.ports["bacnet"])
+    try:
+        fd.send(_register_fd(60))
+        assert fd.recv(3) == struct.pack(">BBHH", 0x81, 0x00, 6, 0)  # Result: successful completion
+        fd.send(struct.pack(">BBH", 0x81, 0x06, 4))  # Read-Foreign-Device-Table
+        ack = fd.recv(3)
+        me = socket.inet_aton("127.0.0.1") + struct.pack(">H", fd.sock.getsockname()[1])
+        assert ack is not None and ack[:4] == struct.pack(">BBH", 0x81, 0x07, 14), ack
+        ttl, remaining = struct.unpack(">HH", ack[10:14])
+        assert ack[4:10] == me and ttl == 60 and 88 <= remaining <= 90  # TTL + 30 s grace (J.5.2.3)
+        time.sleep(1.5)  # the Network Port object copies the table once a second
+        a = fd.ask(read_property(4, 56, 1, 415), invoke=4)  # network-port,1 bbmd-foreign-device-table
+    finally:
+        fd.close()
+    assert a is not None and a[0] >> 4 == 3, a
+    at = a.index(b"\x0d\x06" + me)  # context tag 0, 6 octets: the foreign device's B/IP address
+    assert a[at + 8 : at + 10] == b"\x19\x3c"  # context tag 1: time-to-live 60
+    assert a[at + 10] == 0x29 and 85 <= a[at + 11] <= 90  # context tag 2: remaining time, grace included
+
+
+@pytest.fixture
+def bbmd_gateway(tmp_path):
+    """A gateway that is a BBMD (no BDT peers): foreign devices may register with it."""
+    with gateway_processes(tmp_path) as make:
+        yield make(extra=", bbmd: true")

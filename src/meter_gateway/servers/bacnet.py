@@ -41,7 +41,7 @@ from ..bacnet_model import ACCUMULATOR_MAX, ObjectSpec, object_specs, present_va
 from ..core.quality import PointValue, Quality
 from ..writes import Decision, WriteRequest
 from .bacnet_cov import CovGuard, CovLimits
-from .bacnet_net import announce, host_port, install_guards, resolve_bind
+from .bacnet_net import ForeignDeviceMonitor, announce, host_port, install_guards, resolve_bind
 from .bacnet_segment import ObjectListCache, fit_segments
 from .base import Server, ServerStartError
 
@@ -189,6 +189,7 @@ class BacnetServer(Server):
         self.app: _GatewayApplication | None = None
         self._bound: tuple[str, int] | None = None
         self._broadcast_listener = None
+        self.fd_monitor: ForeignDeviceMonitor | None = None
 
     # -- start / stop ---------------------------------------------------------------------------------
     def _address(self) -> str:
@@ -255,6 +256,9 @@ class BacnetServer(Server):
         self.bvll_guards = install_guards(self.app, self._trusted_bbmds())
         await self._verify_bound(host, port)
         self._broadcast_listener = await announce(self.app, self.bind_info, port)
+        if self.cfg.foreign_bbmd or self.cfg.bbmd:
+            self.fd_monitor = ForeignDeviceMonitor(self.app, port_obj, self.cfg.foreign_bbmd)
+            self.fd_monitor.start()
         gw.table.add_listener(self._on_change)
         log.info(
             "BACnet/IP device %d (%s) on %s:%d with %d objects",
@@ -293,6 +297,9 @@ class BacnetServer(Server):
         if self._broadcast_listener is not None:
             self._broadcast_listener.close()
             self._broadcast_listener = None
+        if self.fd_monitor is not None:
+            self.fd_monitor.close()
+            self.fd_monitor = None
         if self.app is not None:
             self.app.close()
             self.app = None
@@ -301,6 +308,10 @@ class BacnetServer(Server):
     def address(self) -> tuple[str, int] | None:
         """The bound UDP address."""
         return self._bound
+
+    def foreign_registration(self) -> str | None:
+        """Foreign-device registration state (registering, registered, no-answer, refused, expired), None if none."""
+        return self.fd_monitor.state if self.fd_monitor is not None and self.fd_monitor.foreign else None
 
     # -- objects ---------------------------------------------------------------------------------------
     def _make(self, spec: ObjectSpec):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ifaddr
+from bacpypes3.basetypes import FDTEntry
 from bacpypes3.pdu import PDU, IPv4Address
 
 log = logging.getLogger(__name__)
@@ -235,3 +236,111 @@ async def announce(app: Any, info: BindInfo, port: int) -> LimitedBroadcastListe
     )
     app.i_am()
     return listener
+
+
+# -- foreign devices -------------------------------------------------------------------------------------------------
+FD_GRACE = 30  # seconds a BBMD keeps a foreign device beyond its time-to-live (ASHRAE 135 J.5.2.3)
+NO_ANSWER_AFTER = 6.0  # seconds without an answer (the first attempt and its first repetition) before saying so
+
+
+def _bbmd_grace(link: Any) -> None:
+    """Make a bacpypes3 BBMD keep foreign devices TTL + 30 s (it keeps them TTL + 5 s)."""
+    register = link.register_foreign_device
+
+    def register_with_grace(addr, ttl: int) -> int:
+        status = register(addr, ttl)
+        for entry in link.bbmdFDT:
+            if entry.fdAddress == addr:
+                entry.fdRemain = ttl + FD_GRACE
+        return status
+
+    link.register_foreign_device = register_with_grace
+
+
+class ForeignDeviceMonitor:
+    """Once a second: the gateway's foreign-device registration state (logged on change), or, as a BBMD, its
+    foreign-device table copied into the Network Port object's foreign-device-table property."""
+
+    def __init__(self, app: Any, port_obj: Any, bbmd: str) -> None:
+        self.link = next(iter(app.link_layers.values()))
+        self.port_obj = port_obj
+        self.bbmd = bbmd
+        self.state = "off"  # off, registering, registered, no-answer, refused, expired
+        self._task: asyncio.Task | None = None
+        self._registering_since: float | None = None
+        if hasattr(self.link, "bbmdFDT"):
+            _bbmd_grace(self.link)
+
+    @property
+    def foreign(self) -> bool:
+        """True when the gateway registers as a foreign device."""
+        return hasattr(self.link, "bbmdRegistrationStatus")
+
+    def start(self) -> None:
+        """Start the once-a-second check."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="bacnet-foreign-device")
+
+    async def _run(self) -> None:
+        while True:
+            self.tick()
+            await asyncio.sleep(1.0)
+
+    def tick(self) -> None:
+        """Check the registration state, or copy the BBMD's foreign-device table."""
+        if self.foreign:
+            self._registration()
+        elif hasattr(self.link, "bbmdFDT"):
+            self.port_obj.bbmdForeignDeviceTable = [
+                FDTEntry(
+                    bacnetIPAddress=e.fdAddress.addrAddr,
+                    timeToLive=e.fdTTL,
+                    remainingTimeToLive=max(0, min(0xFFFF, e.fdRemain)),
+                )
+                for e in self.link.bbmdFDT
+            ]
+
+    def _registration(self) -> None:
+        status = self.link.bbmdRegistrationStatus
+        now = asyncio.get_running_loop().time()
+        if status == 0:
+            state = "registered"
+        elif status > 0:
+            state = "refused"
+        elif status == -1:
+            if self._registering_since is None:
+                self._registering_since = now
+            waited = now - self._registering_since
+            state = "no-answer" if waited >= NO_ANSWER_AFTER else "registering"
+        else:
+            state = "expired" if self.state in ("registered", "no-answer", "refused") else "registering"
+        if status != -1:
+            self._registering_since = None
+        if state == "registering" and self.state == "no-answer":
+            state = "no-answer"  # stays until an answer comes
+        if state != self.state:
+            self._log(state, status)
+            self.state = state
+
+    def _log(self, state: str, status: int) -> None:
+        ttl = self.link.bbmdTimeToLive
+        if state == "registered":
+            log.info("BACnet: registered as a foreign device with BBMD %s (time-to-live %s s)", self.bbmd, ttl)
+        elif state == "no-answer":
+            log.warning(
+                "BACnet: foreign-device registration with BBMD %s: no answer for %.0f s (retrying every 5 s); "
+                "broadcasts (Who-Is, I-Am) do not cross to other subnets",
+                self.bbmd,
+                NO_ANSWER_AFTER,
+            )
+        elif state == "refused":
+            log.warning(
+                "BACnet: BBMD %s refused the foreign-device registration (BVLC result 0x%04x)", self.bbmd, status
+            )
+        elif state == "expired":
+            log.warning("BACnet: foreign-device registration with BBMD %s expired; registering again", self.bbmd)
+
+    def close(self) -> None:
+        """Stop the check."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
