@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from meter_gateway.servers.bacnet_net import check_bvlc, host_port, resolve_bind
+from meter_gateway.servers.bacnet_net import OneLineOnce, check_bvlc, host_port, resolve_bind
 
 HOST = [("lo", "127.0.0.1", 8), ("eth0", "192.168.10.7", 23), ("wlan0", "10.1.2.3", 16)]
 
@@ -59,3 +61,20 @@ def test_host_port():
 def test_check_bvlc(frame, kind):
     got = check_bvlc(bytes.fromhex(frame.replace(" ", "")))
     assert got is None if kind is None else kind in got
+
+
+def test_library_log_lines_are_one_line_and_once_per_period(caplog):
+    logger = logging.getLogger("bacpypes3.test_quiet")
+    logger.addFilter(OneLineOnce(every=600))
+    with caplog.at_level(logging.WARNING, logger="bacpypes3.test_quiet"):
+        for i in range(100):
+            try:
+                raise ValueError(f"bad datagram {i}")
+            except ValueError as exc:
+                logger.exception("error processing incoming PDU: %r", exc)
+        logger.warning("another kind")
+    assert [r.getMessage() for r in caplog.records] == [
+        "error processing incoming PDU: ValueError('bad datagram 0') [ValueError: bad datagram 0]",
+        "another kind",
+    ]
+    assert all(r.exc_info is None and r.exc_text is None for r in caplog.records)

@@ -41,7 +41,7 @@ from ..bacnet_model import ACCUMULATOR_MAX, ObjectSpec, object_specs, present_va
 from ..core.quality import PointValue, Quality
 from ..writes import Decision, WriteRequest
 from .bacnet_cov import CovGuard, CovLimits
-from .bacnet_net import ForeignDeviceMonitor, announce, host_port, install_guards, resolve_bind
+from .bacnet_net import ForeignDeviceMonitor, announce, host_port, install_guards, quiet_library_logs, resolve_bind
 from .bacnet_segment import ObjectListCache, fit_segments
 from .base import Server, ServerStartError
 
@@ -248,6 +248,7 @@ class BacnetServer(Server):
             port_obj.bbmdBroadcastDistributionTable = [BDTEntry(e) for e in self.cfg.bdt]
         objs = [device, port_obj] + [self._make(spec) for spec in self.specs]
         fit_segments()
+        quiet_library_logs()
         try:
             self.app = _GatewayApplication.from_object_list(objs)
         except Exception as exc:

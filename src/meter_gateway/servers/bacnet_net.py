@@ -344,3 +344,44 @@ class ForeignDeviceMonitor:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+
+# -- bacpypes3's own log lines ---------------------------------------------------------------------------------------
+class OneLineOnce(logging.Filter):
+    """For bacpypes3's loggers: no stack trace (the exception in one line), and each message template at most once per
+    `every` seconds, with the number of repeats left out (a client must not be able to flood the log)."""
+
+    def __init__(self, every: float = 600.0) -> None:
+        super().__init__()
+        self.every = every
+        self.seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the first record of a kind per period, flattened to one line."""
+        key = (record.name, str(record.msg))
+        last, repeats = self.seen.get(key, (float("-inf"), 0))
+        if record.created - last < self.every:
+            self.seen[key] = (last, repeats + 1)
+            return False
+        if len(self.seen) < _MAX_LOGGED or key in self.seen:
+            self.seen[key] = (record.created, 0)
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.msg} [{type(exc).__name__}: {exc}]"
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        if repeats:
+            record.msg = f"{record.msg} ({repeats} more like it in the last period not logged)"
+        record.msg = str(record.msg).replace("\n", " ")
+        return True
+
+
+_QUIET = OneLineOnce()
+
+
+def quiet_library_logs() -> None:
+    """Put `OneLineOnce` on every bacpypes3 logger (they are created when its modules are imported)."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("bacpypes3") and isinstance(logger, logging.Logger) and _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)
