@@ -43,9 +43,10 @@ def _ctx_oid(tag: int, obj_type: int, instance: int) -> bytes:
     return bytes([(tag << 4) | 0x08 | 4]) + struct.pack(">I", (obj_type << 22) | instance)
 
 
-def confirmed(invoke: int, service: int, body: bytes, max_apdu: int = 5) -> bytes:
-    """NPDU (expecting reply) + confirmed request APDU, segmented answer accepted, max-APDU code `max_apdu`."""
-    return b"\x01\x04" + bytes([0x02, 0x70 | max_apdu, invoke & 0xFF, service]) + body
+def confirmed(invoke: int, service: int, body: bytes, max_apdu: int = 5, max_segs: int = 7) -> bytes:
+    """NPDU (expecting reply) + confirmed request APDU, segmented answer accepted, max-APDU code `max_apdu`,
+    max-segments code `max_segs` (7: more than 64)."""
+    return b"\x01\x04" + bytes([0x02, (max_segs << 4) | max_apdu, invoke & 0xFF, service]) + body
 
 
 def read_property(invoke: int, obj_type: int, instance: int, prop: int, index: int | None = None, **kw) -> bytes:

@@ -42,6 +42,15 @@ def test_every_segment_fits_the_clients_max_apdu(three_meters, code):
         assert len(apdus) > 1 and all(len(a) >= MAX_APDU[code] - 5 for a in apdus[:-1])  # full segments
 
 
+def test_an_answer_needing_more_segments_than_accepted_is_aborted(three_meters):
+    peer = RawPeer(three_meters.ports["bacnet"])
+    try:  # object-list in 50-octet APDUs needs 18 segments; the client accepts 2
+        a = peer.ask(read_property(7, DEVICE, 599, OBJECT_LIST, max_apdu=0, max_segs=1), invoke=7)
+    finally:
+        peer.close()
+    assert a == bytes([0x71, 7, 11]), a  # Abort from the server, reason apdu-too-long (135 clause 5.4.5.3)
+
+
 def test_object_list_element_by_element(three_meters):
     peer = RawPeer(three_meters.ports["bacnet"])
     try:
