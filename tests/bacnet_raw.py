@@ -4,6 +4,7 @@ network tests, and a gateway process to point it at; importable as `bacnet_raw` 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import subprocess
@@ -16,6 +17,14 @@ from pathlib import Path
 ORIGINAL_UNICAST = 0x0A
 ORIGINAL_BROADCAST = 0x0B
 FORWARDED_NPDU = 0x04
+
+
+def bacnet_stack_tool(name: str) -> Path | None:
+    """A bacnet-stack tool from ../shared/tools/bacnet-stack/bin beside the project root (or $BACNET_STACK_BIN)."""
+    root = Path(__file__).resolve().parents[1]
+    folder = Path(os.environ.get("BACNET_STACK_BIN") or root.parent / "shared" / "tools" / "bacnet-stack" / "bin")
+    tool = folder / name
+    return tool if tool.is_file() and os.access(tool, os.X_OK) else None
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

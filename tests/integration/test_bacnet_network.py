@@ -5,14 +5,17 @@ ASHRAE 135 (tests/bacnet_raw.py) against a real gateway process."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import struct
+import subprocess
 import time
 import urllib.request
 
 import pytest
 
-from bacnet_raw import RawPeer, gateway_processes, object_ids, read_property
+from bacnet_raw import RawPeer, bacnet_stack_tool, free_port, gateway_processes, object_ids, read_property
 
 DEVICE, OBJECT_LIST = 8, 76
 MAX_APDU = {0: 50, 1: 128, 2: 206, 3: 480, 4: 1024, 5: 1476}
@@ -127,6 +130,26 @@ def test_bbmd_keeps_foreign_devices_30_s_beyond_their_ttl_and_shows_its_table(bb
     at = a.index(b"\x0d\x06" + me)  # context tag 0, 6 octets: the foreign device's B/IP address
     assert a[at + 8 : at + 10] == b"\x19\x3c"  # context tag 1: time-to-live 60
     assert a[at + 10] == 0x29 and 85 <= a[at + 11] <= 90  # context tag 2: remaining time, grace included
+
+
+def test_bbmd_table_read_by_bacnet_stack(bbmd_gateway):
+    """The same table through an independent implementation: bacnet-stack's bacrfdt."""
+    bacrfdt = bacnet_stack_tool("bacrfdt")
+    if bacrfdt is None:
+        pytest.skip("bacnet-stack tools not found at ../shared/tools/bacnet-stack/bin (or $BACNET_STACK_BIN)")
+    fd = RawPeer(bbmd_gateway.ports["bacnet"])
+    me = fd.sock.getsockname()[1]
+    try:
+        fd.send(_register_fd(120))
+        assert fd.recv(3) == struct.pack(">BBHH", 0x81, 0x00, 6, 0)
+        env = {**os.environ, "BACNET_IFACE": "lo", "BACNET_IP_PORT": str(free_port(socket.SOCK_DGRAM))}
+        out = subprocess.run(
+            [str(bacrfdt), "127.0.0.1", str(bbmd_gateway.ports["bacnet"])],
+            capture_output=True, text=True, timeout=20, env=env,
+        ).stdout  # fmt: skip
+    finally:
+        fd.close()
+    assert re.search(rf"FDT-001: 127\.0\.0\.1:{me} 120s 1(4[89]|50)s", out), out
 
 
 @pytest.fixture
