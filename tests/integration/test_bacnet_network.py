@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from bacnet_raw import RawPeer, bacnet_stack_tool, free_port, gateway_processes, object_ids, read_property
+from bacnet_raw import RawPeer, apdu_of, bacnet_stack_tool, free_port, gateway_processes, object_ids, read_property
 
 DEVICE, OBJECT_LIST = 8, 76
 MAX_APDU = {0: 50, 1: 128, 2: 206, 3: 480, 4: 1024, 5: 1476}
@@ -130,6 +130,30 @@ def test_bbmd_keeps_foreign_devices_30_s_beyond_their_ttl_and_shows_its_table(bb
     at = a.index(b"\x0d\x06" + me)  # context tag 0, 6 octets: the foreign device's B/IP address
     assert a[at + 8 : at + 10] == b"\x19\x3c"  # context tag 1: time-to-live 60
     assert a[at + 10] == 0x29 and 85 <= a[at + 11] <= 90  # context tag 2: remaining time, grace included
+
+
+WHO_IS = b"\x01\x20\xff\xff\x00\xff" + b"\x10\x08"  # global Who-Is
+
+
+def _i_am_heard(peer: RawPeer) -> bool:
+    return any(apdu_of(f)[:3] == b"\x10\x00\xc4" for f in peer.drain(1.0) if f[:1] == b"\x81")
+
+
+def test_bbmd_distributes_broadcasts_of_registered_foreign_devices_only(bbmd_gateway):
+    """Annex J.4.5: Distribute-Broadcast-To-Network from a host that is not registered is refused (NAK 0x0060)."""
+    dbtn = struct.pack(">BBH", 0x81, 0x09, 4 + len(WHO_IS)) + WHO_IS
+    fd = RawPeer(bbmd_gateway.ports["bacnet"])
+    try:
+        fd.send(dbtn)
+        assert fd.recv(3) == struct.pack(">BBHH", 0x81, 0x00, 6, 0x0060)
+        assert not _i_am_heard(fd)
+        fd.send(_register_fd(60))
+        assert fd.recv(3) == struct.pack(">BBHH", 0x81, 0x00, 6, 0)
+        fd.send(dbtn)
+        assert _i_am_heard(fd)
+    finally:
+        fd.close()
+    assert bbmd_gateway.log.read_text().count("not a registered foreign device") == 1
 
 
 def test_bbmd_table_read_by_bacnet_stack(bbmd_gateway):

@@ -254,7 +254,7 @@ class BacnetServer(Server):
         except Exception as exc:
             raise ServerStartError(f"BACnet/IP device cannot start: {exc}") from exc
         self.app.cov_limits = CovLimits(**self.cfg.cov.model_dump())
-        self.bvll_guards = install_guards(self.app, self._trusted_bbmds())
+        self.bvll_guards = install_guards(self.app, self._trusted_bbmds(), self.bind_info.network)
         await self._verify_bound(host, port)
         self._broadcast_listener = await announce(self.app, self.bind_info, port)
         if self.cfg.foreign_bbmd or self.cfg.bbmd:

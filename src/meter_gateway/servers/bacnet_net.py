@@ -9,6 +9,9 @@ Every datagram passes here before bacpypes3 decodes it:
   registers with as a foreign device) it is handled as bacpypes3 does, with the original source; from anybody else
   the claimed source is ignored and the NPDU is handled as a broadcast from the address it really came from, so
   the write policy and the audit log see the transport-level source (issue 21.2). Logged once per sender.
+- As a BBMD (J.4.5): Distribute-Broadcast-To-Network is accepted from registered foreign devices only (others get
+  the NAK result 0x0060), and a broadcast from outside the local subnet or an untrusted Forwarded-NPDU is handled
+  by the device but never forwarded to BDT peers and foreign devices (no amplification, no laundering of sources).
 - An exception raised while bacpypes3 handles a datagram is logged once per source and kind, one line (bacpypes3
   logs a 700-byte stack trace per datagram otherwise).
 
@@ -30,12 +33,14 @@ from typing import Any
 
 import ifaddr
 from bacpypes3.basetypes import FDTEntry
-from bacpypes3.pdu import PDU, IPv4Address
+from bacpypes3.ipv4.bvll import Result
+from bacpypes3.pdu import PDU, IPv4Address, LocalBroadcast
 
 log = logging.getLogger(__name__)
 
 BVLC_TYPE = 0x81
 FORWARDED_NPDU = 0x04
+DISTRIBUTE_BROADCAST = 0x09
 ORIGINAL_BROADCAST = 0x0B
 MAX_FUNCTION = 0x0C  # Secure-BVLL is the last function of annex J
 _MAX_LOGGED = 1000
@@ -83,8 +88,11 @@ def check_bvlc(data: bytes) -> str | None:
 class BvllGuard:
     """Wraps the UDP multiplexer of one bacpypes3 BACnet/IP link layer (see the module doc)."""
 
-    def __init__(self, link_layer: Any, trusted: set[tuple[str, int]]) -> None:
+    def __init__(self, link_layer: Any, trusted: set[tuple[str, int]], local: ipaddress.IPv4Network | None) -> None:
+        self.link = link_layer
         self.trusted = trusted
+        self.local = local
+        self.bbmd = hasattr(link_layer, "bbmdFDT") and not hasattr(link_layer, "bbmdRegistrationStatus")
         self.note = OncePerSource()
         self.mux = link_layer.multiplexer
         self._inner = self.mux.confirmation
@@ -99,21 +107,51 @@ class BvllGuard:
         if kind is not None:
             self.note(host, kind, f" ({len(data)} bytes)")
             return
-        if data[1] == FORWARDED_NPDU and source not in self.trusted:
-            claimed = f"{socket.inet_ntoa(data[4:8])}:{struct.unpack_from('>H', data, 8)[0]}"
-            self.note(host, "Forwarded-NPDU (sender is not a trusted BBMD)", f" (claims {claimed})")
-            npdu = data[10:]
-            data = struct.pack(">BBH", BVLC_TYPE, ORIGINAL_BROADCAST, 4 + len(npdu)) + npdu
-            pdu = PDU(data, source=pdu.pduSource, destination=pdu.pduDestination, user_data=pdu.pduUserData)
         try:
+            if data[1] == FORWARDED_NPDU and source not in self.trusted:
+                claimed = f"{socket.inet_ntoa(data[4:8])}:{struct.unpack_from('>H', data, 8)[0]}"
+                self.note(host, "Forwarded-NPDU (sender is not a trusted BBMD)", f" (claims {claimed})")
+                if self.bbmd:  # a BBMD would forward it again: deliver it here only
+                    await self._deliver_here(pdu, data[10:])
+                    return
+                npdu = data[10:]
+                data = struct.pack(">BBH", BVLC_TYPE, ORIGINAL_BROADCAST, 4 + len(npdu)) + npdu
+                pdu = PDU(data, source=pdu.pduSource, destination=pdu.pduDestination, user_data=pdu.pduUserData)
+            elif self.bbmd and await self._bbmd_refuses(pdu, data, host):
+                return
             await self._inner(pdu)
         except Exception as exc:
             self.note(host, f"undecodable BACnet datagram ({type(exc).__name__})", f": {exc}")
 
+    async def _bbmd_refuses(self, pdu: PDU, data: bytes, host: str) -> bool:
+        """As a BBMD (J.4.5): Distribute-Broadcast-To-Network only from a registered foreign device (else NAK
+        0x0060); an Original-Broadcast-NPDU from outside the local subnet is handled here but not forwarded."""
+        if data[1] == DISTRIBUTE_BROADCAST and all(e.fdAddress != pdu.pduSource for e in self.link.bbmdFDT):
+            self.note(host, "Distribute-Broadcast-To-Network from a host that is not a registered foreign device")
+            await self.link.request(Result(code=0x0060, destination=pdu.pduSource))
+            return True
+        if (
+            data[1] == ORIGINAL_BROADCAST
+            and self.local is not None
+            and ipaddress.IPv4Address(pdu.pduSource.addrTuple[0]) not in self.local
+        ):
+            self.note(host, "Original-Broadcast-NPDU from outside the local subnet (not forwarded)")
+            await self._deliver_here(pdu, data[4:])
+            return True
+        return False
 
-def install_guards(app: Any, trusted: set[tuple[str, int]]) -> list[BvllGuard]:
+    async def _deliver_here(self, pdu: PDU, npdu: bytes) -> None:
+        """Hand an NPDU to the device as a local broadcast from the transport source, without forwarding it."""
+        await self.link.response(
+            PDU(npdu, source=pdu.pduSource, destination=LocalBroadcast(), user_data=pdu.pduUserData)
+        )
+
+
+def install_guards(
+    app: Any, trusted: set[tuple[str, int]], local: ipaddress.IPv4Network | None = None
+) -> list[BvllGuard]:
     """Put a BvllGuard in front of every BACnet/IP link layer of a bacpypes3 application."""
-    return [BvllGuard(ll, trusted) for ll in app.link_layers.values() if hasattr(ll, "multiplexer")]
+    return [BvllGuard(ll, trusted, local) for ll in app.link_layers.values() if hasattr(ll, "multiplexer")]
 
 
 # -- where the device binds ------------------------------------------------------------------------------------------
