@@ -177,6 +177,9 @@ class BacnetSection(_Strict):
     foreign_ttl: int = Field(300, ge=30, le=65535)
     stale_reliability: Literal["unreliable-other", "no-sensor", "communication-failure"] = "unreliable-other"
     cov: BacnetCovSection = BacnetCovSection()
+    bbmd_max_foreign_devices: int = Field(
+        128, ge=1, le=10000, description="as BBMD: foreign devices registered at once (more are refused)"
+    )
     trusted_bbmds: list[str] = Field(
         [],
         description="BBMDs (host[:port]) whose Forwarded-NPDU carry a trusted original source (BDT peers and "

@@ -156,6 +156,26 @@ def test_bbmd_distributes_broadcasts_of_registered_foreign_devices_only(bbmd_gat
     assert bbmd_gateway.log.read_text().count("not a registered foreign device") == 1
 
 
+def test_bbmd_foreign_device_table_is_bounded(tmp_path):
+    with gateway_processes(tmp_path) as make:
+        gp = make(extra=", bbmd: true, bbmd_max_foreign_devices: 2")
+        peers = [RawPeer(gp.ports["bacnet"]) for _ in range(4)]
+        try:
+            results = []
+            for p in peers:
+                p.send(_register_fd(60))
+                results.append(p.recv(3))
+            peers[0].send(_register_fd(60))  # a renewal still fits
+            results.append(peers[0].recv(3))
+        finally:
+            for p in peers:
+                p.close()
+        text = gp.log.read_text()
+    ok, nak = struct.pack(">BBHH", 0x81, 0x00, 6, 0), struct.pack(">BBHH", 0x81, 0x00, 6, 0x0030)
+    assert results == [ok, ok, nak, nak, ok]
+    assert text.count("foreign-device table full") == 1
+
+
 def test_bbmd_table_read_by_bacnet_stack(bbmd_gateway):
     """The same table through an independent implementation: bacnet-stack's bacrfdt."""
     bacrfdt = bacnet_stack_tool("bacrfdt")

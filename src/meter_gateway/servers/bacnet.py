@@ -258,7 +258,9 @@ class BacnetServer(Server):
         await self._verify_bound(host, port)
         self._broadcast_listener = await announce(self.app, self.bind_info, port)
         if self.cfg.foreign_bbmd or self.cfg.bbmd:
-            self.fd_monitor = ForeignDeviceMonitor(self.app, port_obj, self.cfg.foreign_bbmd)
+            self.fd_monitor = ForeignDeviceMonitor(
+                self.app, port_obj, self.cfg.foreign_bbmd, self.cfg.bbmd_max_foreign_devices
+            )
             self.fd_monitor.start()
         gw.table.add_listener(self._on_change)
         log.info(

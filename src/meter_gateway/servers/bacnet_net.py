@@ -281,11 +281,19 @@ FD_GRACE = 30  # seconds a BBMD keeps a foreign device beyond its time-to-live (
 NO_ANSWER_AFTER = 6.0  # seconds without an answer (the first attempt and its first repetition) before saying so
 
 
-def _bbmd_grace(link: Any) -> None:
-    """Make a bacpypes3 BBMD keep foreign devices TTL + 30 s (it keeps them TTL + 5 s)."""
+def _bbmd_grace(link: Any, max_entries: int) -> None:
+    """Make a bacpypes3 BBMD keep foreign devices TTL + 30 s (it keeps them TTL + 5 s) and refuse registrations
+    beyond `max_entries` (NAK 0x0030, J.2.1: the table is full)."""
     register = link.register_foreign_device
+    full_logged: list[bool] = []
 
     def register_with_grace(addr, ttl: int) -> int:
+        known = any(entry.fdAddress == addr for entry in link.bbmdFDT)
+        if not known and len(link.bbmdFDT) >= max_entries:
+            if not full_logged:
+                full_logged.append(True)
+                log.warning("BACnet: foreign-device table full (%d): registration of %s refused", max_entries, addr)
+            return 0x0030
         status = register(addr, ttl)
         for entry in link.bbmdFDT:
             if entry.fdAddress == addr:
@@ -299,7 +307,7 @@ class ForeignDeviceMonitor:
     """Once a second: the gateway's foreign-device registration state (logged on change), or, as a BBMD, its
     foreign-device table copied into the Network Port object's foreign-device-table property."""
 
-    def __init__(self, app: Any, port_obj: Any, bbmd: str) -> None:
+    def __init__(self, app: Any, port_obj: Any, bbmd: str, max_foreign_devices: int = 128) -> None:
         self.link = next(iter(app.link_layers.values()))
         self.port_obj = port_obj
         self.bbmd = bbmd
@@ -307,7 +315,7 @@ class ForeignDeviceMonitor:
         self._task: asyncio.Task | None = None
         self._registering_since: float | None = None
         if hasattr(self.link, "bbmdFDT"):
-            _bbmd_grace(self.link)
+            _bbmd_grace(self.link, max_foreign_devices)
 
     @property
     def foreign(self) -> bool:
