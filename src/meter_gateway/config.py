@@ -139,13 +139,31 @@ def _check_net(v: list[str]) -> list[str]:
     return v
 
 
+class BacnetCovSection(_Strict):
+    """Limits on COV subscriptions and on confirmed notifications in flight (docs/bacnet-network.md)."""
+
+    max_subscriptions: int = Field(1000, ge=0, le=100000, description="COV subscriptions in the whole device")
+    max_subscriptions_per_client: int = Field(
+        500, ge=0, le=100000, description="COV subscriptions from one client address (IP:port)"
+    )
+    max_outstanding: int = Field(
+        8, ge=1, le=255, description="confirmed notifications awaiting an acknowledgement, per subscriber"
+    )
+    drop_after: int = Field(
+        3, ge=1, le=1000, description="unanswered confirmed notifications in a row that cancel a subscriber"
+    )
+
+
 class BacnetSection(_Strict):
     """The gateway's BACnet/IP device."""
 
     enabled: bool = True
-    bind: str = "0.0.0.0"
+    bind: str = Field(
+        "0.0.0.0",
+        description="interface name (eth0) or interface address; 0.0.0.0: the first interface that is not loopback",
+    )
     port: int = Field(47808, ge=0, le=65535)
-    netmask: int = Field(24, ge=0, le=32)
+    netmask: int | None = Field(None, ge=0, le=32, description="prefix length; default: the interface's")
     device_instance: int = Field(599, ge=0, le=4194302)
     device_name: str = ""
     vendor_name: str = "meter-gateway project"
@@ -161,6 +179,15 @@ class BacnetSection(_Strict):
     state_file: str = Field(
         "var/bacnet-state.json",
         description="device state kept across restarts (database-revision), relative to the configuration file",
+    )
+    cov: BacnetCovSection = BacnetCovSection()
+    bbmd_max_foreign_devices: int = Field(
+        128, ge=1, le=10000, description="as BBMD: foreign devices registered at once (more are refused)"
+    )
+    trusted_bbmds: list[str] = Field(
+        [],
+        description="BBMDs (host[:port]) whose Forwarded-NPDU carry a trusted original source (BDT peers and "
+        "foreign_bbmd are trusted too)",
     )
 
 

@@ -384,11 +384,11 @@ class RawClient:
             self._dispatch_unsolicited(*got)
 
     # -- services ---------------------------------------------------------------------------------------------
-    def confirmed(self, service: int, params: bytes) -> Answer:
-        """Send a confirmed request (max APDU 1476, no segmentation) and wait for its answer."""
+    def confirmed(self, service: int, params: bytes, max_apdu_code: int = 5) -> Answer:
+        """Send a confirmed request (max APDU 1476 unless told, no segmentation) and wait for its answer."""
         self.invoke = (self.invoke + 1) % 256
         inv = self.invoke
-        self.send(bytes([0x01, 0x04, 0x00, 0x05, inv, service]) + params)
+        self.send(bytes([0x01, 0x04, 0x00, max_apdu_code, inv, service]) + params)
         until = time.monotonic() + self.timeout
         while (got := self._recv(until)) is not None:
             apdu, src = got

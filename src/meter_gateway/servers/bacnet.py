@@ -16,7 +16,6 @@ import asyncio
 import contextvars
 import hashlib
 import inspect
-import ipaddress
 import json
 import logging
 import math
@@ -85,6 +84,9 @@ from .. import __version__
 from ..bacnet_model import ACCUMULATOR_MAX, ObjectSpec, object_specs, present_value, state_valid, table_value
 from ..core.quality import PointValue, Quality
 from ..writes import Decision, WriteRequest, WriteResult
+from .bacnet_cov import CovGuard, CovLimits
+from .bacnet_net import ForeignDeviceMonitor, announce, host_port, install_guards, quiet_library_logs, resolve_bind
+from .bacnet_segment import ObjectListCache, fit_segments
 from .base import Server, ServerStartError
 
 log = logging.getLogger(__name__)
@@ -312,7 +314,7 @@ def services_supported() -> ServicesSupported:
     return ss
 
 
-class _GatewayApplication(Application):
+class _GatewayApplication(CovGuard, ObjectListCache, Application):
     """The bacpypes3 application: only the offered services, writes answered by the gateway's own rules."""
 
     gw_server: BacnetServer | None = None
@@ -474,13 +476,16 @@ class BacnetServer(Server):
         self.device: GwDevice | None = None
         self.database_revision = 1
         self._bound: tuple[str, int] | None = None
+        self._broadcast_listener = None
+        self.fd_monitor: ForeignDeviceMonitor | None = None
 
     # -- start / stop ---------------------------------------------------------------------------------
     def _address(self) -> str:
-        host = self.cfg.bind
-        if host in ("0.0.0.0", ""):
-            host = _primary_ipv4()
-        return f"{host}/{self.cfg.netmask}:{self.cfg.port}"
+        try:
+            self.bind_info = resolve_bind(self.cfg.bind, self.cfg.netmask)
+        except ValueError as exc:
+            raise ServerStartError(f"BACnet/IP: {exc}") from exc
+        return f"{self.bind_info.address}/{self.bind_info.prefix}:{self.cfg.port}"
 
     def _check_port_free(self, host: str, port: int) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -499,7 +504,7 @@ class BacnetServer(Server):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.bind((host, 0))
                 port = s.getsockname()[1]
-            address = f"{host}/{self.cfg.netmask}:{port}"
+            address = f"{host}/{self.bind_info.prefix}:{port}"
         self._check_port_free(host, port)
         gw = self.gateway
         self.database_revision = self._database_revision()
@@ -536,12 +541,22 @@ class BacnetServer(Server):
             port_obj.bbmdForeignDeviceTable = []
             port_obj.bbmdBroadcastDistributionTable = [BDTEntry(e) for e in self.cfg.bdt]
         objs = [device, port_obj] + [self._make(spec) for spec in self.specs]
+        fit_segments()
+        quiet_library_logs()
         try:
             self.app = _GatewayApplication.from_object_list(objs)
         except Exception as exc:
             raise ServerStartError(f"BACnet/IP device cannot start: {exc}") from exc
         self.app.gw_server = self
+        self.app.cov_limits = CovLimits(**self.cfg.cov.model_dump())
+        self.bvll_guards = install_guards(self.app, self._trusted_bbmds(), self.bind_info.network)
         await self._verify_bound(host, port)
+        self._broadcast_listener = await announce(self.app, self.bind_info, port)
+        if self.cfg.foreign_bbmd or self.cfg.bbmd:
+            self.fd_monitor = ForeignDeviceMonitor(
+                self.app, port_obj, self.cfg.foreign_bbmd, self.cfg.bbmd_max_foreign_devices
+            )
+            self.fd_monitor.start()
         gw.table.add_listener(self._on_change)
         log.info(
             "BACnet/IP device %d (%s) on %s:%d with %d objects, database revision %d",
@@ -619,6 +634,15 @@ class BacnetServer(Server):
             log.warning("BACnet state file %s cannot be written (%s): database revision not persisted", path, exc)
         return rev
 
+    def _trusted_bbmds(self) -> set[tuple[str, int]]:
+        """Sources whose Forwarded-NPDU are trusted: configured BBMDs, BDT peers (as BBMD), the foreign BBMD."""
+        entries = list(self.cfg.trusted_bbmds)
+        if self.cfg.bbmd:
+            entries += self.cfg.bdt
+        if self.cfg.foreign_bbmd:
+            entries.append(self.cfg.foreign_bbmd)
+        return {host_port(e) for e in entries}
+
     async def _verify_bound(self, host: str, port: int) -> None:
         """Wait until bacpypes3 really owns the socket (its own bind retries silently)."""
         assert self.app is not None
@@ -635,6 +659,12 @@ class BacnetServer(Server):
     async def stop(self) -> None:
         """Stop listening to the table and close the sockets."""
         self.gateway.table.remove_listener(self._on_change)
+        if self._broadcast_listener is not None:
+            self._broadcast_listener.close()
+            self._broadcast_listener = None
+        if self.fd_monitor is not None:
+            self.fd_monitor.close()
+            self.fd_monitor = None
         if self.app is not None:
             self.app.close()
             self.app = None
@@ -643,6 +673,10 @@ class BacnetServer(Server):
     def address(self) -> tuple[str, int] | None:
         """The bound UDP address."""
         return self._bound
+
+    def foreign_registration(self) -> str | None:
+        """Foreign-device registration state (registering, registered, no-answer, refused, expired), None if none."""
+        return self.fd_monitor.state if self.fd_monitor is not None and self.fd_monitor.foreign else None
 
     # -- objects ---------------------------------------------------------------------------------------
     def _make(self, spec: ObjectSpec):
@@ -793,13 +827,3 @@ class BacnetServer(Server):
             OptionalUnsigned(null=()) if winner is None else OptionalUnsigned(unsigned=winner + 1)
         )
         obj.presentValue = BinaryPV(slots[winner]) if winner is not None else obj.relinquishDefault
-
-
-def _primary_ipv4() -> str:
-    """The host's own IPv4 address, as BACnet/IP needs a real interface address (not 0.0.0.0)."""
-    try:
-        addr = socket.gethostbyname(socket.gethostname())
-        ipaddress.ip_address(addr)
-    except (OSError, ValueError):
-        addr = "127.0.0.1"
-    return addr

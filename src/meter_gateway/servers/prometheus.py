@@ -192,6 +192,15 @@ class GatewayCollector:
             for scope, name, period, _kwh in rec.active_alerts(time.time()):
                 alerts.add_metric([scope, name, period], 1.0)
             yield alerts
+        fd = _foreign_registration(gw)
+        if fd is not None:
+            reg = GaugeMetricFamily(
+                P + "bacnet_foreign_registered",
+                "1 while the BACnet device is registered as a foreign device with its BBMD",
+                labels=["state"],
+            )
+            reg.add_metric([fd], 1.0 if fd == "registered" else 0.0)
+            yield reg
         info = GaugeMetricFamily(P + "build_info", "Gateway version and name", labels=["version", "gateway"])
         info.add_metric([__version__, gw.config.gateway.name], 1.0)
         yield info
@@ -232,6 +241,12 @@ class GatewayCollector:
         yield from (sent, busy, hist)
 
 
+def _foreign_registration(gw) -> str | None:
+    """The BACnet foreign-device registration state, None when the device does not register."""
+    server = next((s for s in getattr(gw, "servers", ()) if s.name == "bacnet"), None)
+    return server.foreign_registration() if server is not None else None
+
+
 def health(gw) -> tuple[int, dict]:
     """Health of buses and meters: 200 when ok or degraded, 503 when failed (see docs/metrics.md)."""
     meters = {}
@@ -261,6 +276,11 @@ def health(gw) -> tuple[int, dict]:
             doc["journal"]["checkpoint"] = rec.last_checkpoint
         if rec.state != "ok" and status == "ok":
             doc["status"] = "degraded"
+    fd = _foreign_registration(gw)
+    if fd is not None:
+        doc["bacnet_foreign_device"] = fd
+        if fd in ("no-answer", "refused", "expired") and status == "ok":
+            doc["status"] = "degraded"  # BACnet broadcasts do not reach other subnets
     return (503 if status == "failed" else 200), doc
 
 
