@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from importlib import resources
 from pathlib import Path
 
@@ -147,3 +148,19 @@ def test_single_phase_profile_cannot_declare_l3(tmp_path: Path):
     _write(tmp_path / "acme_m1.yaml", doc)
     with pytest.raises(ProfileError, match="single-phase"):
         load_profiles([tmp_path])
+
+
+def test_not_available_pattern_must_suit_the_type(tmp_path):
+    doc = copy.deepcopy(MINIMAL) | {"name": "acme_na"}
+    doc["points"]["Active_Energy_Import"]["na"] = ["nan"]  # uint32 has no NaN
+    with pytest.raises(ProfileError, match="nan"):
+        load_profile_file(_write(tmp_path / "acme_na.yaml", doc))
+
+
+def test_a_mapped_power_factor_needs_a_declared_convention(tmp_path):
+    doc = copy.deepcopy(MINIMAL) | {"name": "acme_pf"}
+    doc["points"]["Power_Factor_Total"] = {"address": 10, "type": "float32"}
+    with pytest.raises(ProfileError, match="conventions"):
+        load_profile_file(_write(tmp_path / "acme_pf.yaml", doc))
+    doc["conventions"] = {"power_factor": "lead_lag"}
+    assert load_profile_file(_write(tmp_path / "acme_pf.yaml", doc)).conventions.power_factor == "lead_lag"

@@ -168,6 +168,9 @@ class PointTable:
         state = self._meters[meter_id]
         if isinstance(value, float) and not math.isfinite(value):
             return self._reject(meter_id, point, old, now, f"non-finite value {value}")
+        implausible = pdef.implausible(value)
+        if implausible:
+            return self._reject(meter_id, point, old, now, implausible)
         if pdef.is_energy and old.value is not None and old.read_time is not None:
             problem = self._energy_problem(state, pdef, float(old.value), float(value), now - old.read_time)
             if problem:

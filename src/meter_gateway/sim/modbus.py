@@ -47,6 +47,7 @@ class SimModbusMeter:
     strict_holes: bool = False  # answer exception 2 for reads that touch unmapped registers
     writes: list[WriteRecord] = field(default_factory=list)
     requests: int = 0
+    raw_words: dict[str, list[int]] = field(default_factory=dict)  # point -> words answered as they are (NA tests)
 
     def __post_init__(self) -> None:
         self.catalogue = load_catalogue()
@@ -68,6 +69,8 @@ class SimModbusMeter:
 
     # -- register image ----------------------------------------------------------------------------
     def _point_words(self, name: str) -> list[int]:
+        if name in self.raw_words:
+            return list(self.raw_words[name])
         prof = self.profile
         p = prof.points[name]
         value = self.model.values.get(name, 0)

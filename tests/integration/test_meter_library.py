@@ -1,0 +1,110 @@
+"""Meter library through real pymodbus masters and the simulated meters: "not available" patterns, plausible
+limits, power-factor convention, identification (issue 17)."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import FAST, wait_for
+from meter_gateway.config import parse_config
+from meter_gateway.core.codec import DataType, WordOrder, encode
+from meter_gateway.core.quality import Quality
+from meter_gateway.drivers.modbus import ModbusDriver
+from meter_gateway.sim.modbus import RtuSimBus, TcpSimServer, make_meter
+
+INT64_NA = [0x8000, 0, 0, 0]
+FLOAT32_NAN = [0xFFC0, 0x0000]
+
+
+def _gateway_yaml(port: int, profile: str) -> str:
+    return f"""
+gateway: {{name: t}}
+buses:
+  - {{id: tcp, type: modbus_tcp, host: 127.0.0.1, port: {port}, timeout: 0.3, retries: 0, fail_after: 1,
+     backoff_max: 1}}
+meters:
+  - {{id: m, bus: tcp, address: 1, profile: {profile}, bacnet_instance_base: 1000, modbus_unit: 1,
+     poll_intervals: {FAST}}}
+upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, prometheus: {{enabled: false}}}}
+"""
+
+
+async def _rtu(profiles, sim):
+    server = RtuSimBus([sim])
+    port = await server.start()
+    cfg = parse_config(
+        f"""
+buses: [{{id: b, type: modbus_rtu, port: {port}, timeout: 0.3, retries: 0}}]
+meters: [{{id: m, bus: b, address: {sim.unit}, profile: {sim.profile.name}, bacnet_instance_base: 1000,
+           modbus_unit: 1}}]
+""",
+        profiles=profiles,
+    )
+    driver = ModbusDriver(cfg.buses[0], profiles, port=port)
+    await driver.open()
+    return server, driver, cfg.meters[0]
+
+
+async def test_int64_not_available_is_no_reading(profiles):
+    """iEM3150/3250 have no export counter and answer the int64 NA pattern (was -9.2e15 kWh, quality good)."""
+    sim = make_meter(5, profiles.get("schneider_iem3000"), seed=2)
+    sim.raw_words["Active_Energy_Export"] = INT64_NA
+    sim.raw_words["Voltage_L1_L2"] = FLOAT32_NAN
+    server, driver, meter = await _rtu(profiles, sim)
+    try:
+        got = {
+            r.point: r
+            for r in await driver.read(meter, ["Active_Energy_Import", "Active_Energy_Export", "Voltage_L1_L2"])
+        }
+    finally:
+        await driver.close()
+        await server.close()
+    assert got["Active_Energy_Export"].value is None
+    assert got["Active_Energy_Export"].error == "meter reports the value as not available"
+    assert got["Voltage_L1_L2"].value is None and got["Voltage_L1_L2"].error
+    assert got["Active_Energy_Import"].error is None and got["Active_Energy_Import"].value > 0
+
+
+async def test_not_available_and_implausible_values_are_never_published(profiles):
+    """Through the running gateway: NA energy and an out-of-limits voltage are bad data with no number."""
+    from meter_gateway.app import Gateway
+
+    sim = make_meter(1, profiles.get("schneider_iem3000"), seed=4)
+    sim.raw_words["Active_Energy_Export"] = INT64_NA
+    sim.raw_words["Voltage_L1_N"] = encode(3000.0, DataType.FLOAT32, WordOrder.BIG)  # 3 kV on a LV meter
+    server = TcpSimServer([sim])
+    port = await server.start()
+    gw = Gateway(parse_config(_gateway_yaml(port, "schneider_iem3000"), profiles=profiles), profiles)
+    await gw.start()
+    try:
+        assert await wait_for(lambda: gw.table.get("m", "Active_Energy_Import").quality is Quality.GOOD)
+        assert await wait_for(lambda: gw.table.get("m", "Voltage_L1_N").quality is Quality.BAD_DATA)
+        for point in ("Active_Energy_Export", "Voltage_L1_N"):
+            v = gw.table.get("m", point)
+            assert v.quality is Quality.BAD_DATA and v.value is None, (point, v)
+        assert "plausible" in gw.table.get("m", "Voltage_L1_N").reason
+        # the meter's value comes back into range: published again
+        del sim.raw_words["Voltage_L1_N"]
+        assert await wait_for(lambda: gw.table.get("m", "Voltage_L1_N").quality is Quality.GOOD)
+        assert 150 < gw.table.get("m", "Voltage_L1_N").value < 300
+    finally:
+        await gw.stop()
+        await server.close()
+
+
+@pytest.mark.parametrize("exporting", [False, True])
+async def test_power_factor_takes_the_sign_of_active_power(profiles, exporting):
+    """SDM630 documents two PF sign conventions: the driver publishes |PF| with the sign of the active power."""
+    sim = make_meter(3, profiles.get("eastron_sdm630"), seed=1)
+    sim.model.frozen = True
+    p = sim.model.values["Active_Power_L1"]
+    sim.model.values["Active_Power_L1"] = -abs(p) if exporting else abs(p)
+    sim.raw_words["Power_Factor_L1"] = encode(-0.875, DataType.FLOAT32, WordOrder.BIG)  # capacitive, per doc V2
+    server, driver, meter = await _rtu(profiles, sim)
+    try:
+        got = {r.point: r for r in await driver.read(meter, ["Power_Factor_L1"])}
+    finally:
+        await driver.close()
+        await server.close()
+    assert got["Power_Factor_L1"].value == (-0.875 if exporting else 0.875)
+    assert "Active_Power_L1" in got  # read in the same poll to know the sign
