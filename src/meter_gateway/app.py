@@ -61,18 +61,20 @@ class Gateway:
         self.write_service: Any = None
         self.journal: Any = None  # journal.recorder.Recorder when the journal is enabled
         for m in config.meters:
-            if not m.enabled:
-                continue
-            prof = profiles.get(m.profile)
-            self.table.add_meter(
-                m.id,
-                self.meter_points(m.id),
-                m.intervals(),
-                max_power_kw=m.max_power_kw or getattr(prof, "max_power_kw", 1000.0),
-                energy_wrap=getattr(prof, "energy_wrap", None),
-            )
-            for cmd in getattr(prof, "commands", {}) or {}:
-                self.table.update(m.id, cmd, False)  # commands rest inactive; a write pulses them
+            if m.enabled and m.profile != "auto":  # `profile: auto` meters join once identified (start)
+                self._add_meter(m)
+
+    def _add_meter(self, m: Any) -> None:
+        prof = self.profiles.get(m.profile)
+        self.table.add_meter(
+            m.id,
+            self.meter_points(m.id),
+            m.intervals(),
+            max_power_kw=m.max_power_kw or getattr(prof, "max_power_kw", 1000.0),
+            energy_wrap=getattr(prof, "energy_wrap", None),
+        )
+        for cmd in getattr(prof, "commands", {}) or {}:
+            self.table.update(m.id, cmd, False)  # commands rest inactive; a write pulses them
 
     # -- facts about meters --------------------------------------------------------------------------
     def meter_points(self, meter_id: str) -> frozenset[str]:
@@ -97,6 +99,9 @@ class Gateway:
                 if not meters:
                     continue
                 driver = await self._make_driver(bus, meters)
+                meters = await self._identify_meters(bus, driver, meters)
+                if not meters:
+                    continue
                 runner = BusRunner(
                     bus.id,
                     meters,
@@ -150,6 +155,27 @@ class Gateway:
             self.servers.append(server)
             self._teardown.append(server.stop)
 
+    async def _identify_meters(self, bus: Any, driver: Driver, meters: list) -> list:
+        """Modbus: identify `profile: auto` meters and flag configured profiles the meter contradicts."""
+        if not isinstance(bus, (ModbusRtuBus, ModbusTcpBus)):
+            return meters
+        from .drivers.identify import check_bus
+
+        await driver.open()
+        try:
+            checked = await check_bus(driver, meters, self.profiles, self.table)
+        finally:
+            await driver.close()
+        resolved = {m.id: m for m in checked}
+        dropped = {m.id for m in meters} - set(resolved)
+        self.config = self.config.model_copy(
+            update={"meters": [resolved.get(m.id, m) for m in self.config.meters if m.id not in dropped]}
+        )
+        for m in checked:
+            if m.id not in self.table.meter_ids:
+                self._add_meter(m)
+        return checked
+
     async def _make_driver(self, bus: Any, meters: list) -> Driver:
         if isinstance(bus, (ModbusRtuBus, ModbusTcpBus)):
             from .drivers.modbus import ModbusDriver
@@ -159,7 +185,12 @@ class Gateway:
             from .sim.modbus import RtuSimBus, TcpSimServer, make_meter
 
             sims = [
-                make_meter(int(m.address), self.profiles.get(m.profile), seed=zlib.crc32(m.id.encode())) for m in meters
+                make_meter(
+                    int(m.address),
+                    self.profiles.get("generic" if m.profile == "auto" else m.profile),
+                    seed=zlib.crc32(m.id.encode()),
+                )
+                for m in meters
             ]
             for m, s in zip(meters, sims, strict=True):
                 self.simulators[m.id] = s

@@ -327,7 +327,10 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
         if lo <= dev <= hi:
             errs.append((("meters", i, "bacnet_instance_base"), f"range {lo}-{hi} contains the device instance {dev}"))
         if profiles is not None:
-            if m.profile not in profiles:
+            if m.profile == "auto":  # identified at start from the profiles' identification registers
+                if m.bus in seen_bus and cfg.buses[seen_bus[m.bus]].type == "mbus":
+                    errs.append((("meters", i, "profile"), "profile auto is for Modbus meters (M-Bus: name one)"))
+            elif m.profile not in profiles:
                 errs.append(
                     (
                         ("meters", i, "profile"),

@@ -108,3 +108,69 @@ async def test_power_factor_takes_the_sign_of_active_power(profiles, exporting):
         await server.close()
     assert got["Power_Factor_L1"].value == (-0.875 if exporting else 0.875)
     assert "Active_Power_L1" in got  # read in the same poll to know the sign
+
+
+# -- identification -------------------------------------------------------------------------------------------
+async def test_scan_tells_sdm630_from_sdm120(profiles):
+    """Both answer plausible voltages at 0x0000: only the meter code at 0xFC02 tells them apart."""
+    from meter_gateway.drivers.modbus import scan_modbus
+
+    sims = [
+        make_meter(4, profiles.get("eastron_sdm630"), seed=1),
+        make_meter(9, profiles.get("eastron_sdm120"), seed=2),
+    ]
+    server = RtuSimBus(sims)
+    port = await server.start()
+    cfg = parse_config(
+        f"buses: [{{id: b, type: modbus_rtu, port: {port}, timeout: 0.2, retries: 0}}]\n"
+        "meters: [{id: x, bus: b, address: 4, profile: generic, bacnet_instance_base: 1000}]\n",
+        profiles=profiles,
+    )
+    driver = ModbusDriver(cfg.buses[0], profiles, port=port)
+    await driver.open()
+    try:
+        found = await scan_modbus(driver, [4, 5, 9])
+    finally:
+        await driver.close()
+        await server.close()
+    assert [(f["unit"], f["profile"], f["identified"]) for f in found] == [
+        (4, "eastron_sdm630", True),
+        (9, "eastron_sdm120", True),
+    ]
+    assert "0xFC02" in found[0]["evidence"]
+
+
+async def test_auto_profile_and_mismatch_flag_at_start(profiles, caplog):
+    """`profile: auto` takes the identified model; a configured profile the meter contradicts is a loud warning
+    and a meter-level flag (the meter is still polled with the configured profile)."""
+    from meter_gateway.app import Gateway
+
+    sims = [
+        make_meter(1, profiles.get("eastron_sdm630"), seed=1),
+        make_meter(2, profiles.get("eastron_sdm630"), seed=2),
+    ]
+    server = TcpSimServer(sims)
+    port = await server.start()
+    text = f"""
+gateway: {{name: t}}
+buses:
+  - {{id: tcp, type: modbus_tcp, host: 127.0.0.1, port: {port}, timeout: 0.3, retries: 0, fail_after: 1}}
+meters:
+  - {{id: a, bus: tcp, address: 1, profile: auto, bacnet_instance_base: 1000, modbus_unit: 1,
+     poll_intervals: {FAST}}}
+  - {{id: wrong, bus: tcp, address: 2, profile: eastron_sdm120, bacnet_instance_base: 2000, modbus_unit: 2,
+     poll_intervals: {FAST}}}
+upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, prometheus: {{enabled: false}}}}
+"""
+    gw = Gateway(parse_config(text, profiles=profiles), profiles)
+    await gw.start()
+    try:
+        assert gw.config.meter("a").profile == "eastron_sdm630"
+        assert await wait_for(lambda: gw.table.get("a", "Voltage_L3_N").quality is Quality.GOOD)
+        flag = gw.table.meter("wrong").profile_warning
+        assert "eastron_sdm120" in flag and "identifies as 'eastron_sdm630'" in flag
+        assert gw.table.meter("a").profile_warning == ""
+        assert any("PROFILE MISMATCH" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    finally:
+        await gw.stop()
+        await server.close()

@@ -469,7 +469,9 @@ class ModbusDriver(Driver):
 
 
 async def scan_modbus(driver: ModbusDriver, units: Sequence[int]) -> list[dict]:
-    """Probe unit ids on an open driver; for each answering unit, guess the profile from plausible readings."""
+    """Probe unit ids on an open driver; for each answering unit, identify the model (drivers/identify.py)."""
+    from .identify import identify_or_guess
+
     found = []
     for unit in units:
         try:
@@ -478,33 +480,14 @@ async def scan_modbus(driver: ModbusDriver, units: Sequence[int]) -> list[dict]:
             pass  # an exception reply still proves a device answers at this unit id
         except NoResponse:
             continue
-        found.append({"unit": unit, "profile": await _identify(driver, unit)})
+        ident = await identify_or_guess(driver, unit, driver.profiles)
+        found.append(
+            {
+                "unit": unit,
+                "profile": ident.profile,
+                "variant": ident.variant,
+                "evidence": ident.evidence,
+                "identified": ident.by_registers and ident.profile is not None,
+            }
+        )
     return found
-
-
-async def _identify(driver: ModbusDriver, unit: int) -> str | None:
-    """The first profile whose voltage and frequency registers read plausibly at this unit (generic last)."""
-    names = sorted(
-        (n for n in driver.profiles.names() if isinstance(driver.profiles.get(n), ModbusProfile)),
-        key=lambda n: (n == "generic", n),
-    )
-    probe = MeterConfig(
-        id="probe", bus=driver.bus.id, address=unit, profile="generic", bacnet_instance_base=0, modbus_unit=1
-    )
-    for name in names:
-        prof = driver.profiles.get(name)
-        checks = {"Voltage_L1_N": (150.0, 300.0), "Frequency": (45.0, 65.0)}
-        pts = [p for p in checks if p in prof.points]
-        if "Voltage_L1_N" not in pts:
-            continue
-        meter = probe.model_copy(update={"profile": name, "id": f"probe-{name}"})
-        try:
-            readings = await driver.read(meter, pts)
-        except (NoResponse, MeterException, FrameError):
-            continue
-        if all(
-            r.error is None and isinstance(r.value, float) and checks[r.point][0] <= r.value <= checks[r.point][1]
-            for r in readings
-        ):
-            return name
-    return None

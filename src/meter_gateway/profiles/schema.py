@@ -175,7 +175,18 @@ class ModbusProfile(ProfileBase):
             for key in self.sources_of(name):
                 if key not in self.sources:
                     raise ValueError(f"@points.{name}.source: {key!r} is not a key of `sources`")
+        used = {
+            (3 if self.function_of(n) == 3 else self.function_of(n), p.address + k)
+            for n, p in self.points.items()
+            for k in range(self.count_of(n))
+        }
         for rule in [*self.identify, *(r for v in self.variants for r in v.identify)]:
+            n = 2 if rule.type == "uint32" else (rule.count if rule.type == "string" else 1)
+            clash = [a for a in range(rule.address, rule.address + n) if (rule.function, a) in used]
+            if clash:
+                raise ValueError(f"@identify: register {rule.address} overlaps a mapped point")
+            if rule.type != "string" and any(isinstance(v, str) for v in rule.equals):
+                raise ValueError(f"@identify: register {rule.address} of type {rule.type} takes numbers")
             for key in rule.source:
                 if key not in self.sources:
                     raise ValueError(f"@identify: source {key!r} is not a key of `sources`")
