@@ -10,6 +10,7 @@ from meter_gateway.config import parse_config
 from meter_gateway.core.codec import DataType, WordOrder, encode
 from meter_gateway.core.quality import Quality
 from meter_gateway.drivers.modbus import ModbusDriver
+from meter_gateway.profiles import load_profiles
 from meter_gateway.sim.modbus import RtuSimBus, TcpSimServer, make_meter
 
 INT64_NA = [0x8000, 0, 0, 0]
@@ -174,3 +175,24 @@ upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, promethe
     finally:
         await gw.stop()
         await server.close()
+
+
+IDENTIFIABLE = [n for n in load_profiles().names() if getattr(load_profiles().get(n), "identify", None)]
+
+
+@pytest.mark.parametrize("profile", IDENTIFIABLE)
+async def test_every_simulated_make_identifies_as_itself(profiles, profile):
+    from meter_gateway.drivers.identify import identify_unit
+
+    prof = profiles.get(profile)
+    variant = prof.variants[-1].name if prof.variants else None
+    sim = make_meter(6, prof, seed=5)
+    sim.variant = variant
+    sim.__post_init__()  # rebuild the register image with the variant's identification registers
+    server, driver, _ = await _rtu(profiles, sim)
+    try:
+        ident = await identify_unit(driver, 6, profiles)
+    finally:
+        await driver.close()
+        await server.close()
+    assert (ident.profile, ident.variant) == (profile, variant)
