@@ -82,6 +82,9 @@ class Gateway:
         m = self.config.meter(meter_id)
         prof = self.profiles.get(m.profile)
         pts = set(getattr(prof, "points", {}))
+        for v in getattr(prof, "variants", []):
+            if v.name == getattr(m, "variant", None):
+                pts -= set(v.points_absent)  # e.g. a PFA meter has no export register of its own
         pts |= set(getattr(prof, "commands", {}) or {})
         pts.add(COMM_STATUS)
         return frozenset(pts)
@@ -171,8 +174,9 @@ class Gateway:
         self.config = self.config.model_copy(
             update={"meters": [resolved.get(m.id, m) for m in self.config.meters if m.id not in dropped]}
         )
+        before = {m.id: m for m in meters}
         for m in checked:
-            if m.id not in self.table.meter_ids:
+            if m.id not in self.table.meter_ids or before[m.id] != m:  # identified profile or variant
                 self._add_meter(m)
         return checked
 

@@ -196,3 +196,16 @@ async def test_every_simulated_make_identifies_as_itself(profiles, profile):
         await driver.close()
         await server.close()
     assert (ident.profile, ident.variant) == (profile, variant)
+
+
+async def test_variant_without_export_register_leaves_export_unsupported(profiles):
+    """EM340 PFA ('easy connection') adds export to import: the gateway offers no export value for it."""
+    from meter_gateway.app import Gateway
+    from meter_gateway.config import ConfigError
+
+    text = _gateway_yaml(1, "carlo_gavazzi_em340").replace("modbus_unit: 1,", "modbus_unit: 1, variant: pfa,")
+    gw = Gateway(parse_config(text, profiles=profiles), profiles)
+    assert gw.table.get("m", "Active_Energy_Export").quality is Quality.UNSUPPORTED
+    assert gw.table.supports("m", "Active_Energy_Import")
+    with pytest.raises(ConfigError, match="no variant 'pfz'"):
+        parse_config(text.replace("variant: pfa", "variant: pfz"), profiles=profiles)

@@ -231,9 +231,14 @@ async def check_bus(driver, meters: Sequence[MeterConfig], profiles: ProfileRegi
                 f" variant {ident.variant}" if ident.variant else "",
                 ident.evidence,
             )
-            out.append(m.model_copy(update={"profile": ident.profile}))
+            out.append(m.model_copy(update={"profile": ident.profile, "variant": ident.variant or m.variant}))
             continue
         msg = mismatch(m, configured, ident)  # type: ignore[arg-type]
+        if not msg and ident.variant and m.variant and ident.variant != m.variant:
+            msg = f"meter {m.id}: configured variant {m.variant!r} but the meter identifies as {ident.variant!r}"
+        elif not msg and ident.variant and m.variant is None:
+            log.warning("meter %s: identified variant %s (%s)", m.id, ident.variant, ident.evidence)
+            m = m.model_copy(update={"variant": ident.variant})
         if msg:
             log.warning("PROFILE MISMATCH: %s", msg)
             if table is not None and m.id in table.meter_ids:
