@@ -200,3 +200,10 @@ def test_identification_registers_never_overlap_points(tmp_path):
     doc["points"]["Active_Energy_Import"]["function"] = 3
     with pytest.raises(ProfileError, match="overlaps"):
         load_profile_file(_write(tmp_path / "acme_id.yaml", doc))
+
+
+def test_readme_meters_table_is_generated_from_the_profiles():
+    from meter_gateway.profiles.table import readme_block
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert readme_block() in readme, "regenerate: python -m meter_gateway.profiles.table"
