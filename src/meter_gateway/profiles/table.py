@@ -1,7 +1,7 @@
 """The README's table of supported Modbus meters, generated from the shipped profiles.
 
-Run `python -m meter_gateway.profiles.table` and paste the output between the README's markers
-(a test fails when the README and the profiles disagree).
+Run `python -m meter_gateway.profiles.table` to print it, `... table --write README.md` to replace the block
+between the README's markers (a test fails when the README and the profiles disagree).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def markdown_table(registry: ProfileRegistry | None = None) -> str:
     for p in sorted(profs, key=lambda p: (p.name == "generic", p.manufacturer.lower(), p.model)):
         confirmed = sum(not pt.unconfirmed for pt in p.points.values())
         ident = "registers" if p.identify else "guess only"
-        variants = ", ".join(v.name for v in p.variants) or "–"
+        variants = ", ".join(v.name for v in p.variants) or "-"
         model = p.model.replace("|", "/")
         rows.append(
             f"| {p.manufacturer} | {model} | Modbus | `{p.name}` | {_source_names(p)} | "
@@ -51,5 +51,20 @@ def readme_block(registry: ProfileRegistry | None = None) -> str:
     return f"{START}\n{markdown_table(registry)}\n{END}"
 
 
+def write_readme(path: str) -> None:
+    """Replace the table between the markers of a README file."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    i, j = text.index(START), text.index(END) + len(END)
+    p.write_text(text[:i] + readme_block() + text[j:], encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(readme_block())
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        write_readme(sys.argv[2])
+    else:
+        print(readme_block())
