@@ -368,8 +368,8 @@ class ModbusDriver(Driver):
         return self._plans[key]
 
     def transactions_for(self, meter: MeterConfig, points: Sequence[str]) -> int:
-        """Reads one poll of `points` takes."""
-        return len(self.plan(meter, points))
+        """Reads one poll of `points` takes (with the active powers that sign its power factors)."""
+        return len(self.plan(meter, [*points, *pf_sign_sources(self._profile(meter), points)]))
 
     async def read(self, meter: MeterConfig, points: Sequence[str]) -> list[PointReading]:
         """Read points with planned block reads; raise NoResponse if no block was answered."""
