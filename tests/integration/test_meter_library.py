@@ -209,3 +209,46 @@ async def test_variant_without_export_register_leaves_export_unsupported(profile
     assert gw.table.supports("m", "Active_Energy_Import")
     with pytest.raises(ConfigError, match="no variant 'pfz'"):
         parse_config(text.replace("variant: pfa", "variant: pfz"), profiles=profiles)
+
+
+async def test_scan_command_proposes_the_identified_profile(profiles, tmp_path):
+    """`meter-gateway scan` as a user runs it, against simulated meters behind a loopback Modbus TCP port."""
+    import asyncio
+    import sys
+
+    sims = [
+        make_meter(1, profiles.get("eastron_sdm630"), seed=1),
+        make_meter(2, profiles.get("eastron_sdm230"), seed=2),
+    ]
+    server = TcpSimServer(sims)
+    port = await server.start()
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(
+        f"buses: [{{id: tcp, type: modbus_tcp, host: 127.0.0.1, port: {port}, timeout: 0.3, retries: 0}}]\n"
+        "meters: [{id: x, bus: tcp, address: 9, profile: generic, bacnet_instance_base: 1000}]\n"
+    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "meter_gateway.cli",
+            "scan",
+            "-c",
+            str(cfg),
+            "tcp",
+            "--first",
+            "1",
+            "--last",
+            "3",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await server.close()
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    lines = [ln for ln in text.splitlines() if "address:" in ln]
+    assert len(lines) == 2, text
+    assert "profile: eastron_sdm630, variant: direct" in lines[0] and "# identified" in lines[0]
+    assert "profile: eastron_sdm230" in lines[1] and "GUESS" in lines[1]
