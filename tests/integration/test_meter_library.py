@@ -252,3 +252,29 @@ async def test_scan_command_proposes_the_identified_profile(profiles, tmp_path):
     assert len(lines) == 2, text
     assert "profile: eastron_sdm630, variant: direct" in lines[0] and "# identified" in lines[0]
     assert "profile: eastron_sdm230" in lines[1] and "GUESS" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("meter_code", "flagged"),
+    [(None, False), (0x0084, True), (0x0070, False)],  # refused (early firmware), SDM72 V1 code, SDM630 code
+)
+async def test_mismatch_needs_a_contradicting_answer(profiles, meter_code, flagged):
+    """A meter that refuses the identification register proves nothing; one that answers another code is flagged."""
+    from meter_gateway.core.catalogue import load_catalogue
+    from meter_gateway.core.table import PointTable
+    from meter_gateway.drivers.identify import check_bus
+
+    sim = make_meter(4, profiles.get("eastron_sdm630"), seed=3)
+    sim.set_identification(3, 0xFC02, meter_code)
+    server, driver, meter = await _rtu(profiles, sim)
+    table = PointTable(load_catalogue(), clock=lambda: 0.0)
+    table.add_meter(meter.id, ["Voltage_L1_N"], {})
+    try:
+        kept = await check_bus(driver, [meter], profiles, table)
+    finally:
+        await driver.close()
+        await server.close()
+    assert [m.id for m in kept] == [meter.id]  # a configured meter is always polled
+    assert bool(table.meter(meter.id).profile_warning) is flagged
+    if flagged:
+        assert "0xFC02" in table.meter(meter.id).profile_warning and "132" in table.meter(meter.id).profile_warning

@@ -112,9 +112,9 @@ def identifiable(profiles: ProfileRegistry) -> list[ModbusProfile]:
     return sorted(profs, key=lambda p: (-len(p.identify), p.name))
 
 
-async def identify_unit(driver, unit: int, profiles: ProfileRegistry) -> Identification:
+async def identify_unit(driver, unit: int, profiles: ProfileRegistry, reader: _Reader | None = None) -> Identification:
     """Identify the model at a unit id from identification registers; Identification(None) when none matches."""
-    reader = _Reader(driver, unit)
+    reader = reader or _Reader(driver, unit)
     for prof in identifiable(profiles):
         evidence = await reader.all_match(prof.identify)
         if evidence is None:
@@ -179,18 +179,31 @@ def check_configured(meter: MeterConfig, configured: ModbusProfile, ident: Ident
     )
 
 
-def mismatch(meter: MeterConfig, configured: ModbusProfile, ident: Identification) -> str:
-    """Why the configured profile does not fit the identified meter ("" when it fits or nothing is known)."""
+def mismatch(meter: MeterConfig, configured: ModbusProfile, ident: Identification, contradicted: str = "") -> str:
+    """Why the configured profile does not fit the identified meter ("" when it fits or nothing is known).
+
+    `contradicted`: evidence that the configured profile's own identification registers answered other values
+    (a register the meter refuses proves nothing: some firmware lacks it).
+    """
     if not ident.by_registers or not ident.answered or ident.profile == configured.name:
         return ""
     if ident.profile is None:
-        if not configured.identify:
-            return ""  # neither the configured model nor any other could be recognised: nothing to say
+        if not contradicted:
+            return ""  # nothing recognised and nothing contradicted: nothing to say
         return (
-            f"meter {meter.id}: configured profile {configured.name!r} but the meter does not answer "
-            f"{configured.manufacturer} {configured.model}'s identification registers: its values may be wrong"
+            f"meter {meter.id}: configured profile {configured.name!r} but the meter answers {contradicted} "
+            f"to {configured.manufacturer} {configured.model}'s identification registers: its values may be wrong"
         )
     return check_configured(meter, configured, ident)
+
+
+async def _contradictions(reader: _Reader, prof: ModbusProfile) -> str:
+    out = []
+    for rule in prof.identify:
+        v = await reader.value(rule)
+        if v is not None and not rule_matches(rule, v):
+            out.append(f"{rule.address} (0x{rule.address:04X}) = {v!r}")
+    return "; ".join(out)
 
 
 async def check_bus(driver, meters: Sequence[MeterConfig], profiles: ProfileRegistry, table=None) -> list[MeterConfig]:
@@ -209,19 +222,25 @@ async def check_bus(driver, meters: Sequence[MeterConfig], profiles: ProfileRegi
         if not auto and (not isinstance(configured, ModbusProfile)):
             out.append(m)
             continue
+        reader = _Reader(driver, m.address)
+        contradicted = ""
         try:
-            ident = await identify_unit(driver, m.address, profiles)
+            ident = await identify_unit(driver, m.address, profiles, reader)
+            if not auto and ident.profile is None and configured.identify:  # type: ignore[union-attr]
+                contradicted = await _contradictions(reader, configured)  # type: ignore[arg-type]
         except Exception as exc:  # identification must never stop the gateway
             log.warning("meter %s: identification failed: %s", m.id, exc)
             ident = Identification(None, by_registers=False)
 
         if auto:
             if ident.profile is None:
+                why = "answers no known identification register" if ident.answered else "did not answer"
                 log.error(
-                    "meter %s: profile auto: the meter at unit %s answers no known identification register; "
-                    "not polled (set its profile in gateway.yaml)",
+                    "meter %s: profile auto: the meter at unit %s %s; not polled (set its profile in gateway.yaml "
+                    "or restart the gateway once it answers)",
                     m.id,
                     m.address,
+                    why,
                 )
                 continue
             log.warning(
@@ -233,7 +252,7 @@ async def check_bus(driver, meters: Sequence[MeterConfig], profiles: ProfileRegi
             )
             out.append(m.model_copy(update={"profile": ident.profile, "variant": ident.variant or m.variant}))
             continue
-        msg = mismatch(m, configured, ident)  # type: ignore[arg-type]
+        msg = mismatch(m, configured, ident, contradicted)  # type: ignore[arg-type]
         if not msg and ident.variant and m.variant and ident.variant != m.variant:
             msg = f"meter {m.id}: configured variant {m.variant!r} but the meter identifies as {ident.variant!r}"
         elif not msg and ident.variant and m.variant is None:

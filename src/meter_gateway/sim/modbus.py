@@ -71,6 +71,14 @@ class SimModbusMeter:
             if p.write is not None:
                 self._writable[p.write.address if p.write.address is not None else p.address] = name
 
+    def set_identification(self, function: int, address: int, word: int | None) -> None:
+        """Answer `word` at an identification register, or refuse the register (None): other firmware, other make."""
+        key = (3 if function == 3 else 4, address)
+        if word is None:
+            self._ident.pop(key, None)
+        else:
+            self._ident[key] = word
+
     @property
     def state(self) -> dict[str, float | int | bool]:
         """Current canonical values (advances the load)."""
