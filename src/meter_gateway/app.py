@@ -117,6 +117,8 @@ class Gateway:
                 await runner.start()
                 self.buses[bus.id] = runner
                 self._teardown.append(runner.stop)
+                if isinstance(bus, (ModbusRtuBus, ModbusTcpBus)):
+                    self._tasks.append(asyncio.create_task(self._check_profiles(driver, meters), name="identify"))
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
             if self.config.journal.enabled:
                 from .journal.recorder import Recorder, journal_path
@@ -159,16 +161,18 @@ class Gateway:
             self._teardown.append(server.stop)
 
     async def _identify_meters(self, bus: Any, driver: Driver, meters: list) -> list:
-        """Modbus: identify `profile: auto` meters and flag configured profiles the meter contradicts."""
-        if not isinstance(bus, (ModbusRtuBus, ModbusTcpBus)):
+        """Modbus: identify `profile: auto` meters before polling starts (configured ones: _check_profiles)."""
+        if not isinstance(bus, (ModbusRtuBus, ModbusTcpBus)) or not any(m.profile == "auto" for m in meters):
             return meters
         from .drivers.identify import check_bus
 
+        auto = [m for m in meters if m.profile == "auto"]
         await driver.open()
         try:
-            checked = await check_bus(driver, meters, self.profiles, self.table)
+            identified = {m.id: m for m in await check_bus(driver, auto, self.profiles, self.table)}
         finally:
             await driver.close()
+        checked = [identified.get(m.id, m) for m in meters if m.profile != "auto" or m.id in identified]
         resolved = {m.id: m for m in checked}
         dropped = {m.id for m in meters} - set(resolved)
         self.config = self.config.model_copy(
@@ -179,6 +183,24 @@ class Gateway:
             if m.id not in self.table.meter_ids or before[m.id] != m:  # identified profile or variant
                 self._add_meter(m)
         return checked
+
+    async def _check_profiles(self, driver: Driver, meters: list) -> None:
+        """In the background, between polls: flag configured profiles the meters contradict (a silent meter
+        costs one timeout here, not a delayed start)."""
+        from .drivers.identify import check_bus
+
+        configured = [m for m in meters if m.profile != "auto" and m.id in self.table.meter_ids]
+        try:
+            for m in configured:
+                # after the meter's first poll, and only if it answered: a silent meter would cost the bus timeouts
+                for _ in range(600):
+                    if self.table.meter(m.id).online is not None:
+                        break
+                    await asyncio.sleep(0.1)
+                if self.table.meter(m.id).online:
+                    await check_bus(driver, [m], self.profiles, self.table)
+        except Exception as exc:  # advisory: never let it disturb polling
+            log.warning("profile identification check failed: %s", exc)
 
     async def _make_driver(self, bus: Any, meters: list) -> Driver:
         if isinstance(bus, (ModbusRtuBus, ModbusTcpBus)):

@@ -168,6 +168,8 @@ upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, promethe
     try:
         assert gw.config.meter("a").profile == "eastron_sdm630"
         assert await wait_for(lambda: gw.table.get("a", "Voltage_L3_N").quality is Quality.GOOD)
+        # configured meters are checked in the background, between polls
+        assert await wait_for(lambda: gw.table.meter("wrong").profile_warning != "")
         flag = gw.table.meter("wrong").profile_warning
         assert "eastron_sdm120" in flag and "identifies as 'eastron_sdm630'" in flag
         assert gw.table.meter("a").profile_warning == ""
