@@ -61,18 +61,20 @@ class Gateway:
         self.write_service: Any = None
         self.journal: Any = None  # journal.recorder.Recorder when the journal is enabled
         for m in config.meters:
-            if not m.enabled:
-                continue
-            prof = profiles.get(m.profile)
-            self.table.add_meter(
-                m.id,
-                self.meter_points(m.id),
-                m.intervals(),
-                max_power_kw=m.max_power_kw or getattr(prof, "max_power_kw", 1000.0),
-                energy_wrap=getattr(prof, "energy_wrap", None),
-            )
-            for cmd in getattr(prof, "commands", {}) or {}:
-                self.table.update(m.id, cmd, False)  # commands rest inactive; a write pulses them
+            if m.enabled and m.profile != "auto":  # `profile: auto` meters join once identified (start)
+                self._add_meter(m)
+
+    def _add_meter(self, m: Any) -> None:
+        prof = self.profiles.get(m.profile)
+        self.table.add_meter(
+            m.id,
+            self.meter_points(m.id),
+            m.intervals(),
+            max_power_kw=m.max_power_kw or getattr(prof, "max_power_kw", 1000.0),
+            energy_wrap=getattr(prof, "energy_wrap", None),
+        )
+        for cmd in getattr(prof, "commands", {}) or {}:
+            self.table.update(m.id, cmd, False)  # commands rest inactive; a write pulses them
 
     # -- facts about meters --------------------------------------------------------------------------
     def meter_points(self, meter_id: str) -> frozenset[str]:
@@ -80,6 +82,9 @@ class Gateway:
         m = self.config.meter(meter_id)
         prof = self.profiles.get(m.profile)
         pts = set(getattr(prof, "points", {}))
+        for v in getattr(prof, "variants", []):
+            if v.name == getattr(m, "variant", None):
+                pts -= set(v.points_absent)  # e.g. a PFA meter has no export register of its own
         pts |= set(getattr(prof, "commands", {}) or {})
         pts.add(COMM_STATUS)
         return frozenset(pts)
@@ -97,6 +102,9 @@ class Gateway:
                 if not meters:
                     continue
                 driver = await self._make_driver(bus, meters)
+                meters = await self._identify_meters(bus, driver, meters)
+                if not meters:
+                    continue
                 runner = BusRunner(
                     bus.id,
                     meters,
@@ -109,6 +117,8 @@ class Gateway:
                 await runner.start()
                 self.buses[bus.id] = runner
                 self._teardown.append(runner.stop)
+                if isinstance(bus, (ModbusRtuBus, ModbusTcpBus)):
+                    self._tasks.append(asyncio.create_task(self._check_profiles(driver, meters), name="identify"))
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
             if self.config.journal.enabled:
                 from .journal.recorder import Recorder, journal_path
@@ -151,6 +161,48 @@ class Gateway:
             self.servers.append(server)
             self._teardown.append(server.stop)
 
+    async def _identify_meters(self, bus: Any, driver: Driver, meters: list) -> list:
+        """Modbus: identify `profile: auto` meters before polling starts (configured ones: _check_profiles)."""
+        if not isinstance(bus, (ModbusRtuBus, ModbusTcpBus)) or not any(m.profile == "auto" for m in meters):
+            return meters
+        from .drivers.identify import check_bus
+
+        auto = [m for m in meters if m.profile == "auto"]
+        await driver.open()
+        try:
+            identified = {m.id: m for m in await check_bus(driver, auto, self.profiles, self.table)}
+        finally:
+            await driver.close()
+        checked = [identified.get(m.id, m) for m in meters if m.profile != "auto" or m.id in identified]
+        resolved = {m.id: m for m in checked}
+        dropped = {m.id for m in meters} - set(resolved)
+        self.config = self.config.model_copy(
+            update={"meters": [resolved.get(m.id, m) for m in self.config.meters if m.id not in dropped]}
+        )
+        before = {m.id: m for m in meters}
+        for m in checked:
+            if m.id not in self.table.meter_ids or before[m.id] != m:  # identified profile or variant
+                self._add_meter(m)
+        return checked
+
+    async def _check_profiles(self, driver: Driver, meters: list) -> None:
+        """In the background, between polls: flag configured profiles the meters contradict (a silent meter
+        costs one timeout here, not a delayed start)."""
+        from .drivers.identify import check_bus
+
+        configured = [m for m in meters if m.profile != "auto" and m.id in self.table.meter_ids]
+        try:
+            for m in configured:
+                # after the meter's first poll, and only if it answered: a silent meter would cost the bus timeouts
+                for _ in range(600):
+                    if self.table.meter(m.id).online is not None:
+                        break
+                    await asyncio.sleep(0.1)
+                if self.table.meter(m.id).online:
+                    await check_bus(driver, [m], self.profiles, self.table)
+        except Exception as exc:  # advisory: never let it disturb polling
+            log.warning("profile identification check failed: %s", exc)
+
     async def _make_driver(self, bus: Any, meters: list) -> Driver:
         if isinstance(bus, (ModbusRtuBus, ModbusTcpBus)):
             from .drivers.modbus import ModbusDriver
@@ -160,7 +212,12 @@ class Gateway:
             from .sim.modbus import RtuSimBus, TcpSimServer, make_meter
 
             sims = [
-                make_meter(int(m.address), self.profiles.get(m.profile), seed=zlib.crc32(m.id.encode())) for m in meters
+                make_meter(
+                    int(m.address),
+                    self.profiles.get("generic" if m.profile == "auto" else m.profile),
+                    seed=zlib.crc32(m.id.encode()),
+                )
+                for m in meters
             ]
             for m, s in zip(meters, sims, strict=True):
                 self.simulators[m.id] = s

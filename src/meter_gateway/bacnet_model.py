@@ -79,7 +79,9 @@ def object_specs(
     for m in config.meters:
         if not m.enabled:
             continue
-        pts = meter_points[m.id]
+        pts = meter_points.get(m.id)
+        if pts is None:  # `profile: auto` not identified (yet): no objects until it is
+            continue
         for p in catalogue:
             if p.name not in pts and p.name != COMM_STATUS:
                 continue

@@ -94,6 +94,7 @@ class MeterConfig(_Strict):
     bus: str
     address: int | str = Field(description="Modbus unit id 1-247, M-Bus primary 0-250 or 8-digit secondary id")
     profile: str
+    variant: str | None = Field(None, description="profile variant (ordering option); `profile: auto` finds it")
     mid: bool = Field(False, description="MID-certified meter: energy and metrology writes are never allowed")
     serial_number: str = ""
     poll_intervals: dict[PollClass, float] = Field({}, description="override the default interval per poll class")
@@ -358,7 +359,10 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
         if lo <= dev <= hi:
             errs.append((("meters", i, "bacnet_instance_base"), f"range {lo}-{hi} contains the device instance {dev}"))
         if profiles is not None:
-            if m.profile not in profiles:
+            if m.profile == "auto":  # identified at start from the profiles' identification registers
+                if m.bus in seen_bus and cfg.buses[seen_bus[m.bus]].type == "mbus":
+                    errs.append((("meters", i, "profile"), "profile auto is for Modbus meters (M-Bus: name one)"))
+            elif m.profile not in profiles:
                 errs.append(
                     (
                         ("meters", i, "profile"),
@@ -368,6 +372,15 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
             else:
                 prof = profiles.get(m.profile)
                 proto = getattr(prof, "protocol", "modbus")
+                known = [v.name for v in getattr(prof, "variants", [])]
+                if m.variant is not None and m.variant not in known:
+                    errs.append(
+                        (
+                            ("meters", i, "variant"),
+                            f"profile {m.profile!r} has no variant {m.variant!r}; "
+                            f"variants: {', '.join(known) or 'none'}",
+                        )
+                    )
                 if m.bus in seen_bus:
                     btype = cfg.buses[seen_bus[m.bus]].type
                     want = "mbus" if btype == "mbus" else "modbus"

@@ -83,3 +83,45 @@ def test_pulse_constant_is_a_range_not_two_allowed_values():
     # regression: the spec's "1-10000 Wh/imp" was once read as the two values {1, 10000}
     p = load_catalogue().get("Pulse_Constant")
     assert p.allowed_values is None and p.in_range(500) and not p.in_range(0) and not p.in_range(10001)
+
+
+def test_every_analog_point_declares_plausible_limits_that_contain_the_spec_range():
+    for p in load_catalogue():
+        if p.bacnet_type in ("accumulator", "analog-input", "analog-value"):
+            assert p.plausible is not None, p.name
+            if p.range is not None:
+                assert p.plausible[0] <= p.range[0] and p.range[1] <= p.plausible[1], p.name
+
+
+@pytest.mark.parametrize(
+    ("point", "value", "bad"),
+    [
+        ("Active_Energy_Import", -9223372036854776.0, True),  # int64 NA read as Wh x 0.001
+        ("Active_Energy_Import", 123456.78, False),
+        ("Active_Energy_Import", 2.0e10, True),
+        ("Voltage_L1_N", 253.0, False),  # outside the spec's typical 200..250 but real: published
+        ("Voltage_L1_N", 3000.0, True),
+        ("Frequency", 0.0, True),
+        ("Power_Factor_Total", -1.2, True),
+        ("Active_Power_Total", -12.5, False),  # export
+        ("Energy_Direction", 1, False),
+        ("Energy_Direction", 7, True),
+        ("Modbus_Baudrate", 4800, True),
+        ("Phase_Loss_L1", True, False),
+    ],
+)
+def test_implausible_values(point, value, bad):
+    assert bool(load_catalogue().get(point).implausible(value)) is bad
+
+
+def test_table_refuses_implausible_values_and_keeps_the_last_good_one():
+    from meter_gateway.core.quality import Quality
+    from meter_gateway.core.table import PointTable
+
+    t = PointTable(load_catalogue(), clock=lambda: 1000.0)
+    t.add_meter("m", ["Voltage_L1_N", "Active_Energy_Import"], {})
+    assert t.update("m", "Active_Energy_Import", -9.2e15).value is None
+    assert t.get("m", "Active_Energy_Import").quality is Quality.BAD_DATA
+    t.update("m", "Voltage_L1_N", 231.0)
+    v = t.update("m", "Voltage_L1_N", 5000.0)
+    assert v.quality is Quality.BAD_DATA and v.value == 231.0 and "plausible" in v.reason

@@ -16,6 +16,9 @@ from meter_gateway.core.codec import (
     decode,
     encode,
     from_engineering,
+    is_not_available,
+    na_pattern_bits,
+    normalise_pf,
     register_count,
     to_engineering,
 )
@@ -160,3 +163,52 @@ def test_profile_sentinel_reads_as_not_available(profiles):
     assert ok.value == 12345.6
     pf = decode_point(cat, prof, "Power_Factor_Total", encode(-950, DataType.INT16), 0)
     assert pf.value == -0.95
+
+
+# -- "not available" patterns (issue 17) ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("dtype", "keyword", "words"),
+    [
+        (DataType.INT16, "min", [0x8000]),
+        (DataType.INT16, "max", [0x7FFF]),
+        (DataType.UINT16, "ones", [0xFFFF]),
+        (DataType.UINT16, "max", [0xFFFF]),
+        (DataType.INT32, "min", [0x8000, 0x0000]),
+        (DataType.INT32, "max", [0x7FFF, 0xFFFF]),
+        (DataType.UINT32, "ones", [0xFFFF, 0xFFFF]),
+        (DataType.INT64, "min", [0x8000, 0, 0, 0]),
+        (DataType.INT64, "max", [0x7FFF, 0xFFFF, 0xFFFF, 0xFFFF]),
+        (DataType.UINT64, "ones", [0xFFFF] * 4),
+        (DataType.FLOAT32, "nan", [0xFFC0, 0x0000]),
+        (DataType.FLOAT32, "nan", [0x7FC0, 0x0000]),
+        (DataType.FLOAT64, "nan", [0x7FF8, 0, 0, 0]),
+        (DataType.FLOAT32, "ones", [0xFFFF, 0xFFFF]),
+    ],
+)
+@pytest.mark.parametrize("order", list(WordOrder))
+def test_named_not_available_patterns(dtype, keyword, words, order):
+    wire = list(reversed(words)) if order is WordOrder.LITTLE else words
+    assert is_not_available(wire, dtype, order, [keyword])
+    # a real value of the same type is not taken for the marker
+    assert not is_not_available(encode(1, dtype, order), dtype, order, [keyword])
+
+
+def test_numeric_not_available_compares_the_decoded_value():
+    assert is_not_available([0xFFFF, 0x7FFF], DataType.INT32, WordOrder.LITTLE, [0x7FFFFFFF])
+    assert not is_not_available([0x7FFF, 0xFFFF], DataType.INT32, WordOrder.LITTLE, [0x7FFFFFFF])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "keyword"),
+    [(DataType.UINT32, "min"), (DataType.INT32, "nan"), (DataType.FLOAT32, "min"), (DataType.INT16, "zero")],
+)
+def test_meaningless_not_available_patterns_are_refused(dtype, keyword):
+    with pytest.raises(CodecError):
+        na_pattern_bits(keyword, dtype)
+
+
+@pytest.mark.parametrize(
+    ("pf", "p", "want"), [(0.9, 1.0, 0.9), (-0.9, 1.0, 0.9), (0.9, -1.0, -0.9), (-0.9, -2.0, -0.9), (0.5, 0.0, 0.5)]
+)
+def test_power_factor_takes_the_sign_of_active_power(pf, p, want):
+    assert normalise_pf(pf, p) == want

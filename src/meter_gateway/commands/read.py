@@ -60,6 +60,9 @@ async def _read(cfg, profiles, meter, fmt: str, show_records: bool = False) -> i
     gw = Gateway(one, profiles)
     await gw.start()
     try:
+        if meter.bus not in gw.buses or meter.id not in gw.buses[meter.bus].schedules:
+            print(f"error: meter {meter.id}: profile auto: the meter could not be identified (see the log)")
+            return 1
         runner = gw.buses[meter.bus]
         sched = runner.schedules[meter.id]
         runner._task.cancel()  # stop the background rhythm: this command polls exactly once

@@ -37,10 +37,14 @@ def _main(args) -> int:
     print(f"# {len(found)} meter(s) on bus {bus.id}; add to `meters:` in gateway.yaml (ids and bases are suggestions)")
     for i, f in enumerate(found, start=1):
         address = f["address"] if isinstance(f["address"], int) else f"'{f['address']}'"
-        note = f"  # {f['note']}" if f.get("note") else ""
+        variant = f", variant: {f['variant']}" if f.get("variant") else ""
+        if "identified" in f:  # Modbus: say whether the model was identified or only guessed
+            note = f"  # identified: {f['evidence']}" if f["identified"] else "  # GUESS from plausible readings: check"
+        else:  # M-Bus: why this profile (manufacturer, medium, version) or why none
+            note = f"  # {f['note']}" if f.get("note") else ""
         print(
-            f"  - {{id: {bus.id}-{i}, bus: {bus.id}, address: {address}, profile: {f['profile'] or 'CHOOSE'}, "
-            f"bacnet_instance_base: {1000 * i}, modbus_unit: {i}}}{note}"
+            f"  - {{id: {bus.id}-{i}, bus: {bus.id}, address: {address}, profile: {f['profile'] or 'CHOOSE'}"
+            f"{variant}, bacnet_instance_base: {1000 * i}, modbus_unit: {i}}}{note}"
         )
     return 0
 
@@ -65,7 +69,7 @@ async def _scan(bus, profiles, args) -> list[dict]:
     await driver.open()
     try:
         lo, hi = args.first or 1, args.last or 247
-        return [{"address": f["unit"], "profile": f["profile"]} for f in await scan_modbus(driver, range(lo, hi + 1))]
+        return [{"address": f.pop("unit"), **f} for f in await scan_modbus(driver, range(lo, hi + 1))]
     finally:
         await driver.close()
 

@@ -112,6 +112,7 @@ class PointDef:
     states: tuple[str, ...] | None = None
     config_class: str | None = None
     phase: str | None = None
+    plausible: tuple[float, float] | None = None
 
     @property
     def is_energy(self) -> bool:
@@ -135,6 +136,22 @@ class PointDef:
         if self.range is None:
             return True
         return self.range[0] <= value <= self.range[1]
+
+    def implausible(self, value: float | int | bool) -> str:
+        """Why a reading cannot be true for this point (outside its plausible limits), or "" when it can."""
+        if isinstance(value, bool):
+            return ""
+        if self.bacnet_type == "multi-state-value" and self.states and self.kind is not PointKind.CONFIG:
+            ok = isinstance(value, int) and 0 <= value < len(self.states)
+            return "" if ok else f"{value} is not one of the {len(self.states)} states"
+        if self.plausible is not None:
+            lo, hi = self.plausible
+            if not lo <= value <= hi:
+                return f"{value:g} {self.unit} outside the plausible {lo:g}..{hi:g}".replace("  ", " ")
+            return ""
+        if self.allowed_values is not None and value not in self.allowed_values:
+            return f"{value:g} is not one of {list(self.allowed_values)}"
+        return ""
 
 
 class Catalogue:
@@ -196,6 +213,7 @@ def _point_from_dict(d: dict[str, Any]) -> PointDef:
             states=tuple(d["states"]) if d.get("states") else None,
             config_class=d.get("config_class"),
             phase=d.get("phase"),
+            plausible=(float(d["plausible"][0]), float(d["plausible"][1])) if d.get("plausible") else None,
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CatalogueError(f"{where}: {exc!r}") from exc
@@ -210,6 +228,11 @@ def _point_from_dict(d: dict[str, Any]) -> PointDef:
         raise CatalogueError(f"{where}: a binary point needs exactly two state texts")
     if p.bacnet_type == "multi-state-value" and not p.states:
         raise CatalogueError(f"{where}: a multi-state point needs state texts")
+    analog = p.bacnet_type in ("accumulator", "analog-input", "analog-value")
+    if analog and p.plausible is None:
+        raise CatalogueError(f"{where}: an analog point declares its plausible limits")
+    if p.plausible is not None and not p.plausible[0] < p.plausible[1]:
+        raise CatalogueError(f"{where}: plausible limits must be increasing")
     if p.kind is PointKind.CONFIG and p.config_class not in CONFIG_CLASSES:
         raise CatalogueError(f"{where}: configuration point needs config_class in {sorted(CONFIG_CLASSES)}")
     return p

@@ -84,6 +84,63 @@ def encode(value: int | float, dtype: DataType, word_order: WordOrder = WordOrde
     return words
 
 
+#: Named "not available" patterns a profile may declare instead of a number (`na: [min]`).
+NA_KEYWORDS = ("min", "max", "ones", "nan")
+
+
+def na_pattern_bits(keyword: str, dtype: DataType) -> int | None:
+    """Raw bit pattern (unsigned, high word first) of a named "not available" marker; None for NaN (any NaN)."""
+    bits = 16 * register_count(dtype)
+    if keyword == "nan":
+        if dtype not in (DataType.FLOAT32, DataType.FLOAT64):
+            raise CodecError(f"`nan` is no pattern of the integer type {dtype}")
+        return None
+    if keyword == "ones":
+        return (1 << bits) - 1
+    if dtype in (DataType.FLOAT32, DataType.FLOAT64):
+        raise CodecError(f"`{keyword}` is no pattern of the float type {dtype} (use nan or a number)")
+    signed = dtype in (DataType.INT16, DataType.INT32, DataType.INT64)
+    if keyword == "min":  # most negative signed value: 0x8000...; 0 is no marker for an unsigned type
+        if not signed:
+            raise CodecError(f"`min` of the unsigned type {dtype} is 0, a real reading: use a number")
+        return 1 << (bits - 1)
+    if keyword == "max":
+        return (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+    raise CodecError(f"unknown not-available pattern {keyword!r} (use a number or one of {', '.join(NA_KEYWORDS)})")
+
+
+def is_not_available(
+    registers: list[int] | tuple[int, ...],
+    dtype: DataType,
+    word_order: WordOrder,
+    patterns: list[int | str] | tuple[int | str, ...],
+) -> bool:
+    """Whether the registers carry one of the declared "not available" patterns (numbers compare as decoded)."""
+    if not patterns:
+        return False
+    words = list(registers)
+    if word_order is WordOrder.LITTLE:
+        words.reverse()
+    bits = int.from_bytes(b"".join(w.to_bytes(2, "big") for w in words), "big")
+    value = None
+    for pat in patterns:
+        if isinstance(pat, str):
+            want = na_pattern_bits(pat, dtype)
+            if want is None:
+                if value is None:
+                    value = decode(registers, dtype, word_order)
+                if isinstance(value, float) and math.isnan(value):
+                    return True
+            elif bits == want:
+                return True
+        else:
+            if value is None:
+                value = decode(registers, dtype, word_order)
+            if value == pat:
+                return True
+    return False
+
+
 def to_engineering(raw: int | float, scale: float = 1.0, offset: float = 0.0) -> float:
     """Apply a profile's scale and offset; integer raw values are scaled without binary float noise."""
     if isinstance(raw, float):
@@ -107,3 +164,9 @@ def from_engineering(value: float, scale: float = 1.0, offset: float = 0.0, inte
             raise CodecError(f"{value} is not a multiple of the register resolution {scale}")
         return int(rounded)
     return raw
+
+
+def normalise_pf(pf: float, active_power: float) -> float:
+    """Power factor in the catalogue's convention: |PF| with the sign of the active power (negative = export)."""
+    magnitude = min(abs(pf), 1.0) if abs(pf) <= 1.0 + 1e-6 else abs(pf)  # a value >1 stays for the range check
+    return -magnitude if active_power < 0 else magnitude

@@ -33,6 +33,7 @@ class MeterState:
     errors: int = 0
     bad_data: int = 0
     alarms: list[str] = field(default_factory=list)
+    profile_warning: str = ""  # the meter does not identify as its configured profile (set at start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,9 @@ class PointTable:
         state = self._meters[meter_id]
         if isinstance(value, float) and not math.isfinite(value):
             return self._reject(meter_id, point, old, now, f"non-finite value {value}")
+        implausible = pdef.implausible(value)
+        if implausible:
+            return self._reject(meter_id, point, old, now, implausible)
         if pdef.is_energy and old.value is not None and old.read_time is not None:
             problem = self._energy_problem(state, pdef, float(old.value), float(value), now - old.read_time)
             if problem:
@@ -211,6 +215,15 @@ class PointTable:
         """Flag a point whose reply could not be decoded (sentinel, NaN...): last good value stays."""
         old = self._values[meter_id][point]
         return self._reject(meter_id, point, old, self.clock(), reason, log_it)
+
+    def flag_meter(self, meter_id: str, message: str) -> None:
+        """Raise a meter-level alarm that stays on the meter (e.g. its profile does not match the model)."""
+        state = self._meters[meter_id]
+        state.profile_warning = message
+        alarm = Alarm(self.clock(), meter_id, "", message)
+        self.alarms.append(alarm)
+        for listener in tuple(self._alarm_listeners):
+            listener(alarm)
 
     def set_comm(self, meter_id: str, online: bool, reason: str = "") -> None:
         """Record the meter's communication state; offline turns every read point into comm-failure."""

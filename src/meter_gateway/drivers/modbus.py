@@ -13,7 +13,17 @@ from pymodbus.framer import FramerType
 
 from ..config import MeterConfig, ModbusRtuBus, ModbusTcpBus
 from ..core.catalogue import Catalogue, PointKind, load_catalogue
-from ..core.codec import CodecError, DataType, WordOrder, decode, encode, from_engineering, to_engineering
+from ..core.codec import (
+    CodecError,
+    DataType,
+    WordOrder,
+    decode,
+    encode,
+    from_engineering,
+    is_not_available,
+    normalise_pf,
+    to_engineering,
+)
 from ..core.planner import ReadBlock, plan_reads
 from ..profiles import ModbusProfile, ProfileRegistry
 from .base import Driver, FrameError, MeterException, NoResponse, PointReading, WriteRejected
@@ -68,7 +78,7 @@ def decode_point(catalogue: Catalogue, prof: ModbusProfile, name: str, data: lis
             raise CodecError("short reply")
         dtype = prof.type_of(name)
         raw = decode(list(regs), dtype, prof.word_order_of(name))
-        if p.na is not None and raw in p.na:
+        if is_not_available(regs, dtype, prof.word_order_of(name), prof.na_of(name)):
             return PointReading(name, None, regs, "meter reports the value as not available")
         if p.bit is not None:
             bit = (int(raw) >> p.bit) & 1
@@ -78,6 +88,9 @@ def decode_point(catalogue: Catalogue, prof: ModbusProfile, name: str, data: lis
         if dtype is DataType.FLOAT32:
             raw = float(f"{raw:.7g}")  # float32 carries ~7 significant digits; drop binary noise
         value = to_engineering(raw, prof.scale_of(name), p.offset)
+        conv = prof.conventions
+        if conv is not None and conv.reactive_power == "import_negative" and name == "Reactive_Power_Total":
+            value = -value
         if pdef.name == "Demand_Peak_Timestamp" or pdef.allowed_values:
             value = round(value)
         elif pdef.resolution:
@@ -85,6 +98,56 @@ def decode_point(catalogue: Catalogue, prof: ModbusProfile, name: str, data: lis
         return PointReading(name, value, regs)
     except CodecError as exc:
         return PointReading(name, None, None, f"cannot decode: {exc}")
+
+
+#: The active power whose sign gives a power factor its sign (docs/conventions.md).
+PF_SIGN_SOURCE = {
+    "Power_Factor_Total": "Active_Power_Total",
+    "Power_Factor_L1": "Active_Power_L1",
+    "Power_Factor_L2": "Active_Power_L2",
+    "Power_Factor_L3": "Active_Power_L3",
+}
+
+
+def pf_sign_sources(prof: ModbusProfile, points: Sequence[str]) -> list[str]:
+    """Active-power points a poll of `points` must also read to normalise the power factors' sign."""
+    if prof.conventions is None or prof.conventions.power_factor == "active_power_sign":
+        return []
+    out: list[str] = []
+    for name in points:
+        src = _pf_source(prof, name)
+        if src is not None and src not in points and src not in out:
+            out.append(src)
+    return out
+
+
+def _pf_source(prof: ModbusProfile, name: str) -> str | None:
+    src = PF_SIGN_SOURCE.get(name)
+    if src is None:
+        return None
+    if src not in prof.points and prof.phases == 1 and src == "Active_Power_L1":
+        src = "Active_Power_Total"
+    return src if src in prof.points else ""
+
+
+def normalise_power_factors(prof: ModbusProfile, readings: list[PointReading]) -> list[PointReading]:
+    """Give each power factor the sign of its active power (catalogue convention) unless the meter already does."""
+    if prof.conventions is None or prof.conventions.power_factor == "active_power_sign":
+        return readings
+    by_name = {r.point: r for r in readings}
+    out = []
+    for r in readings:
+        src = _pf_source(prof, r.point)
+        if src is None or r.error is not None or r.value is None:
+            out.append(r)
+            continue
+        power = by_name.get(src) if src else None
+        if power is None or power.error is not None or not isinstance(power.value, int | float):
+            why = f"{src} not read" if src else "the profile maps no active power for it"
+            out.append(PointReading(r.point, None, r.raw, f"power factor sign unknown: {why}"))
+            continue
+        out.append(PointReading(r.point, normalise_pf(float(r.value), float(power.value)), r.raw))
+    return out
 
 
 def _state(bacnet_type: str, raw: int, mapping: dict[int, int] | None) -> bool | int:
@@ -305,12 +368,15 @@ class ModbusDriver(Driver):
         return self._plans[key]
 
     def transactions_for(self, meter: MeterConfig, points: Sequence[str]) -> int:
-        """Reads one poll of `points` takes."""
-        return len(self.plan(meter, points))
+        """Reads one poll of `points` takes (with the active powers that sign its power factors)."""
+        return len(self.plan(meter, [*points, *pf_sign_sources(self._profile(meter), points)]))
 
     async def read(self, meter: MeterConfig, points: Sequence[str]) -> list[PointReading]:
         """Read points with planned block reads; raise NoResponse if no block was answered."""
         prof = self._profile(meter)
+        extra = pf_sign_sources(prof, points)
+        if extra:
+            points = [*points, *extra]
         unit = int(meter.address)
         out: list[PointReading] = []
         answered = 0
@@ -350,7 +416,7 @@ class ModbusDriver(Driver):
                 out.append(decode_point(self.catalogue, prof, name, data, off))
         if answered == 0 and last is not None:
             raise last
-        return out
+        return normalise_power_factors(prof, out)
 
     # -- writes -------------------------------------------------------------------------------------
     async def write(self, meter: MeterConfig, point: str, value: float | int | bool) -> None:
@@ -403,7 +469,9 @@ class ModbusDriver(Driver):
 
 
 async def scan_modbus(driver: ModbusDriver, units: Sequence[int]) -> list[dict]:
-    """Probe unit ids on an open driver; for each answering unit, guess the profile from plausible readings."""
+    """Probe unit ids on an open driver; for each answering unit, identify the model (drivers/identify.py)."""
+    from .identify import identify_or_guess
+
     found = []
     for unit in units:
         try:
@@ -412,33 +480,14 @@ async def scan_modbus(driver: ModbusDriver, units: Sequence[int]) -> list[dict]:
             pass  # an exception reply still proves a device answers at this unit id
         except NoResponse:
             continue
-        found.append({"unit": unit, "profile": await _identify(driver, unit)})
+        ident = await identify_or_guess(driver, unit, driver.profiles)
+        found.append(
+            {
+                "unit": unit,
+                "profile": ident.profile,
+                "variant": ident.variant,
+                "evidence": ident.evidence,
+                "identified": ident.by_registers and ident.profile is not None,
+            }
+        )
     return found
-
-
-async def _identify(driver: ModbusDriver, unit: int) -> str | None:
-    """The first profile whose voltage and frequency registers read plausibly at this unit (generic last)."""
-    names = sorted(
-        (n for n in driver.profiles.names() if isinstance(driver.profiles.get(n), ModbusProfile)),
-        key=lambda n: (n == "generic", n),
-    )
-    probe = MeterConfig(
-        id="probe", bus=driver.bus.id, address=unit, profile="generic", bacnet_instance_base=0, modbus_unit=1
-    )
-    for name in names:
-        prof = driver.profiles.get(name)
-        checks = {"Voltage_L1_N": (150.0, 300.0), "Frequency": (45.0, 65.0)}
-        pts = [p for p in checks if p in prof.points]
-        if "Voltage_L1_N" not in pts:
-            continue
-        meter = probe.model_copy(update={"profile": name, "id": f"probe-{name}"})
-        try:
-            readings = await driver.read(meter, pts)
-        except (NoResponse, MeterException, FrameError):
-            continue
-        if all(
-            r.error is None and isinstance(r.value, float) and checks[r.point][0] <= r.value <= checks[r.point][1]
-            for r in readings
-        ):
-            return name
-    return None

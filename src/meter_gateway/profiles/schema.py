@@ -7,7 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..core.catalogue import PointKind, load_catalogue
-from ..core.codec import DataType, WordOrder, register_count
+from ..core.codec import CodecError, DataType, WordOrder, na_pattern_bits, register_count
+
+NaPattern = int | str
 
 READ_FUNCTIONS = (1, 2, 3, 4)
 
@@ -23,6 +25,49 @@ class Defaults(_Strict):
     type: DataType = DataType.FLOAT32
     word_order: WordOrder = WordOrder.BIG
     scale: float = 1.0
+    na: dict[DataType, list[NaPattern]] = Field(
+        {}, description="per data type: raw values or named patterns (min, max, ones, nan) that mean 'not available'"
+    )
+    source: list[str] = Field([], description="keys of `sources` every point is taken from unless it says otherwise")
+
+
+class Conventions(_Strict):
+    """Sign conventions of the meter, normalised by the driver to the catalogue's (docs/conventions.md)."""
+
+    power_factor: Literal["active_power_sign", "lead_lag", "unsigned", "unknown"] = Field(
+        description="active_power_sign: sign of P (negative = export), as the catalogue; anything else is "
+        "normalised to |PF| with the sign of the same phase's active power"
+    )
+    reactive_power: Literal["import_positive", "import_negative"] = Field(
+        "import_positive", description="import_negative: the meter reports reactive import (Q1+Q2) negative"
+    )
+    export_counted_as_import: bool = Field(
+        False, description="the meter adds exported energy to the import register (e.g. 'easy connection' variants)"
+    )
+
+
+class IdentifyRule(_Strict):
+    """One register check that tells this model from others."""
+
+    address: int = Field(ge=0, le=65535)
+    function: Literal[3, 4] = 3
+    type: Literal["uint16", "uint32", "int16", "string"] = "uint16"
+    count: int = Field(1, ge=1, le=32, description="registers read (string: 2 characters per register)")
+    equals: list[int | str] = Field(min_length=1, description="accepted values (strings: prefixes, case-insensitive)")
+    source: list[str] = []
+    note: str = ""
+
+
+class Variant(_Strict):
+    """An ordering option or wiring of the model that changes what the gateway may read."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    description: str
+    identify: list[IdentifyRule] = Field([], description="registers that recognise this variant")
+    points_absent: list[str] = Field([], description="points this variant does not provide")
+    phases: Literal[1, 3] | None = None
+    export_counted_as_import: bool | None = None
+    mid: bool | None = None
 
 
 class WriteSpec(_Strict):
@@ -41,7 +86,10 @@ class RegisterPoint(_Strict):
     word_order: WordOrder | None = None
     scale: float | None = None
     offset: float = 0.0
-    na: list[int] | None = Field(None, description="raw values that mean 'not available'")
+    na: list[NaPattern] | None = Field(
+        None, description="raw values or named patterns (min, max, ones, nan) that mean 'not available'"
+    )
+    source: list[str] | None = Field(None, description="keys of the profile's `sources` (default: defaults.source)")
     bit: int | None = Field(None, ge=0, le=15, description="for a flag inside a register")
     invert: bool = False
     map: dict[int, int] | None = Field(None, description="raw value -> canonical state (0-based)")
@@ -84,6 +132,9 @@ class ProfileBase(_Strict):
     max_power_kw: float = Field(1000.0, gt=0, description="largest power the meter can measure (energy sanity)")
     energy_wrap: float | None = Field(None, gt=0, description="value at which energy registers roll over")
     notes: list[str] = []
+    sources: dict[str, str] = Field(
+        {}, description="key -> document title and version, or an open-source driver's repository and path"
+    )
 
 
 class ModbusProfile(ProfileBase):
@@ -97,6 +148,9 @@ class ModbusProfile(ProfileBase):
     points: dict[str, RegisterPoint]
     commands: dict[str, CommandSpec] = {}
     energy_reset: CommandSpec | None = Field(None, description="resets energy registers (non-MID meters only)")
+    conventions: Conventions | None = Field(None, description="sign conventions; required when a PF is mapped")
+    identify: list[IdentifyRule] = Field([], description="all must match for the meter to be this model")
+    variants: list[Variant] = []
 
     @model_validator(mode="after")
     def _check_points(self) -> ModbusProfile:
@@ -112,6 +166,36 @@ class ModbusProfile(ProfileBase):
             fn = self.function_of(name)
             if fn in (1, 2) and (p.bit is not None or p.type is not None):
                 raise ValueError(f"@points.{name}: coils and discrete inputs take neither type nor bit")
+            for pat in self.na_of(name):
+                if isinstance(pat, str):
+                    try:
+                        na_pattern_bits(pat, self.type_of(name))
+                    except CodecError as exc:
+                        raise ValueError(f"@points.{name}.na: {exc}") from None
+            for key in self.sources_of(name):
+                if key not in self.sources:
+                    raise ValueError(f"@points.{name}.source: {key!r} is not a key of `sources`")
+        used = {
+            (3 if self.function_of(n) == 3 else self.function_of(n), p.address + k)
+            for n, p in self.points.items()
+            for k in range(self.count_of(n))
+        }
+        for rule in [*self.identify, *(r for v in self.variants for r in v.identify)]:
+            n = 2 if rule.type == "uint32" else (rule.count if rule.type == "string" else 1)
+            clash = [a for a in range(rule.address, rule.address + n) if (rule.function, a) in used]
+            if clash:
+                raise ValueError(f"@identify: register {rule.address} overlaps a mapped point")
+            if rule.type != "string" and any(isinstance(v, str) for v in rule.equals):
+                raise ValueError(f"@identify: register {rule.address} of type {rule.type} takes numbers")
+            for key in rule.source:
+                if key not in self.sources:
+                    raise ValueError(f"@identify: source {key!r} is not a key of `sources`")
+        for v in self.variants:
+            for n in v.points_absent:
+                if n not in self.points:
+                    raise ValueError(f"@variants.{v.name}.points_absent: {n!r} is not a point of this profile")
+        if self.conventions is None and any(n.startswith("Power_Factor") for n in self.points):
+            raise ValueError("@conventions: a profile mapping a power factor declares conventions.power_factor")
         for name in self.commands:
             if name not in cat or cat.get(name).kind is not PointKind.COMMAND:
                 raise ValueError(f"@commands.{name}: {name!r} is not a catalogue command")
@@ -142,6 +226,20 @@ class ModbusProfile(ProfileBase):
         """Scale factor of a point."""
         s = self.points[name].scale
         return self.defaults.scale if s is None else s
+
+    def na_of(self, name: str) -> list[NaPattern]:
+        """The 'not available' patterns of a point (its own, else the defaults for its type)."""
+        p = self.points[name]
+        if p.na is not None:
+            return list(p.na)
+        if p.bit is not None or self.function_of(name) in (1, 2):
+            return []
+        return list(self.defaults.na.get(self.type_of(name), []))
+
+    def sources_of(self, name: str) -> list[str]:
+        """Source keys of a point (its own, else the defaults')."""
+        p = self.points[name]
+        return list(p.source) if p.source is not None else list(self.defaults.source)
 
     def count_of(self, name: str) -> int:
         """Registers (or bits) a point occupies."""

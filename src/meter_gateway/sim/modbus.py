@@ -14,6 +14,7 @@ from typing import Literal
 
 from ..core.catalogue import PointKind, load_catalogue
 from ..core.codec import CodecError, DataType, WordOrder, decode, encode, from_engineering
+from ..drivers.identify import rule_words
 from ..drivers.modbus import crc16
 from ..profiles import ModbusProfile
 from .physics import LoadModel
@@ -47,6 +48,8 @@ class SimModbusMeter:
     strict_holes: bool = False  # answer exception 2 for reads that touch unmapped registers
     writes: list[WriteRecord] = field(default_factory=list)
     requests: int = 0
+    raw_words: dict[str, list[int]] = field(default_factory=dict)  # point -> words answered as they are (NA tests)
+    variant: str | None = None  # the profile variant whose identification registers the meter answers
 
     def __post_init__(self) -> None:
         self.catalogue = load_catalogue()
@@ -56,10 +59,25 @@ class SimModbusMeter:
             table = 3 if fn in (3,) else fn
             for k in range(self.profile.count_of(name)):
                 self._regs[(table, p.address + k)] = (name, k)
+        self._ident: dict[tuple[int, int], int] = {}  # identification registers: (table, address) -> word
+        rules = list(self.profile.identify)
+        rules += [r for v in self.profile.variants if v.name == self.variant for r in v.identify]
+        for rule in rules:
+            table = 3 if rule.function == 3 else 4
+            for k, word in enumerate(rule_words(rule)):
+                self._ident[(table, rule.address + k)] = word
         self._writable: dict[int, str] = {}
         for name, p in self.profile.points.items():
             if p.write is not None:
                 self._writable[p.write.address if p.write.address is not None else p.address] = name
+
+    def set_identification(self, function: int, address: int, word: int | None) -> None:
+        """Answer `word` at an identification register, or refuse the register (None): other firmware, other make."""
+        key = (3 if function == 3 else 4, address)
+        if word is None:
+            self._ident.pop(key, None)
+        else:
+            self._ident[key] = word
 
     @property
     def state(self) -> dict[str, float | int | bool]:
@@ -68,6 +86,8 @@ class SimModbusMeter:
 
     # -- register image ----------------------------------------------------------------------------
     def _point_words(self, name: str) -> list[int]:
+        if name in self.raw_words:
+            return list(self.raw_words[name])
         prof = self.profile
         p = prof.points[name]
         value = self.model.values.get(name, 0)
@@ -100,6 +120,9 @@ class SimModbusMeter:
         for a in range(address, address + count):
             hit = self._regs.get((table, a))
             if hit is None:
+                if (table, a) in self._ident:
+                    out.append(self._ident[(table, a)])
+                    continue
                 if self.strict_holes:
                     return None
                 out.append(0)
@@ -108,7 +131,7 @@ class SimModbusMeter:
             if name not in cache:
                 cache[name] = self._point_words(name)
             out.append(cache[name][k])
-        if not any((table, a) in self._regs for a in range(address, address + count)):
+        if not any((table, a) in self._regs or (table, a) in self._ident for a in range(address, address + count)):
             return None
         return out
 
