@@ -1,4 +1,4 @@
-"""`meter-gateway export`: billing export per meter from the journal (CSV or JSON)."""
+"""`meter-gateway export`: billing export per meter from the journal (CSV, JSON or XML)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("--from", dest="start", required=True, help="start, e.g. 2026-11-01 (site time zone)")
     p.add_argument("--to", dest="end", required=True, help="end, e.g. 2026-12-01")
     p.add_argument("--tenant", default=None)
-    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p.add_argument("--format", choices=["csv", "json", "xml"], default="csv", help="xml: see data/billing-export.xsd")
     p.set_defaults(func=_main)
 
 
@@ -36,6 +36,14 @@ def _main(args) -> int:
         print(f"error: no journal at {path}", file=sys.stderr)
         return 2
     store = JournalStore(path)
+    if args.format == "xml":
+        from ..journal.xml import to_xml
+
+        try:
+            sys.stdout.buffer.write(to_xml(store, cfg, start, end, args.tenant))
+        finally:
+            store.close()
+        return 0
     try:
         rows = export(store, cfg, start, end, args.tenant)
     finally:
