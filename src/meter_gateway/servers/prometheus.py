@@ -18,6 +18,7 @@ from ..core.table import COMM_STATUS
 from ..drivers.base import CYCLE_BUCKETS
 from .base import Server
 from .http import HttpServer, Response
+from .model_routes import ModelRoutes
 
 P = "meter_gateway_"
 
@@ -258,6 +259,7 @@ class PrometheusServer(Server):
         self.http.route("/health", self._health)
         self.http.route("/export", self._export)
         self.http.route("/", self._index)
+        ModelRoutes(gateway).add_to(self.http)  # /model/brick.ttl, /model/haystack.json|zinc, /openapi.json
         self._bound: tuple[str, int] | None = None
         self._scrape_lock = asyncio.Lock()
         self._next_scrape = 0.0  # loop time before which the next collection waits
@@ -279,7 +281,7 @@ class PrometheusServer(Server):
         return Response(code, (json.dumps(doc, indent=2) + "\n").encode(), "application/json")
 
     def _export(self, query) -> Response:
-        """Billing export from the journal: ?from=2026-11-01&to=2026-12-01[&tenant=T][&format=csv|json]."""
+        """Billing export from the journal: ?from=2026-11-01&to=2026-12-01[&tenant=T][&format=csv|json|xml]."""
         rec = self.gateway.journal
         if rec is None:
             return Response(404, b"the journal is not enabled (journal.enabled: true)\n")
@@ -292,6 +294,11 @@ class PrometheusServer(Server):
             end = parse_local(query.get("to", [""])[0], tz)
         except ValueError as exc:
             return Response(400, f"{exc}; use ?from=2026-11-01&to=2026-12-01\n".encode())
+        if query.get("format", ["json"])[0] == "xml":
+            from ..journal.xml import to_xml
+
+            doc = to_xml(rec.store, self.gateway.config, start, end, query.get("tenant", [None])[0])
+            return Response(200, doc, "application/xml")
         rows = export(rec.store, self.gateway.config, start, end, query.get("tenant", [None])[0])
         if query.get("format", ["json"])[0] == "csv":
             return Response(200, to_csv(rows).encode(), "text/csv; charset=utf-8")
