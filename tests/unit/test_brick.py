@@ -14,7 +14,7 @@ pytest.importorskip("brickschema", reason="brickschema is not installed (pip ins
 from rdflib import Literal, Namespace  # noqa: E402
 from rdflib.namespace import RDF  # noqa: E402
 
-from meter_gateway.config import load_config  # noqa: E402
+from meter_gateway.config import load_config, parse_config  # noqa: E402
 from meter_gateway.models.brick import BRICK, REF, brick_class, build_graph, validate  # noqa: E402
 from meter_gateway.models.common import gateway_meter_points  # noqa: E402
 
@@ -39,17 +39,33 @@ def test_every_catalogue_brick_class_is_a_brick_class(demo):
     assert not missing, f"not in the Brick ontology: {missing}"
 
 
-def test_demo_model_has_zero_shacl_results_and_a_broken_model_has_some(demo):
+OTHER = """
+gateway: {name: other}
+buses: [{id: b, type: modbus_tcp, host: 127.0.0.1}]
+meters:
+  - {id: main, bus: b, address: 1, profile: generic, building: Hall, bacnet_instance_base: 1000, modbus_unit: 1}
+  - {id: sub, bus: b, address: 2, profile: generic, parent: main, floor: Mezzanine, bacnet_instance_base: 1100}
+  - {id: bare, bus: b, address: 3, profile: eastron_sdm120, parent: sub, bacnet_instance_base: 1200}
+upstream: {bacnet: {enabled: false}}
+"""
+
+
+def test_demo_model_has_zero_shacl_results_and_a_broken_model_has_some(demo, profiles):
     cfg, catalogue, points, good = demo
-    # one validation run (the Brick shapes take seconds): the demo model plus a broken copy in another namespace;
-    # every result must fall on the broken copy, none on the demo model
+    # one validation run (the Brick shapes take seconds): the demo model, a second valid model (a building's main
+    # meter, a floor without building, a meter placed nowhere, no BACnet) and a broken copy of the demo, each in
+    # its own namespace; every result must fall on the broken copy
+    other_cfg = parse_config(OTHER, "other.yaml", profiles)
+    _cat, other_points = gateway_meter_points(other_cfg, profiles)
+    other = build_graph(other_cfg, catalogue, other_points, base="urn:other#")
+    assert (rdflib.URIRef("urn:other#meter.main"), RDF.type, BRICK.Building_Electrical_Meter) in other
+    assert (rdflib.URIRef("urn:other#meter.bare"), BRICK.meters, rdflib.URIRef("urn:other#site.other")) in other
     broken = build_graph(cfg, catalogue, points, base="urn:broken#")
     meter = rdflib.URIRef("urn:broken#meter.tenant-a")
     broken.add((meter, BRICK.meters, Literal("not a location")))
     point = rdflib.URIRef("urn:broken#point.tenant-a.Voltage_L1_N")
     broken.add((point, BRICK.hasUnit, Literal("volts")))
-    both = good + broken
-    results = validate(both)
+    results = validate(good + other + broken)
     assert results, "the broken model must be reported"
     assert all(r.startswith("urn:broken#") for r in results), results
     assert any("meter.tenant-a" in r for r in results) and any("Voltage_L1_N" in r for r in results), results

@@ -86,18 +86,19 @@ def build_graph(
     for sm in served:
         m = sm.config
         site = location(REC.Site, f"site.{slug(m.site)}", m.site, None)
-        served_loc = None
+        served_loc = site  # site > building > floor > zone, each level optional
         if m.building:
             served_loc = location(REC.Building, f"building.{slug(m.site)}.{slug(m.building)}", m.building, site)
-            if m.floor:
-                served_loc = location(
-                    REC.Level, f"floor.{slug(m.site)}.{slug(m.building)}.{slug(m.floor)}", m.floor, served_loc
-                )
+        if m.floor:
+            key = f"floor.{slug(m.site)}.{slug(m.building)}.{slug(m.floor)}"
+            served_loc = location(REC.Level, key, m.floor, served_loc)
         if m.zone:
             key = f"zone.{slug(m.site)}.{slug(m.building)}.{slug(m.floor)}.{slug(m.zone)}"
-            served_loc = location(REC.Zone, key, m.zone, served_loc or site)
+            served_loc = location(REC.Zone, key, m.zone, served_loc)
         meter = ns[f"meter.{m.id}"]
         g.add((meter, RDF.type, BRICK.Electrical_Meter))
+        if m.building and not (m.floor or m.zone or m.parent):
+            g.add((meter, RDF.type, BRICK.Building_Electrical_Meter))  # a building's main meter
         g.add((meter, RDFS.label, Literal(m.name or m.id)))
         g.add((meter, MG.meterId, Literal(m.id)))
         if m.tenant:
@@ -105,9 +106,8 @@ def build_graph(
         if m.serial_number:
             g.add((meter, MG.serialNumber, Literal(m.serial_number)))
         g.add((meter, MG.mid, Literal(m.mid)))
-        if served_loc is not None:
-            g.add((meter, BRICK.meters, served_loc))
-            g.add((served_loc, BRICK.isMeteredBy, meter))
+        g.add((meter, BRICK.meters, served_loc))  # the most specific location it serves
+        g.add((served_loc, BRICK.isMeteredBy, meter))
         if m.parent and m.parent in enabled:
             parent = ns[f"meter.{m.parent}"]
             g.add((meter, BRICK.isSubMeterOf, parent))
