@@ -67,7 +67,8 @@ def test_equips_sites_units_and_addresses(demo, fmt):
     e = rows["tenant-a.Active_Energy_Import"]
     assert (e["unit"], e["kind"], e["bacnetCur"], e["modbusCur"]) == ("kWh", "Number", "ACC1001", "30001")
     assert isinstance(e["modbusAddr"], Number) and e["modbusAddr"].val == 0
-    assert rows[e["modbusConnRef"].val]["modbusSlave"].val == 1
+    conn = rows[e["modbusConnRef"].val]
+    assert conn["modbusSlave"].val == 1 and conn["uri"] == "modbus-tcp://127.0.0.1:5020/"
     assert rows["tenant-a.Reactive_Energy_Import"]["unit"] == "kVARh"
     v = rows["tenant-a.Voltage_L1_L2"]
     assert v["phase"] == "AB" and v["unit"] == "V" and "L1" not in v

@@ -59,6 +59,10 @@ def _ref_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_:.~-]", "_", text)
 
 
+def _wildcard(bind: str) -> bool:
+    return bind in ("", "0.0.0.0", "::")
+
+
 def haystack_tz(iana: str) -> str:
     """The Haystack time zone name of an IANA zone (the city part: Europe/Paris -> Paris)."""
     return "UTC" if iana in ("UTC", "Etc/UTC") else iana.rsplit("/", 1)[-1]
@@ -97,15 +101,10 @@ def entities(
     bacnet_conn = None
     if bac.enabled:
         bacnet_conn = Ref(f"conn.bacnet.{bac.device_instance}", f"BACnet device {bac.device_instance}")
-        add(
-            {
-                "id": bacnet_conn,
-                "dis": bacnet_conn.dis,
-                "bacnetConn": M,
-                "bacnetDeviceId": Num(bac.device_instance),
-                "uri": f"bacnet://{bac.bind}:{bac.port}/{bac.device_instance}",
-            }
-        )
+        conn = {"id": bacnet_conn, "dis": bacnet_conn.dis, "bacnetConn": M, "bacnetDeviceId": Num(bac.device_instance)}
+        if not _wildcard(bac.bind):  # a wildcard bind names no address a client could use
+            conn["uri"] = f"bacnet://{bac.bind}:{bac.port}/{bac.device_instance}"
+        add(conn)
     for sm in served:
         m = sm.config
         site = Ref(_ref_id(f"site.{slug(m.site)}"), m.site)
@@ -144,15 +143,10 @@ def entities(
         modbus_conn = None
         if mb.enabled and m.modbus_unit is not None:
             modbus_conn = Ref(_ref_id(f"conn.modbus.{m.id}"), f"Modbus TCP unit {m.modbus_unit} ({m.id})")
-            add(
-                {
-                    "id": modbus_conn,
-                    "dis": modbus_conn.dis,
-                    "modbusConn": M,
-                    "uri": f"modbus-tcp://{mb.bind}:{mb.port}/",
-                    "modbusSlave": Num(m.modbus_unit),
-                }
-            )
+            conn = {"id": modbus_conn, "dis": modbus_conn.dis, "modbusConn": M, "modbusSlave": Num(m.modbus_unit)}
+            if not _wildcard(mb.bind):
+                conn["uri"] = f"modbus-tcp://{mb.bind}:{mb.port}/"
+            add(conn)
         add(equip)
         for spec in sm.objects:
             p = spec.point
