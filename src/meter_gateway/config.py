@@ -90,7 +90,12 @@ class MeterConfig(_Strict):
 
     id: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=32, description="used in BACnet names and metrics")
     name: str = ""
-    tenant: str = ""
+    tenant: str = Field("", description="who is billed for this meter (journal, exports, Brick and Haystack models)")
+    parent: str = Field("", description="id of the meter upstream of this one (this meter is its submeter)")
+    site: str = Field("", description="site name in the Brick and Haystack models (default: the gateway's name)")
+    building: str = ""
+    floor: str = ""
+    zone: str = Field("", description="zone or space the meter serves")
     bus: str
     address: int | str = Field(description="Modbus unit id 1-247, M-Bus primary 0-250 or 8-digit secondary id")
     profile: str
@@ -391,6 +396,36 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
                                 f"profile {m.profile!r} is for {proto} meters but bus {m.bus!r} is {btype}",
                             )
                         )
+    errs += _hierarchy_errors(cfg, ids)
+    return errs
+
+
+def _hierarchy_errors(cfg: GatewayConfig, ids: dict[str, int]) -> list[tuple[tuple[Any, ...], str]]:
+    """Meter `parent` links: the parent exists, is not the meter itself, and no chain of parents loops."""
+    errs: list[tuple[tuple[Any, ...], str]] = []
+    for i, m in enumerate(cfg.meters):
+        if not m.parent:
+            continue
+        if m.parent == m.id:
+            errs.append((("meters", i, "parent"), f"meter {m.id!r} cannot be its own parent: remove `parent`"))
+        elif m.parent not in ids:
+            errs.append(
+                (("meters", i, "parent"), f"parent {m.parent!r} is not a meter id; defined meters: {', '.join(ids)}")
+            )
+    reported: set[str] = set()
+    for i, m in enumerate(cfg.meters):
+        chain, cur = [m.id], m.parent
+        while cur and cur in ids and cur != m.id and cur not in chain:
+            chain.append(cur)
+            cur = cfg.meters[ids[cur]].parent
+        if cur == m.id and len(chain) > 1 and not reported & set(chain):
+            reported |= set(chain)
+            errs.append(
+                (
+                    ("meters", i, "parent"),
+                    f"meter parents form a cycle: {' -> '.join([*chain, m.id])}; remove one `parent`",
+                )
+            )
     return errs
 
 

@@ -1,4 +1,4 @@
-"""`meter-gateway export`: billing export per meter from the journal (CSV or JSON), streamed, read-only."""
+"""`meter-gateway export`: billing export per meter from the journal (CSV, JSON or XML), streamed, read-only."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("--from", dest="start", required=True, help="start, e.g. 2026-11-01 (site time zone)")
     p.add_argument("--to", dest="end", required=True, help="end, e.g. 2026-12-01")
     p.add_argument("--tenant", default=None)
-    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p.add_argument("--format", choices=["csv", "json", "xml"], default="csv", help="xml: see data/billing-export.xsd")
     p.set_defaults(func=_main)
 
 
@@ -39,6 +39,11 @@ def _main(args) -> int:
     chunks = csv_chunks if args.format == "csv" else json_chunks
     try:
         with open_readonly(path) as db:
+            if args.format == "xml":
+                from ..journal.xml import to_xml
+
+                sys.stdout.buffer.write(to_xml(db, cfg, start, end, args.tenant, journal_path=path))
+                return 0
             for chunk in chunks(iter_export(db, cfg, start, end, args.tenant, path)):
                 sys.stdout.write(chunk)
     except (sqlite3.DatabaseError, OSError) as exc:

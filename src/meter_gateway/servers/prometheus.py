@@ -21,6 +21,7 @@ from ..core.table import COMM_STATUS
 from ..drivers.base import CYCLE_BUCKETS
 from .base import Server
 from .http import HttpServer, Response
+from .model_routes import ModelRoutes
 
 P = "meter_gateway_"
 log = logging.getLogger(__name__)
@@ -299,6 +300,7 @@ class PrometheusServer(Server):
         self.http.route("/health", self._health)
         self.http.route("/export", self._export)
         self.http.route("/", self._index)
+        ModelRoutes(gateway).add_to(self.http)  # /model/brick.ttl, /model/haystack.json|zinc, /openapi.json
         self._bound: tuple[str, int] | None = None
         self._scrape_lock = asyncio.Lock()
         self._exports = 0  # exports running
@@ -321,7 +323,7 @@ class PrometheusServer(Server):
         return Response(code, (json.dumps(doc, indent=2) + "\n").encode(), "application/json")
 
     async def _export(self, query) -> Response:
-        """Billing export from the journal: ?from=2026-11-01&to=2026-12-01[&tenant=T][&format=csv|json].
+        """Billing export from the journal: ?from=2026-11-01&to=2026-12-01[&tenant=T][&format=csv|json|xml].
 
         Computed in a worker thread on its own read-only connection and streamed; at most MAX_CONCURRENT at once.
         """
@@ -341,8 +343,8 @@ class PrometheusServer(Server):
         except ValueError as exc:
             return Response(400, f"{exc}; use ?from=2026-11-01&to=2026-12-01\n".encode())
         fmt = query.get("format", ["json"])[0]
-        if fmt not in ("json", "csv"):
-            return Response(400, b"format: json or csv\n")
+        if fmt not in ("json", "csv", "xml"):
+            return Response(400, b"format: json, csv or xml\n")
         if self._exports >= MAX_CONCURRENT:
             return Response(429, f"{MAX_CONCURRENT} exports are running; try again when one is done\n".encode())
         self._exports += 1
@@ -358,7 +360,7 @@ class PrometheusServer(Server):
                 raise
             log.error("export: the journal cannot be read: %s", exc)
             return Response(503, f"the journal cannot be read: {exc}\n".encode())
-        ctype = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
+        ctype = {"csv": "text/csv; charset=utf-8", "xml": "application/xml"}.get(fmt, "application/json")
         return Response(200, first, ctype, stream=self._release(stream))
 
     async def _release(self, stream):
@@ -374,6 +376,7 @@ class PrometheusServer(Server):
         from ..journal.export import csv_chunks, iter_export, json_chunks
         from ..journal.recorder import journal_path
         from ..journal.verify import open_readonly
+        from ..journal.xml import to_xml
 
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue(maxsize=4)
@@ -393,6 +396,9 @@ class PrometheusServer(Server):
         def work() -> None:
             try:
                 with open_readonly(path) as db:
+                    if fmt == "xml":  # one document (validated against data/billing-export.xsd), built whole
+                        put(to_xml(db, cfg, start, end, tenant, journal_path=path))
+                        return
                     chunks = csv_chunks if fmt == "csv" else json_chunks
                     for chunk in chunks(iter_export(db, cfg, start, end, tenant, path)):
                         if stop.is_set():

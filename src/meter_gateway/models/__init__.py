@@ -1,0 +1,1 @@
+"""Semantic models of the configured site: Brick (RDF/Turtle) and Project Haystack (JSON, Zinc)."""
