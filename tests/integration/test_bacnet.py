@@ -25,7 +25,9 @@ METERS = f"""
 """
 
 
-def yaml_for(meters: str = METERS, writes: str = "{enabled: true}", extra_bacnet: str = "") -> str:
+def yaml_for(
+    meters: str = METERS, writes: str = "{enabled: true, allow_bacnet: [127.0.0.0/8]}", extra_bacnet: str = ""
+) -> str:
     return f"""
 gateway: {{name: bacnet-test, location: Plant room}}
 buses:
