@@ -302,7 +302,9 @@ class WriteService:
         if reached_meter:
             log.log(logging.INFO if result.decision is Decision.ACCEPTED else logging.WARNING, msg, *args)
         else:
-            kind = f"write {result.decision.value} {req.meter_id}.{req.point}"
+            # one line per client, decision and known point (a bounded set); unmapped targets share one kind
+            known = req.point in self.gw.catalogue and req.meter_id in self.gw.table.meter_ids
+            kind = f"write {result.decision.value} " + (f"{req.meter_id}.{req.point}" if known else "unmapped target")
             self._refusals_logged.event(f"{req.protocol}/{req.source}", kind, msg, *args)
 
     def _schedule_flush(self) -> None:
