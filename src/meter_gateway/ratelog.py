@@ -10,7 +10,7 @@ from collections.abc import Hashable
 class OnceLog:
     """The first event of each (source, kind) is logged at `level`; repeats go to DEBUG and are counted."""
 
-    def __init__(self, logger: logging.Logger, level: int = logging.WARNING, max_keys: int = 4096) -> None:
+    def __init__(self, logger: logging.Logger, level: int = logging.WARNING, max_keys: int = 512) -> None:
         self.logger = logger
         self.level = level
         self.max_keys = max_keys

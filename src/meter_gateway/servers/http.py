@@ -102,7 +102,8 @@ class HttpServer:
         else:
             return True
         waiting = [c for c in pool if c.reading]
-        self.once.event(conn.peer, "connection limit", "%s: %s, closing the longest waiting", self.name, why)
+        src = conn.peer if pool is same else "*"  # the total limit is logged once, not once per address
+        self.once.event(src, "connection limit", "%s: %s, closing the longest waiting", self.name, why)
         if not waiting:
             return False
         victim = min(waiting, key=lambda c: c.opened)

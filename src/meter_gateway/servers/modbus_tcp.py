@@ -126,7 +126,12 @@ class _Handler(ServerRequestHandler):
             self.server.bad_input(self.peer_ip, kind, why)
             if pdu[0] in WRITE_FC:
                 self.server.owner.audit_refusal(
-                    self.peer_ip, unit, pdu[0], pdu.hex(), f"{why}: answered exception {code:#04x}"
+                    self.peer_ip,
+                    unit,
+                    pdu[0],
+                    pdu.hex(),
+                    f"{why}: answered exception {code:#04x}",
+                    Decision.OUT_OF_RANGE if code == 3 else Decision.DENIED,
                 )
             fc = pdu[0] | 0x80
             if self.transport:  # not self.send(): it would empty pymodbus' receive buffer
@@ -190,7 +195,8 @@ class _TcpServer(ModbusTcpServer):
             return
         idle = [h for h in pool if not h.busy]
         victim = min(idle, key=lambda h: h.last_active) if idle else new
-        self.bad_input(new.peer_ip, "connection limit", f"{why}: closing the longest idle one")
+        # per address: logged once per address; the total: once (many addresses must not flood the log either)
+        self.bad_input(new.peer_ip if pool is same else "*", "connection limit", f"{why}: closing the longest idle one")
         if victim.transport:
             victim.transport.close()
 
@@ -441,14 +447,16 @@ class ModbusTcpGatewayServer(Server):
             if self._server is not None:
                 self._server.sweep(self.idle_timeout)
 
-    def audit_refusal(self, peer: str, unit: int, fc: int, pdu_hex: str, why: str) -> None:
+    def audit_refusal(
+        self, peer: str, unit: int, fc: int, pdu_hex: str, why: str, decision: Decision = Decision.DENIED
+    ) -> None:
         """Audit a write request refused before it could name a point (unsupported function, malformed frame)."""
         ws = self.gateway.write_service
         if ws is None:
             return
         meter_id = self.units.get(unit, f"unit {unit}")
         target = f"FC {fc} ({WRITE_FC.get(fc, 'write')})"
-        ws.refuse(WriteRequest("modbus", peer or "unknown", meter_id, target, pdu_hex), why)
+        ws.refuse(WriteRequest("modbus", peer or "unknown", meter_id, target, pdu_hex), why, decision)
 
     async def stop(self) -> None:
         """Stop listening and close client connections."""
