@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import stat
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -71,8 +72,10 @@ class AuditLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, AUDIT_MODE)
-        mode = os.fstat(fd).st_mode & 0o777
-        if mode & ~AUDIT_MODE:  # an older file readable by everyone: tighten it
+        st = os.fstat(fd)
+        self._regular = stat.S_ISREG(st.st_mode)  # not a device such as /dev/null: never chmod or fsync those
+        mode = stat.S_IMODE(st.st_mode)
+        if self._regular and mode & ~AUDIT_MODE:  # an older file readable by everyone: tighten it
             os.fchmod(fd, mode & AUDIT_MODE)
             log.warning("audit log %s was mode %o, now %o", path, mode, mode & AUDIT_MODE)
         self._fh = os.fdopen(fd, "a", encoding="utf-8")
@@ -82,11 +85,9 @@ class AuditLog:
         """Write one record; `durable` syncs it to disk before returning (otherwise at the next sync)."""
         self._fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         self._fh.flush()
+        self._unsynced = self._regular
         if durable:
-            os.fsync(self._fh.fileno())
-            self._unsynced = False
-        else:
-            self._unsynced = True
+            self.sync()
 
     def sync(self) -> None:
         """Sync records written without `durable`."""
@@ -95,10 +96,12 @@ class AuditLog:
             self._unsynced = False
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file (syncing what is not yet)."""
         if not self._fh.closed:
-            self.sync()
-            self._fh.close()
+            try:
+                self.sync()
+            finally:
+                self._fh.close()
 
 
 @dataclass
@@ -332,6 +335,6 @@ class WriteService:
             self._flush_timer = None
         try:
             self.recorder.flush(force=True)
+            self.audit.close()
         except OSError as exc:
             log.error("cannot write the audit log %s: %s", self.audit.path, exc)
-        self.audit.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 from meter_gateway.writes import COALESCE_WINDOW, REFUSAL_BURST, REFUSAL_RATE, AuditLog, AuditRecorder
 
@@ -87,3 +88,11 @@ def test_audit_file_created_0640_and_a_world_readable_one_tightened(tmp_path):
     os.chmod(old, 0o666)
     AuditLog(old).close()
     assert stat.S_IMODE(old.stat().st_mode) == 0o640
+
+
+def test_an_audit_log_on_a_device_is_neither_chmodded_nor_synced():
+    before = os.stat("/dev/null").st_mode
+    log = AuditLog(Path("/dev/null"))
+    AuditRecorder(log).write(rec("accepted"))
+    log.close()
+    assert os.stat("/dev/null").st_mode == before
