@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from pymodbus.client import ModbusTcpClient
 
+from helpers import wait_for
+
 CONFIG = """
 gateway: {{name: hostile, log_level: info}}
 buses: [{{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.3}}]
@@ -234,3 +236,56 @@ def test_malformed_frames_answered_per_protocol_logged_once_per_kind_and_audited
     assert sum(r.get("count", 1) for r in nan) == rounds
     assert any(r["meter"] == "unit 9" for r in records)
     assert any(r["point"].startswith("FC 22") for r in records) and any(r["point"].startswith("FC 23") for r in records)
+
+
+IDLE_YAML = """
+gateway: {name: idle}
+buses: [{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.3}]
+meters:
+  - {id: a, bus: rtu, address: 1, profile: generic, bacnet_instance_base: 1000, modbus_unit: 1}
+upstream:
+  bacnet: {enabled: false}
+  modbus_tcp: {enabled: true, bind: 127.0.0.1, port: 0, idle_timeout: 1}
+  prometheus: {enabled: true, bind: 127.0.0.1, port: 0, idle_timeout: 1}
+"""
+
+
+async def test_idle_and_dribbling_connections_are_closed_active_ones_kept(gateways):
+    import asyncio
+
+    gw = await gateways(IDLE_YAML)
+    assert await wait_for(lambda: gw.table.is_online("a"), 15)
+    mb = next(s for s in gw.servers if s.name == "modbus_tcp").address()
+    http = next(s for s in gw.servers if s.name == "prometheus").address()
+    idle = await asyncio.open_connection(*mb)
+    dribble = await asyncio.open_connection(*mb)
+    half = await asyncio.open_connection(*http)
+    half[1].write(b"GET /health HTTP/1.1\r\n")  # never finishes its request
+    active = await asyncio.open_connection(*mb)
+    request = bytes.fromhex("000100000006010300140002")
+    frame = bytes.fromhex("00020000000601030014")  # a request that never completes
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 3.0  # three idle time-outs
+    i = 0
+    while loop.time() < end:
+        active[1].write(request)
+        head = await asyncio.wait_for(active[0].readexactly(9), 5)
+        assert head[7] == 3, head.hex()
+        await active[0].readexactly(head[8])
+        if i < len(frame) and not dribble[1].is_closing():
+            dribble[1].write(frame[i : i + 1])  # one byte now and then keeps no connection open
+            i += 1
+        await asyncio.sleep(0.25)
+    for reader, writer in (idle, dribble):
+        try:
+            async with asyncio.timeout(5):
+                assert await reader.read(64) == b""  # closed by the gateway
+        except ConnectionError:
+            pass  # closed by the gateway while the dribbler was still writing
+        writer.close()
+    async with asyncio.timeout(5):
+        assert (await half[0].read(64)).startswith(b"HTTP/1.1 408")
+    half[1].close()
+    active[1].write(request)  # the active client was never disturbed
+    assert (await asyncio.wait_for(active[0].readexactly(9), 5))[7] == 3
+    active[1].close()
