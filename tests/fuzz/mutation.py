@@ -18,9 +18,10 @@ def load_seeds(path: Path) -> list[bytes]:
     return [bytes.fromhex(ln) for ln in lines if ln]
 
 
-def mutate(rng: random.Random, seeds: list[bytes]) -> bytes:
+def mutate(rng: random.Random, seeds: list[bytes], length_at: int = 4) -> bytes:
     """One to four byte-level mutations of a seed: bit flips, interesting bytes and words, insertions, deletions,
-    repeats, truncation, a wrong MBAP length, splices and concatenations of seeds (pipelined requests)."""
+    repeats, truncation, a wrong length field (16 bits at `length_at`: 4 for the MBAP header, 2 for BVLC), splices
+    and concatenations of seeds (pipelined requests)."""
     data = bytearray(rng.choice(seeds))
     for _ in range(rng.randint(1, 4)):
         op = rng.randrange(10)
@@ -45,10 +46,10 @@ def mutate(rng: random.Random, seeds: list[bytes]) -> bytes:
             data[i:i] = chunk * rng.randint(1, 30)
         elif op == 6 and n:
             del data[rng.randrange(n) :]
-        elif op == 7 and n >= 6:
-            length = int.from_bytes(data[4:6], "big")
+        elif op == 7 and n >= length_at + 2:
+            length = int.from_bytes(data[length_at : length_at + 2], "big")
             new = rng.choice([0, 1, length - 1, length + 1, 254, 255, 0xFFFF]) & 0xFFFF
-            data[4:6] = new.to_bytes(2, "big")
+            data[length_at : length_at + 2] = new.to_bytes(2, "big")
         elif op == 8:
             other = rng.choice(seeds)
             data = data[: rng.randint(0, n)] + other[rng.randint(0, len(other)) :]
