@@ -289,3 +289,24 @@ async def test_idle_and_dribbling_connections_are_closed_active_ones_kept(gatewa
     active[1].write(request)  # the active client was never disturbed
     assert (await asyncio.wait_for(active[0].readexactly(9), 5))[7] == 3
     active[1].close()
+
+
+async def test_pipelined_requests_in_one_segment_are_each_answered(gateways):
+    """Requests sent back to back (one TCP segment), served or refused, each get their own answer."""
+    import asyncio
+
+    gw = await gateways(IDLE_YAML)
+    assert await wait_for(lambda: gw.table.is_online("a"), 15)
+    reader, writer = await asyncio.open_connection(*next(s for s in gw.servers if s.name == "modbus_tcp").address())
+    pdus = [bytes.fromhex(h) for h in ("0300140002", "4100140002", "0300140002", "0800001234", "0400000002", "81")]
+    writer.write(b"".join(mbap(p, tid=i) for i, p in enumerate(pdus, start=1)))
+    answers = {}
+    async with asyncio.timeout(10):
+        while len(answers) < len(pdus):
+            head = await reader.readexactly(7)
+            body = await reader.readexactly(int.from_bytes(head[4:6], "big") - 1)
+            answers[int.from_bytes(head[:2], "big")] = body
+    writer.close()
+    assert answers[1][:2] == b"\x03\x04" and answers[3] == answers[1]
+    assert answers[2] == b"\xc1\x01" and answers[6] == b"\x81\x01"
+    assert answers[4] == bytes.fromhex("0800001234") and answers[5][:2] == b"\x04\x04"

@@ -101,6 +101,10 @@ class _Handler(ServerRequestHandler):
     last_active = 0.0  # monotonic time of the last complete request (or of the connection)
     busy = 0  # requests being answered
 
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self._tasks: set[asyncio.Task] = set()
+
     def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
         """Answer requests we do not serve or that are malformed ourselves; pass one served request to pymodbus."""
         used = 0
@@ -119,7 +123,13 @@ class _Handler(ServerRequestHandler):
             self.last_active = time.monotonic()
             refused = screen(pdu)
             if refused is None:
-                return used + super().callback_data(frame[: 6 + length], addr)
+                used += super().callback_data(frame[: 6 + length], addr)  # decodes it into last_pdu
+                request, self.last_pdu = self.last_pdu, None
+                if request is not None:  # answered in its own task: pipelined requests each get their answer
+                    task = self.loop.create_task(self.handle_request(request, addr))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                continue
             code, why = refused
             used += 6 + length
             kind = "malformed request" if code == 3 else "unsupported function"
@@ -134,12 +144,19 @@ class _Handler(ServerRequestHandler):
                     Decision.OUT_OF_RANGE if code == 3 else Decision.DENIED,
                 )
             fc = pdu[0] | 0x80
-            if self.transport:  # not self.send(): it would empty pymodbus' receive buffer
-                self.transport.write(struct.pack(">HHHBBB", tid, 0, 3, unit, fc, code))
+            self.send(struct.pack(">HHHBBB", tid, 0, 3, unit, fc, code))
         return used
 
-    async def handle_request(self) -> None:
-        pdu, addr = self.last_pdu, self.last_addr
+    def handle_later(self) -> None:
+        """Not used: callback_data starts a task per request itself (pymodbus' way loses pipelined requests)."""
+
+    def send(self, data: bytes, addr: tuple | None = None) -> None:
+        """Write an answer; unlike pymodbus' send, keep the requests already received (pipelined) in the buffer."""
+        if self.transport:
+            self.transport.write(data)
+
+    async def handle_request(self, pdu=None, addr=None) -> None:
+        """Answer one decoded request from the point table or through the write service."""
         if not pdu:
             return
         _peer.set(self.peer_ip)
