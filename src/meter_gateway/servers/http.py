@@ -107,6 +107,7 @@ class HttpServer:
         if not waiting:
             return False
         victim = min(waiting, key=lambda c: c.opened)
+        self._conns.pop(victim.task, None)  # gone now: a burst of new connections must not pick it again
         victim.task.cancel()
         return True
 

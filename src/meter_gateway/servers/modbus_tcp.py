@@ -106,7 +106,8 @@ class _Handler(ServerRequestHandler):
         self._tasks: set[asyncio.Task] = set()
 
     def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
-        """Answer requests we do not serve or that are malformed ourselves; pass one served request to pymodbus."""
+        """Answer requests we do not serve or that are malformed ourselves; pymodbus decodes the others, each of which
+        is answered in its own task (so every request of a pipelined burst gets its answer)."""
         used = 0
         while len(data) - used >= 8:
             frame = data[used:]
@@ -123,7 +124,8 @@ class _Handler(ServerRequestHandler):
             self.last_active = time.monotonic()
             refused = screen(pdu)
             if refused is None:
-                used += super().callback_data(frame[: 6 + length], addr)  # decodes it into last_pdu
+                super().callback_data(frame[: 6 + length], addr)  # decodes it into last_pdu (or answers 0x01)
+                used += 6 + length
                 request, self.last_pdu = self.last_pdu, None
                 if request is not None:  # answered in its own task: pipelined requests each get their answer
                     task = self.loop.create_task(self.handle_request(request, addr))
@@ -198,7 +200,11 @@ class _TcpServer(ModbusTcpServer):
 
     def handlers(self) -> list[_Handler]:
         """Open client connections."""
-        return [h for h in self.active_connections.values() if isinstance(h, _Handler) and h.transport]
+        return [
+            h
+            for h in self.active_connections.values()
+            if isinstance(h, _Handler) and h.transport and not h.transport.is_closing()  # closing: room made already
+        ]
 
     def admit(self, new: _Handler) -> None:
         """Enforce the connection limits by closing the longest idle connection (of the same address first)."""
