@@ -1,6 +1,7 @@
 """A hostile network against a real gateway process (issue 21): idle connection floods on Modbus TCP and HTTP, a
 corpus of malformed Modbus frames (answered per the protocol, logged once per client and kind, never a traceback),
-every write attempt in the audit log with its count, and the audit file's mode."""
+every write attempt in the audit log with its count, and the audit file's mode. Idle time-outs and pipelined requests
+are checked on an in-process gateway (short idle_timeout)."""
 
 from __future__ import annotations
 
