@@ -31,7 +31,8 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py
 
 fuzz: $(STAMP)
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-100000} $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz --timeout=0
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-100000} MUTATION_CASES=$${MUTATION_CASES:-20000} \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz --timeout=0
 
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py

@@ -165,8 +165,9 @@ class BacnetSection(_Strict):
 
     enabled: bool = True
     bind: str = Field(
-        "0.0.0.0",
-        description="interface name (eth0) or interface address; 0.0.0.0: the first interface that is not loopback",
+        "127.0.0.1",
+        description="interface name (eth0) or interface address; 0.0.0.0: the first interface that is not loopback; "
+        "loopback when absent (a BMS needs the LAN interface)",
     )
     port: int = Field(47808, ge=0, le=65535)
     netmask: int | None = Field(None, ge=0, le=32, description="prefix length; default: the interface's")
@@ -201,14 +202,20 @@ class ModbusTcpSection(_Strict):
     """The gateway's Modbus TCP slave (SCADA side)."""
 
     enabled: bool = True
-    bind: str = "0.0.0.0"
+    bind: str = Field("127.0.0.1", description="local address; loopback unless set (0.0.0.0: every interface)")
     port: int = Field(502, ge=0, le=65535)
     word_order: Literal["big", "little"] = Field(
         "big", description="word order of 32-bit values; default never changes"
     )
     write_timeout: float = Field(3.0, gt=0, le=30)
     max_connections: int = Field(
-        128, ge=1, le=1000, description="clients connected at once; a connection beyond this is closed at once"
+        128, ge=1, le=1000, description="clients connected at once; beyond this the longest idle one is closed"
+    )
+    max_connections_per_address: int = Field(
+        16, ge=1, le=1000, description="clients connected at once from one address; beyond this its longest idle"
+    )
+    idle_timeout: float = Field(
+        120.0, ge=1, le=86400, description="seconds without a request after which a connection is closed"
     )
 
 
@@ -216,8 +223,13 @@ class PrometheusSection(_Strict):
     """The /metrics and /health HTTP endpoint."""
 
     enabled: bool = True
-    bind: str = "127.0.0.1"
+    bind: str = Field("127.0.0.1", description="local address; loopback unless set (0.0.0.0 in a container)")
     port: int = Field(9105, ge=0, le=65535)
+    max_connections: int = Field(
+        64, ge=1, le=1000, description="connections at once; beyond this the longest waiting for its request closes"
+    )
+    max_connections_per_address: int = Field(16, ge=1, le=1000, description="connections at once from one address")
+    idle_timeout: float = Field(10.0, gt=0, le=300, description="seconds a client has to send its whole request")
 
 
 class UpstreamSection(_Strict):
@@ -272,8 +284,12 @@ class WritesSection(_Strict):
     """Write policy switches (DESIGN.md section 6)."""
 
     enabled: bool = Field(False, description="no write reaches any meter unless true")
-    allow_bacnet: list[str] = Field([], description="source networks allowed to write over BACnet (empty: any)")
-    allow_modbus: list[str] = Field([], description="source networks allowed to write over Modbus TCP (empty: any)")
+    allow_bacnet: list[str] = Field(
+        [], description="source networks allowed to write over BACnet (empty: none; 0.0.0.0/0 for any)"
+    )
+    allow_modbus: list[str] = Field(
+        [], description="source networks allowed to write over Modbus TCP (empty: none; 0.0.0.0/0 for any)"
+    )
     audit_log: str = Field("var/audit.jsonl", description="JSON-lines audit file of every write attempt")
 
     _nets = field_validator("allow_bacnet", "allow_modbus")(classmethod(lambda cls, v: _check_net(v)))

@@ -21,7 +21,7 @@ upstream:
   bacnet: {enabled: true, bind: 127.0.0.1, netmask: 8, port: 0}
   modbus_tcp: {enabled: true, bind: 127.0.0.1, port: 0}
   prometheus: {enabled: true, bind: 127.0.0.1, port: 0}
-writes: {enabled: true, audit_log: AUDIT}
+writes: {enabled: true, allow_modbus: [127.0.0.0/8], allow_bacnet: [127.0.0.0/8], audit_log: AUDIT}
 """
 
 

@@ -94,7 +94,11 @@ def test_slow_loris_and_many_connections(running):
     try:
         for s in slow:
             s.sendall(b"\x00\x01\x00")  # half an MBAP header, then silence
-        crowd = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(100)]
+        # a crowd of clients, each from its own address (one address may hold max_connections_per_address: 16)
+        crowd = [
+            socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(f"127.0.3.{i + 1}", 0))
+            for i in range(100)
+        ]
         request = struct.pack(">HHHBBHH", 7, 0, 6, 1, 3, 20, 2)
         for s in crowd:
             s.sendall(request)

@@ -238,8 +238,10 @@ def _audit(gw):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-async def test_clients_beyond_max_connections_are_closed_and_the_others_served(gateways):
-    gw = await gateways(READ_YAML.replace("port: 0}", "port: 0, max_connections: 4}"))
+@pytest.mark.parametrize("limit", ["max_connections", "max_connections_per_address"])
+async def test_beyond_the_connection_limit_the_longest_idle_client_makes_room(gateways, limit):
+    """A new client is always served: beyond the limit, the connection idle the longest is closed (not the new one)."""
+    gw = await gateways(READ_YAML.replace("port: 0}", f"port: 0, {limit}: 4}}"))
     assert await wait_for(lambda: gw.table.is_online("gen"), 10)
     host, port = gw.servers[0].address()
     request = bytes.fromhex("000700000006010300140002")  # unit 1, read holding 20-21
@@ -259,16 +261,15 @@ async def test_clients_beyond_max_connections_are_closed_and_the_others_served(g
     kept = [await connect() for _ in range(4)]
     for r, w in kept:
         assert (await ask(r, w))[:2] == b"\x00\x07"
-    extra = [await connect() for _ in range(3)]
-    for r, w in extra:
-        assert await ask(r, w) == b"", "a connection beyond the limit was served"
+    for _ in range(3):  # each new client is served; the one idle the longest is closed to make room
+        new = await connect()
+        assert (await ask(*new))[7] == 3
+        r, w = kept.pop(0)
+        async with asyncio.timeout(5):
+            assert await r.read(64) == b"", "the longest idle connection was closed"
         w.close()
-    for r, w in kept:  # the clients already connected are not disturbed
+        kept.append(new)
+    for r, w in kept:  # the others are not disturbed
         assert (await ask(r, w))[7] == 3
-    r, w = kept.pop()
-    w.close()
-    await asyncio.sleep(0.2)
-    again = await connect()  # a place is free again
-    assert (await ask(*again))[7] == 3
-    for _r, w in [*kept, again]:
+    for _r, w in kept:
         w.close()

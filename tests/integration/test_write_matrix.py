@@ -10,7 +10,7 @@ import json
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from helpers import FAST, wait_for
+from helpers import FAST, audit_attempts, wait_for
 from meter_gateway.core.catalogue import PointKind, load_catalogue
 from meter_gateway.core.quality import Quality
 
@@ -188,3 +188,74 @@ async def test_write_to_silent_meter_times_out_with_0x04(gateways, tmp_path):
         c.close()
     await asyncio.sleep(0)
     assert gw.simulators["free"].writes == []
+
+
+def _frame(unit: int, pdu: bytes, tid: int) -> bytes:
+    return tid.to_bytes(2, "big") + b"\x00\x00" + (len(pdu) + 1).to_bytes(2, "big") + bytes([unit]) + pdu
+
+
+def every_write_request() -> list[tuple[int, bytes, str, str]]:
+    """(unit, PDU, audited meter, audited point) for write requests to every kind of target: FC 6 to each register
+    of both holding blocks and around them, FC 16 of two registers at each address of the configuration block
+    (aligned or not), FC 5 and 15 to each coil and beyond, FC 22 and 23, an unknown unit, malformed writes."""
+    out: list[tuple[int, bytes, str, str]] = []
+    at = {(p.modbus.table, p.modbus.address): p.name for p in CAT}
+    for a in [*range(0, 86), *range(998, 1020)]:
+        out.append((2, bytes([6]) + a.to_bytes(2, "big") + b"\x00\x01", "free", f"holding {a}"))
+    for a in range(998, 1020):
+        pdu = bytes([16]) + a.to_bytes(2, "big") + b"\x00\x02\x04" + bytes.fromhex("41f00000")  # 30.0
+        out.append((2, pdu, "free", at.get(("holding", a), f"holding {a}-{a + 1}")))
+    for a in range(0, 5):
+        out.append((2, bytes([5]) + a.to_bytes(2, "big") + b"\xff\x00", "free", at.get(("coil", a), f"coil {a}")))
+        pdu = bytes([15]) + a.to_bytes(2, "big") + b"\x00\x01\x01\x00"
+        out.append((2, pdu, "free", at.get(("coil", a), f"coil {a}")))
+    out += [
+        (2, bytes.fromhex("0f000000030100"), "free", "coil 0-2"),  # three coils: covers a hole
+        (2, bytes.fromhex("1603ecffff0000"), "free", "FC 22 (mask write register)"),
+        (2, bytes.fromhex("1703ec000203ec00020441f00000"), "free", "FC 23 (read/write multiple registers)"),
+        (9, bytes.fromhex("050000ff00"), "unit 9", "coil 0"),
+        (9, bytes.fromhex("0603ec0001"), "unit 9", "holding 1004"),
+        (9, bytes.fromhex("0f0000000101ff"), "unit 9", "coil 0"),
+        (9, bytes.fromhex("1003ec00020441f00000"), "unit 9", "holding 1004-1005"),
+        (2, bytes.fromhex("1003ec00020341f000"), "free", "FC 16 (write multiple registers)"),  # byte count wrong
+        (2, bytes.fromhex("0500001234"), "free", "FC 5 (write single coil)"),  # neither 0 nor 0xFF00
+        (2, bytes.fromhex("1003ec00027fc00000"), "free", "FC 16 (write multiple registers)"),  # no byte count
+    ]
+    return out
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_every_write_attempt_whatever_its_target_is_audited(gateways, tmp_path, enabled):
+    """Every write request, mapped or not, well-formed or not, is found in the audit log in order, with its answer."""
+    audit = tmp_path / "audit.jsonl"
+    gw = await gateways(config_yaml(enabled, True, str(audit)))
+    assert await wait_for(lambda: gw.table.get("free", "Demand_Interval").quality is Quality.GOOD, 15)
+    host, port = gw.servers[0].address()
+    reader, writer = await asyncio.open_connection(host, port)
+    requests = every_write_request()
+    answers = []
+    try:
+        for tid, (unit, pdu, _meter, _point) in enumerate(requests, start=1):
+            writer.write(_frame(unit, pdu, tid))
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readexactly(7), 10)
+            body = await asyncio.wait_for(reader.readexactly(int.from_bytes(head[4:6], "big") - 1), 10)
+            assert int.from_bytes(head[:2], "big") == tid
+            answers.append("accepted" if body[0] < 0x80 else f"0x{body[1]:02x}")
+    finally:
+        writer.close()
+    await gw.write_service.close()  # writes the records of any coalescing window still open
+    records = audit_attempts(audit)
+    assert len(records) == len(requests), [(r["meter"], r["point"]) for r in records]
+    assert sum(r.get("count", 1) for r in records) == len(requests)
+    decision = {"accepted": "accepted", "0x02": "denied", "0x0a": "denied", "0x01": "denied", "0x03": "out-of-range"}
+    for rec, (_unit, pdu, meter, point), answer in zip(records, requests, answers, strict=True):
+        assert (rec["meter"], rec["point"]) == (meter, point), (pdu.hex(), rec)
+        assert (rec["protocol"], rec["source"]) == ("modbus", "127.0.0.1")
+        assert rec["decision"] == decision[answer], (pdu.hex(), answer, rec)
+        assert rec["reason"]
+    accepted = [r for r in records if r["decision"] == "accepted"]
+    if enabled:  # the aligned configuration writes and both commands, nothing else
+        assert {r["point"] for r in accepted} >= {"Demand_Interval", "Reset_Demand_Peak", "Sync_Clock"}
+    else:
+        assert accepted == [] and gw.simulators["free"].writes == []

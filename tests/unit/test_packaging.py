@@ -32,11 +32,21 @@ def test_dockerfile_is_small_non_root_with_healthcheck():
     assert [r for w, r in ins if w == "FROM"][-1].startswith("python:3.11-slim")
     users = [r for w, r in ins if w == "USER"]
     assert users and users[-1] not in ("root", "0")
-    expose = " ".join(r for w, r in ins if w == "EXPOSE")
-    for port in ("502/tcp", "47808/udp", "9105/tcp"):
-        assert port in expose
+    expose = " ".join(r for w, r in ins if w == "EXPOSE").split()
     health = next(r for w, r in ins if w == "HEALTHCHECK")
-    assert "/health" in health and "9105" in health
+    assert "/health" in health
+    # the configuration baked into the image serves on the exposed ports, bound to every interface (a server bound
+    # to loopback inside a container cannot be reached through a published port)
+    copied = next(r.split() for w, r in ins if w == "COPY" and r.endswith("/etc/meter-gateway/gateway.yaml"))
+    from meter_gateway.config import load_config
+
+    up = load_config(ROOT / copied[0]).upstream
+    for server, proto in ((up.modbus_tcp, "tcp"), (up.bacnet, "udp"), (up.prometheus, "tcp")):
+        assert server.enabled and server.bind == "0.0.0.0", server
+        assert f"{server.port}/{proto}" in expose, (server.port, expose)
+    assert f"127.0.0.1:{up.prometheus.port}/health" in health
+    for path in (load_config(ROOT / copied[0]).writes.audit_log, load_config(ROOT / copied[0]).journal.path):
+        assert path.startswith("/var/lib/meter-gateway/"), path  # the volume: /etc/meter-gateway is read-only
     assert "ENTRYPOINT" in words and "VOLUME" in words
     cmd = next(r for w, r in ins if w == "CMD")
     assert "/etc/meter-gateway/gateway.yaml" in cmd

@@ -62,3 +62,23 @@ def test_metrics_bind_to_loopback_by_default():
     from meter_gateway.config import PrometheusSection
 
     assert PrometheusSection().bind == "127.0.0.1"
+
+
+def test_every_server_binds_to_loopback_when_the_key_is_absent():
+    from meter_gateway.config import UpstreamSection
+
+    up = UpstreamSection()
+    assert (up.bacnet.bind, up.modbus_tcp.bind, up.prometheus.bind) == ("127.0.0.1",) * 3
+
+
+def test_an_empty_allowlist_allows_no_source_when_writes_are_enabled():
+    from meter_gateway.core.catalogue import load_catalogue
+    from meter_gateway.core.write_policy import MeterRights, Verdict, decide
+
+    point = load_catalogue().get("Demand_Interval")
+    rights = MeterRights("m", False, True, False, frozenset({point.name}), frozenset(), frozenset({point.name}), False)
+    for source in ("127.0.0.1", "10.0.0.5", "::1"):
+        d = decide(point, 30, rights, writes_enabled=True, source=source, allowlist=[])
+        assert d.verdict is Verdict.DENIED and "allowlist" in d.reason
+    assert decide(point, 30, rights, writes_enabled=True, source="10.0.0.5", allowlist=["0.0.0.0/0"]).accepted
+    assert not decide(point, 30, rights, writes_enabled=True, source="10.0.0.5", allowlist=["10.0.1.0/24"]).accepted

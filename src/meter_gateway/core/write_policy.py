@@ -46,9 +46,9 @@ class PolicyDecision:
 
 
 def source_allowed(source: str, allowlist: Sequence[str]) -> bool:
-    """True when the allowlist is empty or contains the source address."""
+    """True when the allowlist contains the source address (an empty allowlist allows no source)."""
     if not allowlist:
-        return True
+        return False
     try:
         addr = ipaddress.ip_address(source.split("%")[0])
     except ValueError:
@@ -69,6 +69,8 @@ def decide(
     deny = lambda why: PolicyDecision(Verdict.DENIED, why)  # noqa: E731
     if not writes_enabled:
         return deny("writes are disabled (writes.enabled: false)")
+    if not allowlist:
+        return deny("the write allowlist of this protocol is empty: no source may write")
     if not source_allowed(source, allowlist):
         return deny(f"source {source} is not in the write allowlist")
     if point.name not in rights.supported_points:

@@ -743,6 +743,8 @@ class BacnetServer(Server):
             return STALE[self.cfg.stale_reliability]
         if v.quality is Quality.GOOD and not state_valid(spec, v.value):
             return Reliability.multiStateFault
+        if v.quality is Quality.BAD_DATA and spec.object_type == "multi-state-value":
+            return Reliability.multiStateFault  # the table refuses a value outside the point's states as bad data
         return RELIABILITY.get(v.quality, Reliability.unreliableOther)
 
     def _on_change(self, meter_id: str, point: str, old: PointValue, new: PointValue) -> None:

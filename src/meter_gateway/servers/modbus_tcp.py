@@ -8,10 +8,13 @@ answers each request with its own transaction id even when a client pipelines re
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
+import math
 import socket
-import traceback
+import struct
+import time
 
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse
@@ -26,11 +29,15 @@ from ..core.codec import DataType as CodecType
 from ..core.quality import Quality
 from ..core.table import COMM_STATUS
 from ..core.upstream_map import DIAGNOSTICS, NEVER, TABLE_FC, UpstreamMap
+from ..ratelog import OnceLog
 from ..writes import Decision, WriteRequest
 from .base import Server, ServerStartError
 
 log = logging.getLogger(__name__)
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # it logs bad input with tracebacks: we log our own line
 _peer: contextvars.ContextVar[str] = contextvars.ContextVar("modbus_peer", default="")
+#: per request: set once the write service (or a refusal) has audited the attempt
+_audited: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("modbus_audited", default=None)
 
 FC_TABLE = {fc: table for table, fcs in TABLE_FC.items() for fc in fcs}
 DECISION_CODE = {
@@ -38,46 +45,195 @@ DECISION_CODE = {
     Decision.OUT_OF_RANGE: ExcCodes.ILLEGAL_VALUE,
     Decision.FAILED: ExcCodes.DEVICE_FAILURE,
 }
+#: function codes that write (audited whatever becomes of them), with a name for the audit log
+WRITE_FC = {
+    5: "write single coil",
+    6: "write single register",
+    15: "write multiple coils",
+    16: "write multiple registers",
+    22: "mask write register",
+    23: "read/write multiple registers",
+}
+#: function codes served; every other one (and FC 8 with another sub-function than 0) is answered 0x01
+SERVED_FC = {1, 2, 3, 4, 5, 6, 8, 15, 16}
+MAX_ADU = 260  # MBAP header (7) + the longest PDU (253)
+
+
+def screen(pdu: bytes) -> tuple[int, str] | None:
+    """Check a request PDU (function code onwards) before pymodbus sees it: None to serve, else (exception, why)."""
+    fc = pdu[0]
+    if fc not in SERVED_FC:
+        return 1, f"function code {fc} not supported"
+    body = pdu[1:]
+    if fc == 8:
+        if len(body) < 2:
+            return 3, "diagnostics request without sub-function"
+        sub = int.from_bytes(body[:2], "big")
+        return None if sub == 0 else (1, f"diagnostics sub-function {sub} not supported")
+    if len(body) < 4:
+        return 3, f"function {fc}: request too short"
+    count = int.from_bytes(body[2:4], "big")
+    if fc in (1, 2, 3, 4):
+        limit = 2000 if fc in (1, 2) else 125
+        if len(body) != 4:
+            return 3, f"function {fc}: request length {len(pdu)} is not 5"
+        if not 1 <= count <= limit:
+            return 3, f"function {fc}: quantity {count} outside 1-{limit}"
+        return None
+    if fc in (5, 6):
+        if len(body) != 4:
+            return 3, f"function {fc}: request length {len(pdu)} is not 5"
+        if fc == 5 and count not in (0x0000, 0xFF00):
+            return 3, f"write single coil: value {count:#06x} is neither 0x0000 nor 0xFF00"
+        return None
+    limit, nbytes = (1968, (count + 7) // 8) if fc == 15 else (123, 2 * count)
+    if not 1 <= count <= limit:
+        return 3, f"function {fc}: quantity {count} outside 1-{limit}"
+    if len(body) < 5 or body[4] != nbytes or len(body) != 5 + nbytes:
+        return 3, f"function {fc}: byte count does not match quantity {count}"
+    return None
 
 
 class _Handler(ServerRequestHandler):
-    """Per-connection handler: remembers the peer and keeps each request's identity across awaits."""
+    """Per-connection handler: screens requests, remembers the peer, keeps each request's identity across awaits."""
 
-    async def handle_request(self) -> None:
-        pdu, addr = self.last_pdu, self.last_addr
+    peer_ip = ""
+    last_active = 0.0  # monotonic time of the last complete request (or of the connection)
+    busy = 0  # requests being answered
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self._tasks: set[asyncio.Task] = set()
+
+    def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
+        """Answer requests we do not serve or that are malformed ourselves; pymodbus decodes the others, each of which
+        is answered in its own task (so every request of a pipelined burst gets its answer)."""
+        used = 0
+        while len(data) - used >= 8:
+            frame = data[used:]
+            tid, pid, length, unit = struct.unpack(">HHHB", frame[:7])
+            if pid != 0 or not 2 <= length <= MAX_ADU - 6:
+                # the stream cannot be resynchronised: close it (the client reconnects)
+                self.server.bad_input(self.peer_ip, "bad MBAP header", f"protocol id {pid}, length {length}")
+                if self.transport:
+                    self.transport.close()
+                return len(data)
+            if len(frame) < 6 + length:
+                break  # wait for the rest (the idle time-out closes a connection that never completes it)
+            pdu = frame[7 : 6 + length]
+            self.last_active = time.monotonic()
+            refused = screen(pdu)
+            if refused is None:
+                super().callback_data(frame[: 6 + length], addr)  # decodes it into last_pdu (or answers 0x01)
+                used += 6 + length
+                request, self.last_pdu = self.last_pdu, None
+                if request is not None:  # answered in its own task: pipelined requests each get their answer
+                    task = self.loop.create_task(self.handle_request(request, addr))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                continue
+            code, why = refused
+            used += 6 + length
+            kind = "malformed request" if code == 3 else "unsupported function"
+            self.server.bad_input(self.peer_ip, kind, why)
+            if pdu[0] in WRITE_FC:
+                self.server.owner.audit_refusal(
+                    self.peer_ip,
+                    unit,
+                    pdu[0],
+                    pdu.hex(),
+                    f"{why}: answered exception {code:#04x}",
+                    Decision.OUT_OF_RANGE if code == 3 else Decision.DENIED,
+                )
+            fc = pdu[0] | 0x80
+            self.send(struct.pack(">HHHBBB", tid, 0, 3, unit, fc, code))
+        return used
+
+    def handle_later(self) -> None:
+        """Not used: callback_data starts a task per request itself (pymodbus' way loses pipelined requests)."""
+
+    def send(self, data: bytes, addr: tuple | None = None) -> None:
+        """Write an answer; unlike pymodbus' send, keep the requests already received (pipelined) in the buffer."""
+        if self.transport:
+            self.transport.write(data)
+
+    async def handle_request(self, pdu=None, addr=None) -> None:
+        """Answer one decoded request from the point table or through the write service."""
         if not pdu:
             return
-        peer = self.transport.get_extra_info("peername") if self.transport else None
-        _peer.set(peer[0] if peer else "")
+        _peer.set(self.peer_ip)
+        audited = [False]
+        _audited.set(audited)
+        self.busy += 1
         try:
             response = await pdu.datastore_update(self.server.context, pdu.dev_id)
-        except Exception as exc:  # a bug must not kill the connection: answer "device failure" and log it
-            log.error("modbus request %s failed: %s\n%s", pdu, exc, traceback.format_exc())
+        except Exception as exc:  # a bug must not kill the connection: answer "device failure", log it once
+            self.server.bad_input(self.peer_ip, f"internal error {type(exc).__name__}", f"{pdu}: {exc}")
             response = ExceptionResponse(pdu.function_code, ExcCodes.DEVICE_FAILURE)
+        finally:
+            self.busy -= 1
+        if pdu.function_code in WRITE_FC and not audited[0]:
+            code = getattr(response, "exception_code", None)
+            why = f"refused before the write service: exception {code:#04x}" if code else "not audited (bug)"
+            raw = (bytes([pdu.function_code]) + pdu.encode()).hex()
+            self.server.owner.audit_refusal(self.peer_ip, pdu.dev_id, pdu.function_code, raw, why)
         response.transaction_id = pdu.transaction_id
         response.dev_id = pdu.dev_id
         self.server_send(response, addr)
 
     def callback_connected(self) -> None:
-        """Take the connection, or close it at once when the configured number of clients is connected already."""
+        """Take the connection; beyond the per-address or total limit, close the longest idle one to make room."""
         super().callback_connected()
-        srv = self.server  # the listener: it registered this connection among its active ones already
-        connected = len(srv.active_connections)
-        if connected > srv.max_connections and self.transport:
-            if not srv.refusing:
-                log.warning("Modbus TCP server: %d clients connected, closing new connections", srv.max_connections)
-            srv.refusing = True
-            self.transport.close()
-        elif connected < srv.max_connections:
-            srv.refusing = False  # log again the next time the limit is reached
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        self.peer_ip = peer[0] if peer else ""
+        self.last_active = time.monotonic()
+        self.server.admit(self)
 
 
 class _TcpServer(ModbusTcpServer):
     max_connections = 128
-    refusing = False
+    max_per_address = 16
+    owner: ModbusTcpGatewayServer
 
     def callback_new_connection(self):
         return _Handler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+    def handlers(self) -> list[_Handler]:
+        """Open client connections."""
+        return [
+            h
+            for h in self.active_connections.values()
+            if isinstance(h, _Handler) and h.transport and not h.transport.is_closing()  # closing: room made already
+        ]
+
+    def admit(self, new: _Handler) -> None:
+        """Enforce the connection limits by closing the longest idle connection (of the same address first)."""
+        others = [h for h in self.handlers() if h is not new]
+        same = [h for h in others if h.peer_ip == new.peer_ip]
+        if len(same) >= self.max_per_address:
+            pool, why = same, f"more than {self.max_per_address} connections from {new.peer_ip}"
+        elif len(others) >= self.max_connections:
+            pool, why = others, f"more than {self.max_connections} connections"
+        else:
+            return
+        idle = [h for h in pool if not h.busy]
+        victim = min(idle, key=lambda h: h.last_active) if idle else new
+        # per address: logged once per address; the total: once (many addresses must not flood the log either)
+        self.bad_input(new.peer_ip if pool is same else "*", "connection limit", f"{why}: closing the longest idle one")
+        if victim.transport:
+            victim.transport.close()
+
+    def sweep(self, idle_timeout: float) -> None:
+        """Close connections without a request for idle_timeout seconds."""
+        limit = time.monotonic() - idle_timeout
+        for h in self.handlers():
+            if not h.busy and h.last_active < limit:
+                log.debug("Modbus TCP: closing connection from %s idle for %g s", h.peer_ip, idle_timeout)
+                h.transport.close()
+
+    def bad_input(self, peer: str, kind: str, detail: str) -> None:
+        """Log one line per client and kind of bad input (repeats at debug)."""
+        self.owner.once.event(peer, kind, "Modbus TCP client %s: %s", peer, detail)
 
 
 class GatewayContext:
@@ -180,26 +336,50 @@ class GatewayContext:
 
     # -- writes -----------------------------------------------------------------------------------
     async def async_setValues(self, device_id: int, func_code: int, address: int, values):
-        """Pass a write through the write service; None when accepted, else an exception code."""
-        meter_id = self.srv.units.get(device_id)
-        if meter_id is None:
-            return ExcCodes.GATEWAY_PATH_UNAVIABLE
-        table = FC_TABLE.get(func_code)
-        if table not in ("coil", "holding"):
-            return ExcCodes.ILLEGAL_FUNCTION
+        """Pass a write through the write service; None when accepted, else an exception code. Always audited."""
+        audited = _audited.get()
+        if audited is not None:
+            audited[0] = True
         values = list(values) if isinstance(values, (list, tuple)) else [values]
-        writes = self._split(table, address, values)
+        meter_id = self.srv.units.get(device_id)
+        table = FC_TABLE.get(func_code)
+        if meter_id is None or table not in ("coil", "holding"):
+            code = ExcCodes.GATEWAY_PATH_UNAVIABLE if meter_id is None else ExcCodes.ILLEGAL_FUNCTION
+            why = f"unknown unit id {device_id}" if meter_id is None else f"function {func_code} writes nothing here"
+            self._refuse(device_id, func_code, address, values, f"{why}: answered exception {code:#04x}")
+            return code
+        try:
+            writes = self._split(table, address, values)
+        except CodecError as exc:
+            self._refuse(device_id, func_code, address, values, f"{exc}: answered exception 0x03", out_of_range=True)
+            return ExcCodes.ILLEGAL_VALUE
         if writes is None:
+            why = "the write does not cover whole, known points: answered exception 0x02"
+            self._refuse(device_id, func_code, address, values, why)
             return ExcCodes.ILLEGAL_ADDRESS
         for pname, value in writes:
-            result = await self.gw.write_service.write(
-                WriteRequest("modbus", _peer.get() or "unknown", meter_id, pname, value)
-            )
+            req = WriteRequest("modbus", _peer.get() or "unknown", meter_id, pname, value)
+            if isinstance(value, float) and not math.isfinite(value):
+                self.gw.write_service.refuse(
+                    req, f"{value} is not a number: answered exception 0x03", Decision.OUT_OF_RANGE
+                )
+                return ExcCodes.ILLEGAL_VALUE
+            result = await self.gw.write_service.write(req)
             if result.decision is not Decision.ACCEPTED:
                 return DECISION_CODE[result.decision]
         if func_code == 5:
             self._echo[(device_id, address)] = [bool(values[0])]
         return None
+
+    def _refuse(self, unit: int, fc: int, address: int, values: list, why: str, out_of_range: bool = False) -> None:
+        """Audit a write attempt that names no known point."""
+        meter_id = self.srv.units.get(unit, f"unit {unit}")
+        table = FC_TABLE.get(fc, "holding")
+        regs = [int(v) for v in values]
+        target = f"{table} {address}" + (f"-{address + len(regs) - 1}" if len(regs) > 1 else "")
+        decision = Decision.OUT_OF_RANGE if out_of_range else Decision.DENIED
+        req = WriteRequest("modbus", _peer.get() or "unknown", meter_id, target, regs if len(regs) > 1 else regs[0])
+        self.gw.write_service.refuse(req, f"FC {fc} to {target}: {why}", decision)
 
     def _split(self, table: str, address: int, values: list) -> list[tuple[str, float | int | bool]] | None:
         """Cut a write into whole points; None when it does not cover whole, known points."""
@@ -218,11 +398,8 @@ class GatewayContext:
             if table == "coil":
                 out.append((p.name, int(bool(chunk[0]))))
             else:
-                try:
-                    value = self.map.decode_value(p, [int(x) for x in chunk])
-                except CodecError:
-                    return None
-                if p.kind is PointKind.CONFIG and p.allowed_values:
+                value = self.map.decode_value(p, [int(x) for x in chunk])  # CodecError: the caller answers 0x03
+                if p.kind is PointKind.CONFIG and p.allowed_values and math.isfinite(value):
                     value = round(value)
                 out.append((p.name, value))
             a += n
@@ -241,7 +418,10 @@ class ModbusTcpGatewayServer(Server):
         self.bind, self.port, self.word_order = cfg.bind, cfg.port, cfg.word_order
         self.map = UpstreamMap(gateway.catalogue, WordOrder(cfg.word_order))
         self.units = {m.modbus_unit: m.id for m in gateway.config.meters if m.enabled and m.modbus_unit is not None}
+        self.idle_timeout = cfg.idle_timeout
+        self.once = OnceLog(log)  # bad input: one line per client and kind
         self._server: _TcpServer | None = None
+        self._sweeper: asyncio.Task | None = None
         self._bound: tuple[str, int] | None = None
 
     async def start(self) -> None:
@@ -251,7 +431,10 @@ class ModbusTcpGatewayServer(Server):
         devices = [SimDevice(id=u, simdata=[SimData(0, count=1, datatype=SimType.REGISTERS)]) for u in self.units]
         devices = devices or [SimDevice(id=0, simdata=[SimData(0, count=1, datatype=SimType.REGISTERS)])]
         self._server = _TcpServer(devices, address=(self.bind, port))
-        self._server.max_connections = self.gateway.config.upstream.modbus_tcp.max_connections
+        cfg = self.gateway.config.upstream.modbus_tcp
+        self._server.max_connections = cfg.max_connections
+        self._server.max_per_address = cfg.max_connections_per_address
+        self._server.owner = self
         self._server.context = GatewayContext(self)
         try:
             await self._server.serve_forever(background=True)
@@ -259,6 +442,7 @@ class ModbusTcpGatewayServer(Server):
             raise ServerStartError(f"Modbus TCP server cannot listen on {self.bind}:{port}: {exc}") from exc
         sock = self._server.transport.sockets[0] if self._server.transport else None
         self._bound = sock.getsockname()[:2] if sock else (self.bind, port)
+        self._sweeper = asyncio.create_task(self._sweep(), name="modbus-tcp idle sweep")
         log.info(
             "Modbus TCP server on %s:%d, units %s",
             self._bound[0],
@@ -279,8 +463,29 @@ class ModbusTcpGatewayServer(Server):
                 ) from exc
             return s.getsockname()[1]
 
+    async def _sweep(self) -> None:
+        """Close idle connections, checking a few times per idle time-out."""
+        while self._server is not None:
+            await asyncio.sleep(min(self.idle_timeout / 4, 5.0))
+            if self._server is not None:
+                self._server.sweep(self.idle_timeout)
+
+    def audit_refusal(
+        self, peer: str, unit: int, fc: int, pdu_hex: str, why: str, decision: Decision = Decision.DENIED
+    ) -> None:
+        """Audit a write request refused before it could name a point (unsupported function, malformed frame)."""
+        ws = self.gateway.write_service
+        if ws is None:
+            return
+        meter_id = self.units.get(unit, f"unit {unit}")
+        target = f"FC {fc} ({WRITE_FC.get(fc, 'write')})"
+        ws.refuse(WriteRequest("modbus", peer or "unknown", meter_id, target, pdu_hex), why, decision)
+
     async def stop(self) -> None:
         """Stop listening and close client connections."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             await self._server.shutdown()
             self._server = None

@@ -295,7 +295,14 @@ class PrometheusServer(Server):
         cfg = gateway.config.upstream.prometheus
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(gateway))
-        self.http = HttpServer(cfg.bind, cfg.port, "prometheus")
+        self.http = HttpServer(
+            cfg.bind,
+            cfg.port,
+            "prometheus",
+            max_connections=cfg.max_connections,
+            max_per_address=cfg.max_connections_per_address,
+            idle_timeout=cfg.idle_timeout,
+        )
         self.http.route("/metrics", self._metrics)
         self.http.route("/health", self._health)
         self.http.route("/export", self._export)
