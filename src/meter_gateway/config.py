@@ -401,10 +401,25 @@ def load_config(path: str | Path, profiles: Any | None = None) -> GatewayConfig:
     """Read and validate a configuration file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the configuration: {exc.strerror}") from exc
-    return parse_config(text, str(p), profiles)
+    return parse_config(decode_text(data, str(p)), str(p), profiles)
+
+
+def decode_text(data: bytes, source: str) -> str:
+    """UTF-8 text of a file (a UTF-8 byte-order mark is accepted); any other encoding is a ConfigError."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and b"\x00" in data[:200]):
+        raise ConfigError(f"{source}:1: the file is UTF-16 (or binary); save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        byte = data[exc.start]
+        guess = data[exc.start : exc.start + 1].decode("latin-1")
+        raise ConfigError(
+            f"{source}:{line}: byte 0x{byte:02x} is not UTF-8 (Latin-1 {guess!r}?); save the file as UTF-8"
+        ) from None
 
 
 def json_schema() -> dict[str, Any]:

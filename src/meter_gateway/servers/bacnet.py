@@ -10,6 +10,7 @@ the UDP port is checked before binding (SO_REUSEPORT would let two processes sha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import ipaddress
 import logging
@@ -281,6 +282,21 @@ class BacnetServer(Server):
     def address(self) -> tuple[str, int] | None:
         """The bound UDP address."""
         return self._bound
+
+    def meters_changed(self, meter_ids: set[str]) -> bool:
+        """Reload: replace the objects of these meters only; other objects and their COV subscriptions stay."""
+        if self.app is None:
+            return False
+        for key in [k for k in self.objects if k[0] in meter_ids]:
+            obj = self.objects.pop(key)
+            with contextlib.suppress(Exception):
+                self.app.delete_object(obj)
+        gw = self.gateway
+        self.specs = object_specs(gw.config, gw.catalogue, {m: gw.meter_points(m) for m in gw.table.meter_ids})
+        for spec in self.specs:
+            if spec.meter_id in meter_ids:
+                self.app.add_object(self._make(spec))
+        return True
 
     # -- objects ---------------------------------------------------------------------------------------
     def _make(self, spec: ObjectSpec):

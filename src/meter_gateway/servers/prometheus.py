@@ -309,3 +309,7 @@ class PrometheusServer(Server):
     def address(self) -> tuple[str, int] | None:
         """The bound address."""
         return self._bound
+
+    def meters_changed(self, meter_ids: set[str]) -> bool:
+        """Reload: every scrape reads the gateway's current meters, nothing to rebuild."""
+        return True
