@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .aio import cancel_and_wait
-from .config import GatewayConfig, MbusBus, MeterConfig, ModbusRtuBus, ModbusTcpBus
+from .config import GatewayConfig, MbusBus, MeterConfig, ModbusRtuBus, ModbusTcpBus, state_dir
 from .core.catalogue import PointKind, PollClass, load_catalogue
 from .core.table import COMM_STATUS, PointTable
 from .drivers.base import Driver, WriteRejected
@@ -184,6 +184,11 @@ class Gateway:
         pts.add(COMM_STATUS)
         return frozenset(pts)
 
+    @property
+    def state_dir(self) -> Path:
+        """The folder of the journal, the audit log and other state files."""
+        return state_dir(self.config, self.config_path)
+
     def runner_of(self, meter_id: str) -> BusRunner:
         """The bus runner that polls a meter."""
         return self.buses[self.config.meter(meter_id).bus]
@@ -192,6 +197,7 @@ class Gateway:
     async def start(self) -> None:
         """Start buses, journal, write service, then upstream servers; on any failure undo all and raise."""
         try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
             for bus in self.config.buses:
                 await self._start_bus(bus.id)
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))

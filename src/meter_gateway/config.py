@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +37,11 @@ class GatewaySection(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     timezone: str = Field("UTC", description="site time zone (IANA name), for daily/monthly closings")
+    state_dir: str = Field(
+        "",
+        description="folder of the journal, the audit log and other state files (empty: $STATE_DIRECTORY from "
+        "systemd, else /var/lib/meter-gateway when the configuration lives under /etc, else var/ beside it)",
+    )
 
 
 class _BusBase(_Strict):
@@ -224,7 +231,7 @@ class JournalSection(_Strict):
     """Billing-grade index journal (SQLite)."""
 
     enabled: bool = False
-    path: str = Field("var/journal.sqlite", description="SQLite file, relative to the configuration file")
+    path: str = Field("journal.sqlite", description="SQLite file, relative to gateway.state_dir")
     interval: int = Field(900, ge=1, le=86400, description="seconds between index readings, aligned to the clock")
     retention_days: int = Field(3650, ge=1, description="rows older than this are pruned (the hash chain is kept)")
     tariffs: TariffSection = TariffSection()
@@ -237,7 +244,9 @@ class WritesSection(_Strict):
     enabled: bool = Field(False, description="no write reaches any meter unless true")
     allow_bacnet: list[str] = Field([], description="source networks allowed to write over BACnet (empty: any)")
     allow_modbus: list[str] = Field([], description="source networks allowed to write over Modbus TCP (empty: any)")
-    audit_log: str = Field("var/audit.jsonl", description="JSON-lines audit file of every write attempt")
+    audit_log: str = Field(
+        "audit.jsonl", description="JSON-lines audit file of every write attempt, relative to gateway.state_dir"
+    )
 
     _nets = field_validator("allow_bacnet", "allow_modbus")(classmethod(lambda cls, v: _check_net(v)))
 
@@ -420,6 +429,40 @@ def decode_text(data: bytes, source: str) -> str:
         raise ConfigError(
             f"{source}:{line}: byte 0x{byte:02x} is not UTF-8 (Latin-1 {guess!r}?); save the file as UTF-8"
         ) from None
+
+
+SYSTEM_STATE_DIR = Path("/var/lib/meter-gateway")
+
+
+def state_dir(cfg: GatewayConfig, config_path: str | Path | None, environ: Mapping[str, str] | None = None) -> Path:
+    """Where state files live: gateway.state_dir, else systemd's $STATE_DIRECTORY, else the installed or demo place."""
+    env = os.environ if environ is None else environ
+    base = Path(config_path).parent if config_path is not None else Path.cwd()
+    if cfg.gateway.state_dir:
+        return base / cfg.gateway.state_dir  # an absolute state_dir stays as it is
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if config_path is not None and Path(os.path.abspath(config_path)).is_relative_to("/etc"):
+        return SYSTEM_STATE_DIR
+    return base / "var"
+
+
+def state_path(
+    cfg: GatewayConfig, config_path: str | Path | None, value: str, environ: Mapping[str, str] | None = None
+) -> Path:
+    """A state file's path: absolute as written, relative ones inside the state directory.
+
+    Configurations written before state_dir existed said `var/journal.sqlite` beside the configuration; when the
+    state directory is that same `var/`, such a path keeps naming the same file.
+    """
+    p = Path(value)
+    if p.is_absolute():
+        return p
+    sd = state_dir(cfg, config_path, environ)
+    base = Path(config_path).parent if config_path is not None else Path.cwd()
+    if p.parts[:1] == ("var",) and sd == base / "var":
+        return base / p
+    return sd / p
 
 
 def json_schema() -> dict[str, Any]:
