@@ -77,6 +77,8 @@ def object_specs(
     for m in config.meters:
         if not m.enabled:
             continue
+        if m.bacnet_instance_base is None:  # allowed while BACnet is off: the meter has no objects
+            continue
         pts = meter_points[m.id]
         for p in catalogue:
             if p.name not in pts and p.name != COMM_STATUS:

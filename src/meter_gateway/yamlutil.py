@@ -81,10 +81,39 @@ def format_validation_error(exc: ValidationError, source: str, lines: dict[Path_
         where = ".".join(str(x) for x in clean) or "(top level)"
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {loc[-1]!r}: remove it or check its spelling"
+        elif err["type"] == "union_tag_not_found":
+            tag = (err.get("ctx") or {}).get("discriminator", "type").strip("'")
+            msg = f"missing `{tag}:`; {_TAG_HINT.get(tag, 'add it')}"
+        elif err["type"] == "union_tag_invalid":
+            ctx = err.get("ctx") or {}
+            tag = str(ctx.get("discriminator", "type")).strip("'")
+            msg = f"unknown {tag} {ctx.get('tag')!r}; {_TAG_HINT.get(tag, 'use ' + str(ctx.get('expected_tags')))}"
         elif err["type"] == "missing":
             msg = f"missing required key {loc[-1]!r}"
         out.append(f"{source}:{line}: {where}: {msg}")
     return "\n".join(out)
+
+
+_TAG_HINT = {"type": "a bus is `type: modbus_rtu`, `type: modbus_tcp` or `type: mbus`"}
+
+
+class TextEncodingError(ValueError):
+    """A YAML file that is not UTF-8; str() names the file, the line and the fix."""
+
+
+def decode_utf8(data: bytes, source: str) -> str:
+    """UTF-8 text of a file (a UTF-8 byte-order mark is accepted); any other encoding is a TextEncodingError."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:200]:
+        raise TextEncodingError(f"{source}:1: the file is UTF-16 (or binary), not UTF-8 text; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        byte = data[exc.start]
+        guess = data[exc.start : exc.start + 1].decode("latin-1")
+        raise TextEncodingError(
+            f"{source}:{line}: byte 0x{byte:02x} is not UTF-8 (Latin-1 {guess!r}?); save the file as UTF-8"
+        ) from None
 
 
 def _keys_of(lines: dict[Path_, int]) -> set[Any]:

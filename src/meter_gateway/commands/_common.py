@@ -16,7 +16,7 @@ def add_config_arg(p) -> None:
 
 def load_checked(path: str | Path) -> tuple[GatewayConfig, ProfileRegistry]:
     """Load config and profiles and run every check `run` depends on; raise ConfigError / ProfileError."""
-    cfg = load_config(path)
+    cfg = load_config(path, preflight=True)
     profiles = load_profiles([Path(path).parent / d for d in cfg.gateway.profile_dirs])
     return cfg, profiles
 

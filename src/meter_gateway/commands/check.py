@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 
-from ..config import json_schema
+from ..config import json_schema, state_dir
 from ._common import add_config_arg, load_or_exit
 
 
@@ -23,4 +24,9 @@ def _main(args) -> int:
     cfg, _profiles = load_or_exit(args.config)
     used = sorted({m.profile for m in cfg.meters})
     print(f"OK: {args.config}: {len(cfg.buses)} buses, {len(cfg.meters)} meters, profiles: {', '.join(used)}")
+    print(f"state directory: {state_dir(cfg, args.config)}")
+    for b in cfg.buses:
+        port = getattr(b, "port", "")
+        if not b.simulated and isinstance(port, str) and port and not os.path.exists(port):
+            print(f"note: bus {b.id!r}: serial port {port} does not exist now; the gateway keeps trying to open it")
     return 0
