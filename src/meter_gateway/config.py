@@ -638,26 +638,28 @@ def state_path(
     return sd / p
 
 
-def _dir_problem(d: Path) -> str:
+def _dir_problem(d: Path, user: str) -> str:
     """Why this process could not keep files in folder `d` ('' when it can)."""
     if d.exists():
         if not d.is_dir():
-            return "is not a folder"
-        return "" if os.access(d, os.W_OK | os.X_OK) else "is not writable"
+            return f"{d} is not a folder"
+        return "" if os.access(d, os.W_OK | os.X_OK) else f"{d} is not writable by user {user!r}"
     parent = d.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
+    if not parent.is_dir():
+        return f"{d} cannot be created: {parent} is not a folder"
     if not os.access(parent, os.W_OK | os.X_OK):
-        return f"does not exist and cannot be created ({parent} is not writable)"
+        return f"{d} does not exist and user {user!r} cannot create it ({parent} is not writable)"
     return ""
 
 
-def _file_problem(f: Path) -> str:
+def _file_problem(f: Path, user: str) -> str:
     if f.exists():
         if f.is_dir():
-            return "is a folder, not a file"
-        return "" if os.access(f, os.W_OK) else "is not writable"
-    return _dir_problem(f.parent)
+            return f"{f} is a folder, not a file"
+        return "" if os.access(f, os.W_OK) else f"{f} is not writable by user {user!r}"
+    return _dir_problem(f.parent, user)
 
 
 def _user() -> str:
@@ -697,16 +699,16 @@ def environment_errors(cfg: GatewayConfig, config_path: str | Path | None) -> li
         files.append((("writes", "audit_log"), "audit log", cfg.writes.audit_log))
     if files:
         sd = state_dir(cfg, config_path)
-        problem = _dir_problem(sd)
+        problem = _dir_problem(sd, user)
         if problem:
-            errs.append((("gateway", "state_dir"), f"state directory {sd} {problem} for user {user!r}: {fix}"))
+            errs.append((("gateway", "state_dir"), f"state directory: {problem}; {fix}"))
         for key, what, value in files:
             f = state_path(cfg, config_path, value)
             if f.parent == sd and problem:
                 continue
-            problem_f = _file_problem(f)
+            problem_f = _file_problem(f, user)
             if problem_f:
-                errs.append((key, f"{what} {f} {problem_f} for user {user!r}: {fix}, or give an absolute path"))
+                errs.append((key, f"{what}: {problem_f}; {fix}, or give a path in a writable folder"))
     for key, sec in servers.items():
         if sec.bind not in ("0.0.0.0", "::"):
             fam = socket.AF_INET6 if ":" in sec.bind else socket.AF_INET
