@@ -24,6 +24,8 @@ COPY gateway.yaml /etc/meter-gateway/gateway.yaml
 ENV PATH=/opt/meter-gateway/bin:$PATH PYTHONUNBUFFERED=1
 USER meter-gateway
 WORKDIR /var/lib/meter-gateway
+# state files (journal, audit log) live here whatever folder the configuration is mounted in (gateway.state_dir)
+ENV STATE_DIRECTORY=/var/lib/meter-gateway
 VOLUME ["/var/lib/meter-gateway"]
 # Modbus TCP slave, BACnet/IP, Prometheus /metrics and /health
 EXPOSE 502/tcp 47808/udp 9105/tcp
