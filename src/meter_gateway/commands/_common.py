@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -14,18 +15,48 @@ def add_config_arg(p) -> None:
     p.add_argument("-c", "--config", default="gateway.yaml", help="configuration file (default: gateway.yaml)")
 
 
-def load_checked(path: str | Path) -> tuple[GatewayConfig, ProfileRegistry]:
-    """Load config and profiles and run every check `run` depends on; raise ConfigError / ProfileError."""
-    cfg = load_config(path, preflight=True)
+def load_checked(path: str | Path, preflight: bool = True) -> tuple[GatewayConfig, ProfileRegistry]:
+    """Load config and profiles; with `preflight`, every check `run` depends on; raise ConfigError / ProfileError."""
+    cfg = load_config(path, preflight=preflight)
     profiles = load_profiles([Path(path).parent / d for d in cfg.gateway.profile_dirs])
     return cfg, profiles
 
 
-def load_or_exit(path: str) -> tuple[GatewayConfig, ProfileRegistry]:
-    """Load config and profiles; on error print it and exit with status 2."""
+def load_or_exit(path: str, preflight: bool = False) -> tuple[GatewayConfig, ProfileRegistry]:
+    """Load config and profiles (with `preflight`: as `run` would); on error print it and exit with status 2."""
     try:
-        cfg, profiles = load_checked(path)
+        cfg, profiles = load_checked(path, preflight)
     except (ConfigError, ProfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
     return cfg, profiles
+
+
+#: display resolution by unit, for points whose catalogue entry gives none
+UNIT_RESOLUTION = {
+    "kWh": 0.01,
+    "kVArh": 0.01,
+    "kW": 0.001,
+    "kVAr": 0.001,
+    "kVA": 0.001,
+    "V": 0.1,
+    "A": 0.001,
+    "Hz": 0.01,
+    "%": 0.1,
+    "": 0.001,
+}
+
+
+def show_value(point, value) -> str:
+    """A value as a person reads it: state names, and numbers at the point's resolution (no float noise)."""
+    if value is None:
+        return ""
+    if (point.states and not isinstance(value, float)) or isinstance(value, bool):
+        states = point.states or ("inactive", "active")
+        i = int(value)
+        return states[i] if 0 <= i < len(states) else str(value)
+    if isinstance(value, int) or point.unit in ("unix_s", "bps", "min", "s", "Wh/imp"):
+        return f"{value:.0f}" if float(value).is_integer() else f"{value:g}"
+    res = point.resolution or UNIT_RESOLUTION.get(point.unit, 0.001)
+    decimals = max(0, -math.floor(math.log10(res) + 1e-9))
+    return f"{value:.{decimals}f}"

@@ -21,7 +21,7 @@ def _main(args) -> int:
     if args.schema:
         print(json.dumps(json_schema(), indent=2))
         return 0
-    cfg, _profiles = load_or_exit(args.config)
+    cfg, _profiles = load_or_exit(args.config, preflight=True)
     used = sorted({m.profile for m in cfg.meters})
     print(f"OK: {args.config}: {len(cfg.buses)} buses, {len(cfg.meters)} meters, profiles: {', '.join(used)}")
     print(f"state directory: {state_dir(cfg, args.config)}")

@@ -9,7 +9,7 @@ import sys
 
 from ..core.catalogue import PollClass, load_catalogue
 from ..core.table import COMM_STATUS
-from ._common import add_config_arg, load_or_exit
+from ._common import add_config_arg, load_or_exit, show_value
 
 
 def add_parser(sub) -> None:
@@ -67,10 +67,7 @@ async def _read(cfg, profiles, meter, fmt: str) -> int:
         v = values[p.name]
         if p.name not in gw.meter_points(meter.id) and p.name != COMM_STATUS:
             continue
-        if p.states and v.value is not None and not isinstance(v.value, float):
-            shown = p.states[int(v.value)] if 0 <= int(v.value) < len(p.states) else str(v.value)
-        else:
-            shown = "" if v.value is None else str(v.value)
+        shown = show_value(p, v.value)
         rows.append(
             {
                 "point": p.name,

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
-    cfg, _profiles = load_or_exit(args.config)
+    cfg, _profiles = load_or_exit(args.config, preflight=True)
     setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
     return asyncio.run(run(Path(args.config), args.status_every))
 

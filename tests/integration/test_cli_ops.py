@@ -1,0 +1,93 @@
+"""Operator commands as a user runs them: `bacnet-read` exit codes, `points` width, `read` at the points' resolution."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+
+import pytest
+
+from helpers import free_udp_port
+from meter_gateway.commands._common import show_value
+from meter_gateway.core.catalogue import load_catalogue
+
+CLI = [sys.executable, "-m", "meter_gateway.cli"]
+
+GATEWAY = """
+gateway: {name: cli-ops}
+buses: [{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.3}]
+meters: [{id: gen, bus: rtu, address: 1, profile: generic, bacnet_instance_base: 1000}]
+upstream:
+  bacnet: {enabled: true, bind: 127.0.0.1, netmask: 8, port: 0, device_instance: 599}
+  modbus_tcp: {enabled: false}
+  prometheus: {enabled: false}
+"""
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    """Run the command without blocking the event loop the gateway under test runs in."""
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_bacnet_read_exit_codes(gateways):
+    gw = await gateways(GATEWAY)
+    host, port = gw.server("bacnet").address()
+    device = f"{host}:{port}"
+    local = ["--local", f"127.0.0.1/8:{free_udp_port()}"]
+
+    rc, out, err = await cli("bacnet-read", device, "analog-input,1005", "present-value", "object-name", *local)
+    assert rc == 0, err
+    assert "analog-input,1005 object-name: gen.Active_Power_Total" in out
+
+    rc, out, err = await cli("bacnet-read", device, "analog-input,9999", "present-value", *local)
+    assert rc == 3, (out, err)
+    assert "unknown-object" in err
+
+    rc, out, err = await cli("bacnet-read", device, "analog-input,1005", "presnt-value", *local)
+    assert rc == 2
+    assert "unknown property 'presnt-value'; did you mean present-value?" in err
+    assert "presnt-value:" not in out  # never printed as if it were a value
+
+    rc, out, err = await cli("bacnet-read", device, "analog-inptu,1005", *local)
+    assert rc == 2 and "unknown object type 'analog-inptu'; did you mean analog-input?" in err
+
+    rc, out, err = await cli("bacnet-read", f"127.0.0.1:{free_udp_port()}", *local)
+    assert rc == 1 and "no I-Am" in err
+
+
+async def test_points_table_fits_120_columns():
+    rc, out, _err = await cli("points")
+    assert rc == 0
+    lines = out.splitlines()
+    assert len(lines) == 54 and max(len(line) for line in lines) <= 120
+    for p in load_catalogue():
+        assert any(line.split()[1] == p.name for line in lines[1:]), p.name
+
+
+@pytest.mark.parametrize(
+    ("point", "raw", "shown"),
+    [
+        ("Active_Power_Total", 6.230300000000001, "6.230"),  # kW to the watt
+        ("Active_Energy_Import", 1234.5600000000002, "1234.56"),  # the catalogue's 0.01 kWh
+        ("Voltage_L1_N", 230.12000000001, "230.1"),
+        ("Frequency", 49.99999999, "50.00"),
+        ("Demand_Interval", 15.0, "15"),
+        ("Communication_Status", True, "ok"),
+    ],
+)
+def test_values_are_shown_at_the_points_resolution(point, raw, shown):
+    assert show_value(load_catalogue().get(point), raw) == shown
+
+
+async def test_read_prints_no_float_noise(tmp_path):
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(GATEWAY.replace("enabled: true, bind", "enabled: false, bind"))
+    rc, out, err = await cli("read", "-c", str(cfg), "gen")
+    assert rc == 0, err
+    numbers = re.findall(r"\s(-?\d+\.\d+)\s", out)
+    assert numbers and all(len(n.split(".")[1]) <= 3 for n in numbers), out
