@@ -363,7 +363,7 @@ class GatewayConfig(_Strict):
 
     gateway: GatewaySection = GatewaySection()
     buses: list[Bus] = Field(min_length=1)
-    meters: list[MeterConfig] = Field(min_length=1)
+    meters: list[MeterConfig] = Field([], description="none yet: `meter-gateway scan` finds them")
     upstream: UpstreamSection = UpstreamSection()
     writes: WritesSection = WritesSection()
     journal: JournalSection = JournalSection()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -60,3 +61,42 @@ def show_value(point, value) -> str:
     res = point.resolution or UNIT_RESOLUTION.get(point.unit, 0.001)
     decimals = max(0, -math.floor(math.log10(res) + 1e-9))
     return f"{value:.{decimals}f}"
+
+
+def port_holders(device: str) -> list[tuple[int, str]]:
+    """Processes that have a device open (pid, command line), as far as /proc lets this user see."""
+    try:
+        target = os.path.realpath(device)
+        pids = [d for d in os.listdir("/proc") if d.isdigit() and int(d) != os.getpid()]
+    except OSError:
+        return []
+    out = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == target for fd in fds):
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                out.append((int(pid), cmd[:120]))
+        except OSError:
+            continue
+    return out
+
+
+def serial_port_problem(bus, what: str) -> str:
+    """Why a command cannot use a bus's serial port now ('' when it can): missing, or held by another process."""
+    port = getattr(bus, "port", "")
+    if bus.simulated or not isinstance(port, str) or getattr(bus, "type", "") == "modbus_tcp":
+        return ""
+    if not os.path.exists(port):
+        return (
+            f"bus {bus.id}: serial port {port} does not exist (adapter unplugged? `ls /dev/serial/by-id/` lists them)"
+        )
+    holders = port_holders(port)
+    if holders:
+        who = ", ".join(f"process {pid} ({cmd})" for pid, cmd in holders[:3])
+        return (
+            f"bus {bus.id}: serial port {port} is in use by {who}; a running gateway owns its lines: "
+            f"stop it (systemctl stop meter-gateway) to {what}"
+        )
+    return ""

@@ -24,7 +24,9 @@ def _main(args) -> int:
     cfg, _profiles = load_or_exit(args.config, preflight=True)
     used = sorted({m.profile for m in cfg.meters})
     print(f"OK: {args.config}: {len(cfg.buses)} buses, {len(cfg.meters)} meters, profiles: {', '.join(used)}")
-    print(f"state directory: {state_dir(cfg, args.config)}")
+    print(f"state directory: {os.path.abspath(state_dir(cfg, args.config))}")
+    if not cfg.meters:
+        print(f"note: no meters yet: `meter-gateway scan -c {args.config} BUS` lists those answering on a bus")
     for b in cfg.buses:
         port = getattr(b, "port", "")
         if not b.simulated and isinstance(port, str) and port and not os.path.exists(port):

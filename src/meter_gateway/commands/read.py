@@ -9,7 +9,7 @@ import sys
 
 from ..core.catalogue import PollClass, load_catalogue
 from ..core.table import COMM_STATUS
-from ._common import add_config_arg, load_or_exit, show_value
+from ._common import add_config_arg, load_or_exit, serial_port_problem, show_value
 
 
 def add_parser(sub) -> None:
@@ -31,6 +31,10 @@ def _main(args) -> int:
             f"error: no meter {args.meter!r} in {args.config}; meters: {', '.join(m.id for m in cfg.meters)}",
             file=sys.stderr,
         )
+        return 2
+    problem = serial_port_problem(cfg.bus(meter.bus), f"read meter {meter.id}")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     return asyncio.run(_read(cfg, profiles, meter, args.format))
 

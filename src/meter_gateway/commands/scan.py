@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
-from ..config import MbusBus
-from ._common import add_config_arg, load_or_exit
+from ..config import INSTANCE_BLOCK, MbusBus
+from ._common import add_config_arg, load_or_exit, serial_port_problem
+
+
+class ScanError(Exception):
+    """The scan cannot run (missing or busy port); str() is the message for the user."""
 
 
 def add_parser(sub) -> None:
     """Register the subcommand."""
-    p = sub.add_parser("scan", help="list the meters answering on a bus (Modbus unit ids, M-Bus addresses)")
+    p = sub.add_parser(
+        "scan",
+        help="list the meters answering on a bus (Modbus unit ids, M-Bus addresses) with the lines for `meters:`",
+        description="Works with no meter configured yet (`meters: []`) and on simulated buses. "
+        "Exit status: 0 meters found, 1 none answered, 2 the bus cannot be scanned (unknown, port missing or busy).",
+    )
     add_config_arg(p)
     p.add_argument("bus", help="bus id from the configuration")
     p.add_argument("--first", type=int, default=None, help="first address to probe")
@@ -22,50 +32,137 @@ def add_parser(sub) -> None:
 
 def _main(args) -> int:
     cfg, profiles = load_or_exit(args.config)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         bus = cfg.bus(args.bus)
     except StopIteration:
         print(f"error: no bus {args.bus!r}; buses: {', '.join(b.id for b in cfg.buses)}", file=sys.stderr)
         return 2
-    if bus.simulated:
-        print(f"error: bus {bus.id} is simulated: scan a real line (simulated: false)", file=sys.stderr)
+    try:
+        check_port(bus)
+        found = asyncio.run(_scan(cfg, bus, profiles, args))
+    except ScanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    found = asyncio.run(_scan(bus, profiles, args))
     if not found:
         print(f"no meter answered on {bus.id}")
         return 1
-    print(f"# {len(found)} meter(s) on bus {bus.id}; add to `meters:` in gateway.yaml (ids and bases are suggestions)")
-    for i, f in enumerate(found, start=1):
-        address = f["address"] if isinstance(f["address"], int) else f"'{f['address']}'"
-        print(
-            f"  - {{id: {bus.id}-{i}, bus: {bus.id}, address: {address}, profile: {f['profile'] or 'CHOOSE'}, "
-            f"bacnet_instance_base: {1000 * i}, modbus_unit: {i}}}"
-        )
+    for line in proposal(cfg, bus, found):
+        print(line)
     return 0
 
 
-async def _scan(bus, profiles, args) -> list[dict]:
-    if isinstance(bus, MbusBus):
-        from ..drivers.mbus import MbusDriver
+def check_port(bus) -> None:
+    """Refuse a serial port that does not exist or that another process holds (e.g. the running gateway)."""
+    problem = serial_port_problem(bus, "scan")
+    if problem:
+        raise ScanError(problem)
 
-        driver = MbusDriver(bus, profiles)
-        await driver.open()
-        try:
-            lo, hi = args.first if args.first is not None else 0, args.last if args.last is not None else 250
-            found: list[dict] = [
-                {"address": a, "profile": "mbus_generic"} for a in await driver.scan_primary(range(lo, hi + 1))
-            ]
-            if not args.no_secondary:
-                found += [{"address": ident, "profile": "mbus_generic"} for ident in await driver.scan_secondary()]
-            return found
-        finally:
-            await driver.close()
+
+async def _scan(cfg, bus, profiles, args) -> list[dict]:
+    sims = None
+    where: dict = {}
+    if bus.simulated:
+        from ..app import SimulatedLines
+
+        sims = SimulatedLines(profiles)
+        where = await sims.open(bus, cfg.meters_on(bus.id))
+        if isinstance(bus, MbusBus):
+            bus = bus.model_copy(update={"parity": "N"})  # a pty only takes 8N1
+    try:
+        if isinstance(bus, MbusBus):
+            return await _scan_mbus(bus, profiles, args, where)
+        return await _scan_modbus(bus, profiles, args, where)
+    finally:
+        if sims is not None:
+            await sims.close()
+
+
+async def _scan_modbus(bus, profiles, args, where: dict) -> list[dict]:
     from ..drivers.modbus import ModbusDriver, scan_modbus
 
-    driver = ModbusDriver(bus, profiles)
-    await driver.open()
+    driver = ModbusDriver(bus, profiles, **where)
+    try:
+        await driver.open()
+    except OSError as exc:
+        raise ScanError(f"bus {bus.id}: cannot open the line: {exc}") from None
     try:
         lo, hi = args.first or 1, args.last or 247
         return [{"address": f["unit"], "profile": f["profile"]} for f in await scan_modbus(driver, range(lo, hi + 1))]
     finally:
         await driver.close()
+
+
+async def _scan_mbus(bus, profiles, args, where: dict) -> list[dict]:
+    from ..drivers.base import DriverError
+    from ..drivers.mbus import MbusDriver
+
+    driver = MbusDriver(bus, profiles, **where)
+    try:
+        await driver.link.open()
+    except Exception as exc:  # pyserial raises SerialException (an OSError subclass) or ValueError
+        raise ScanError(f"bus {bus.id}: cannot open {driver.link.port}: {exc}") from None
+    by_maker = {
+        getattr(profiles.get(n), "manufacturer_id", None): n
+        for n in profiles.names()
+        if getattr(profiles.get(n), "protocol", "") == "mbus"
+    }
+    try:
+        lo, hi = args.first if args.first is not None else 0, args.last if args.last is not None else 250
+        found: list[dict] = []
+        seen_ids: set[str] = set()
+        for a in await driver.scan_primary(range(lo, hi + 1)):
+            entry = {"address": a, "profile": "mbus_generic", "ident": ""}
+            try:
+                payloads, _records = await driver.read_telegrams(a)
+                header = payloads[0].header if payloads else None
+            except DriverError:
+                header = None
+            if header is not None:
+                entry["ident"] = header.ident
+                entry["profile"] = by_maker.get(header.manufacturer, "mbus_generic")
+                seen_ids.add(header.ident)
+            found.append(entry)
+        if not args.no_secondary:
+            for ident in await driver.scan_secondary():
+                if ident not in seen_ids:  # a meter with a primary address answers the wildcard search too
+                    found.append({"address": ident, "profile": "mbus_generic", "ident": ident})
+        return found
+    finally:
+        await driver.close()
+
+
+def proposal(cfg, bus, found: list[dict]) -> list[str]:
+    """Lines for `meters:`, marking meters already configured; new ids, bases and units do not clash."""
+    configured = {str(m.address): m.id for m in cfg.meters if m.bus == bus.id}
+    ids = {m.id for m in cfg.meters}
+    units = {m.modbus_unit for m in cfg.meters if m.modbus_unit is not None}
+    bases = [m.bacnet_instance_base for m in cfg.meters if m.bacnet_instance_base is not None]
+    next_base = max([cfg.upstream.bacnet.device_instance, *bases], default=0) // INSTANCE_BLOCK * INSTANCE_BLOCK
+    out = [f"# {len(found)} meter(s) on bus {bus.id}; add the new ones to `meters:` (ids and numbers are suggestions)"]
+    n = 0
+    for f in found:
+        addr = f["address"]
+        shown = addr if isinstance(addr, int) else f'"{addr}"'
+        ident = f" secondary id {f['ident']}" if f.get("ident") and isinstance(addr, int) else ""
+        known = configured.get(str(addr)) or (configured.get(f.get("ident", "")) if f.get("ident") else None)
+        if known:
+            out.append(f"  # address {addr}{ident}: already configured as meter {known!r} ({f['profile'] or '?'})")
+            continue
+        n += 1
+        mid = f"{bus.id}-{n}"
+        while mid in ids:
+            n += 1
+            mid = f"{bus.id}-{n}"
+        ids.add(mid)
+        line = f"  - {{id: {mid}, bus: {bus.id}, address: {shown}, profile: {f['profile'] or 'CHOOSE'}"
+        if cfg.upstream.bacnet.enabled:
+            next_base += INSTANCE_BLOCK
+            line += f", bacnet_instance_base: {next_base}"
+        if cfg.upstream.modbus_tcp.enabled:
+            unit = next((u for u in range(1, 248) if u not in units), None)
+            if unit is not None:
+                units.add(unit)
+                line += f", modbus_unit: {unit}"
+        out.append(line + "}" + (f"  #{ident}" if ident else ""))
+    return out

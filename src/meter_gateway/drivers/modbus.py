@@ -416,19 +416,30 @@ async def scan_modbus(driver: ModbusDriver, units: Sequence[int]) -> list[dict]:
     return found
 
 
+#: plausible ranges of the readings used to recognise a meter model
+PLAUSIBLE = {
+    "Voltage_L1_N": (150.0, 300.0),
+    "Voltage_L2_N": (150.0, 300.0),
+    "Voltage_L3_N": (150.0, 300.0),
+    "Frequency": (45.0, 65.0),
+}
+
+
 async def _identify(driver: ModbusDriver, unit: int) -> str | None:
-    """The first profile whose voltage and frequency registers read plausibly at this unit (generic last)."""
+    """The profile whose voltage and frequency registers read plausibly at this unit, the most of them winning.
+
+    A three-phase meter whose L2/L3 voltages read plausibly beats a single-phase profile that checks L1 only (an
+    SDM630 answers an SDM120's registers too); a profile with any implausible reading is out; generic comes last.
+    """
     names = sorted(
         (n for n in driver.profiles.names() if isinstance(driver.profiles.get(n), ModbusProfile)),
         key=lambda n: (n == "generic", n),
     )
-    probe = MeterConfig(
-        id="probe", bus=driver.bus.id, address=unit, profile="generic", bacnet_instance_base=0, modbus_unit=1
-    )
+    probe = MeterConfig(id="probe", bus=driver.bus.id, address=unit, profile="generic")
+    best: tuple[int, str] | None = None
     for name in names:
         prof = driver.profiles.get(name)
-        checks = {"Voltage_L1_N": (150.0, 300.0), "Frequency": (45.0, 65.0)}
-        pts = [p for p in checks if p in prof.points]
+        pts = [p for p in PLAUSIBLE if p in prof.points]
         if "Voltage_L1_N" not in pts:
             continue
         meter = probe.model_copy(update={"profile": name, "id": f"probe-{name}"})
@@ -437,8 +448,8 @@ async def _identify(driver: ModbusDriver, unit: int) -> str | None:
         except (NoResponse, MeterException, FrameError):
             continue
         if all(
-            r.error is None and isinstance(r.value, float) and checks[r.point][0] <= r.value <= checks[r.point][1]
+            r.error is None and isinstance(r.value, float) and PLAUSIBLE[r.point][0] <= r.value <= PLAUSIBLE[r.point][1]
             for r in readings
-        ):
-            return name
-    return None
+        ) and (best is None or len(pts) > best[0]):
+            best = (len(pts), name)
+    return best[1] if best else None
