@@ -91,3 +91,55 @@ async def test_read_prints_no_float_noise(tmp_path):
     assert rc == 0, err
     numbers = re.findall(r"\s(-?\d+\.\d+)\s", out)
     assert numbers and all(len(n.split(".")[1]) <= 3 for n in numbers), out
+
+
+def _free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_read_shows_the_running_gateways_values_with_quality_and_age(gateways, tmp_path):
+    from helpers import FAST, wait_for
+
+    http = _free_tcp_port()
+    text = f"""
+gateway: {{name: live}}
+buses: [{{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.2, retries: 0, fail_after: 1, backoff_max: 1}}]
+meters: [{{id: gen, bus: rtu, address: 1, profile: generic, poll_intervals: {FAST}}}]
+upstream:
+  bacnet: {{enabled: false}}
+  modbus_tcp: {{enabled: false}}
+  prometheus: {{enabled: true, bind: 127.0.0.1, port: {http}}}
+"""
+    gw = await gateways(text)  # bacnet_instance_base left out: BACnet is off
+    cfg = tmp_path / "read.yaml"
+    cfg.write_text(text)
+    assert await wait_for(lambda: gw.table.is_online("gen"), 15)
+
+    rc, out, err = await cli("read", "-c", str(cfg), "gen")
+    assert rc == 0, err
+    assert "live from the running gateway 'live'" in out.splitlines()[0]
+    row = next(line for line in out.splitlines() if line.startswith("Voltage_L1_N "))
+    assert re.search(r" V +good +\d+\.\d s$", row), row
+
+    gw.simulators["gen"].online = False  # the meter stops answering: the live view says so, values included
+    assert await wait_for(lambda: not gw.table.is_online("gen"), 15)
+    rc, out, err = await cli("read", "-c", str(cfg), "gen", "--format", "json")
+    assert rc == 1, err
+    import json
+
+    doc = json.loads(out)
+    assert doc["online"] is False and doc["source"] == f"http://127.0.0.1:{http}"
+    volt = next(p for p in doc["points"] if p["point"] == "Voltage_L1_N")
+    assert volt["quality"] != "good" and volt["age_s"] is not None and volt["age_s"] >= 0
+
+
+async def test_read_live_without_a_running_gateway_says_so(tmp_path):
+    cfg = tmp_path / "gateway.yaml"
+    port = _free_tcp_port()
+    cfg.write_text(GATEWAY.replace("prometheus: {enabled: false}", f"prometheus: {{port: {port}}}"))
+    rc, _out, err = await cli("read", "-c", str(cfg), "gen", "--live")
+    assert rc == 2 and f"no running gateway answers at http://127.0.0.1:{port}" in err, err

@@ -1,4 +1,8 @@
-"""`meter-gateway read`: poll one meter once and print every point with unit and quality."""
+"""`meter-gateway read`: every point of one meter with unit and quality.
+
+While the gateway runs (its HTTP server answers), the values come from it, with their age: the running gateway
+owns the line. Otherwise the meter is polled once directly.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ def add_parser(sub) -> None:
     add_config_arg(p)
     p.add_argument("meter", help="meter id from the configuration")
     p.add_argument("--format", choices=["table", "json"], default="table")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--live", action="store_true", help="only from the running gateway (error if none answers)")
+    how.add_argument("--direct", action="store_true", help="poll the meter on its bus, even if a gateway runs")
     p.set_defaults(func=_main)
 
 
@@ -32,6 +39,15 @@ def _main(args) -> int:
             file=sys.stderr,
         )
         return 2
+    if not args.direct:
+        live = _live(cfg, meter.id)
+        if live is not None:
+            return _print_live(cfg, meter, live, args.format)
+        if args.live:
+            up = cfg.upstream.prometheus
+            where = f"http://{_host(up.bind)}:{up.port}" if up.enabled else "nowhere (upstream.prometheus is off)"
+            print(f"error: no running gateway answers at {where}", file=sys.stderr)
+            return 2
     problem = serial_port_problem(cfg.bus(meter.bus), f"read meter {meter.id}")
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -94,3 +110,57 @@ async def _read(cfg, profiles, meter, fmt: str) -> int:
             reason = f"  {r['reason']}" if r["reason"] else ""
             print(f"{r['point']:30} {r['display']:>16} {r['unit']:8} {r['quality']}{reason}")
     return 0 if ok else 1
+
+
+def _host(bind: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(bind, f"[{bind}]" if ":" in bind else bind)
+
+
+def _live(cfg, meter_id: str) -> dict | None:
+    """The running gateway's values of this meter, if a gateway answers on the configured HTTP port."""
+    from ..live import fetch_values
+
+    up = cfg.upstream.prometheus
+    if not up.enabled or up.port == 0:
+        return None
+    doc = fetch_values(_host(up.bind), up.port, meter_id)
+    if doc is None or meter_id not in doc.get("meters", {}):
+        return None
+    doc["url"] = f"http://{_host(up.bind)}:{up.port}"
+    return doc
+
+
+def _print_live(cfg, meter, doc: dict, fmt: str) -> int:
+    cat = load_catalogue()
+    m = doc["meters"][meter.id]
+    rows = []
+    for p in cat:
+        v = m["points"].get(p.name)
+        if v is None:
+            continue
+        rows.append(
+            {
+                "point": p.name,
+                "value": v["value"],
+                "display": show_value(p, v["value"]),
+                "unit": p.unit,
+                "quality": v["quality"],
+                "reason": v["reason"],
+                "age_s": v["age_s"],
+            }
+        )
+    online = bool(m["online"])
+    if fmt == "json":
+        print(json.dumps({"meter": meter.id, "source": doc["url"], "online": online, "points": rows}, indent=2))
+    else:
+        state = "online" if online else ("starting" if m["online"] is None else "COMMUNICATION FAILURE")
+        print(
+            f"meter {meter.id} ({meter.profile}) on bus {meter.bus}, address {meter.address}: {state} "
+            f"(live from the running gateway {doc['gateway']!r} at {doc['url']})"
+        )
+        print(f"{'point':30} {'value':>16} {'unit':8} {'quality':12} {'age':>8}")
+        for r in rows:
+            age = "-" if r["age_s"] is None else f"{r['age_s']:.1f} s"
+            reason = f"  {r['reason']}" if r["reason"] else ""
+            print(f"{r['point']:30} {r['display']:>16} {r['unit']:8} {r['quality']:12} {age:>8}{reason}")
+    return 0 if online else 1

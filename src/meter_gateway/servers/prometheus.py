@@ -254,6 +254,7 @@ class PrometheusServer(Server):
         self.http.route("/metrics", self._metrics)
         self.http.route("/health", self._health)
         self.http.route("/export", self._export)
+        self.http.route("/values", self._values)
         self.http.route("/", self._index)
         self._bound: tuple[str, int] | None = None
         self._scrape_lock = asyncio.Lock()
@@ -274,6 +275,14 @@ class PrometheusServer(Server):
     def _health(self, _query) -> Response:
         code, doc = health(self.gateway)
         return Response(code, (json.dumps(doc, indent=2) + "\n").encode(), "application/json")
+
+    def _values(self, query) -> Response:
+        """Live values with quality and age: ?meter=ID (repeatable; all meters without it)."""
+        from ..live import values_document
+
+        gw = self.gateway
+        doc = values_document(gw.table, gw.config.gateway.name, query.get("meter"))
+        return Response(200, (json.dumps(doc, indent=1) + "\n").encode(), "application/json")
 
     def _export(self, query) -> Response:
         """Billing export from the journal: ?from=2026-11-01&to=2026-12-01[&tenant=T][&format=csv|json]."""
