@@ -217,12 +217,15 @@ class Gateway:
             await self.stop()
             raise
 
-    async def _start_bus(self, bus_id: str) -> None:
+    async def _start_bus(self, bus_id: str, carried: BusRunner | None = None) -> None:
+        """Start polling one bus; `carried` is the runner it replaces on reload, whose counters continue."""
         bus = self.config.bus(bus_id)
         meters = self.config.meters_on(bus_id)
         if not meters:
             return
         driver = await self._make_driver(bus, meters)
+        if carried is not None and type(carried.driver) is type(driver):
+            driver.stats = carried.driver.stats  # the same line: its counters go on (Prometheus counters never drop)
         runner = BusRunner(
             bus.id,
             meters,
@@ -232,6 +235,11 @@ class Gateway:
             fail_after=bus.fail_after,
             backoff_max=bus.backoff_max,
         )
+        if carried is not None:
+            for mid, sched in runner.schedules.items():
+                old = carried.schedules.get(mid)
+                if old is not None and old.meter == sched.meter:
+                    sched.polls, sched.attempts, sched.periods = old.polls, old.attempts, old.periods
         self.buses[bus.id] = runner  # before start: a failed open is still stopped (driver closed) by stop()
         await runner.start()
 
@@ -347,6 +355,7 @@ class Gateway:
             await self._stop_server(key)
         if plan.journal:
             await self._stop_journal()
+        carried = {bus_id: self.buses[bus_id] for bus_id in plan.buses if bus_id in self.buses}
         for bus_id in plan.buses:
             await self._stop_bus(bus_id)
         for mid in plan.meters:
@@ -360,7 +369,7 @@ class Gateway:
         for bus in new.buses:
             if bus.id in plan.buses:
                 try:
-                    await self._start_bus(bus.id)
+                    await self._start_bus(bus.id, carried.get(bus.id))
                 except Exception as exc:
                     failures.append(f"bus {bus.id}: {exc}")
         if plan.writes:

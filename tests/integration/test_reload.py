@@ -26,13 +26,15 @@ METER = (
 )
 
 
-def config(bacnet: int, modbus: int, http: int, extra: bool = False) -> str:
-    """Bus rtu with meter m1; with `extra`, bus rtu2 with meter m2 too."""
+def config(bacnet: int, modbus: int, http: int, extra: bool = False, third: bool = False) -> str:
+    """Bus rtu with meter m1; with `extra`, bus rtu2 with meter m2 too; with `third`, meter m3 on bus rtu."""
     buses = ["  - {id: rtu, type: modbus_rtu, simulated: true, timeout: 0.3}"]
     meters = [METER.format(id="m1", bus="rtu", a=1, b=1000)]
     if extra:
         buses.append("  - {id: rtu2, type: modbus_rtu, simulated: true, timeout: 0.3}")
         meters.append(METER.format(id="m2", bus="rtu2", a=2, b=2000))
+    if third:
+        meters.append(METER.format(id="m3", bus="rtu", a=3, b=3000))
     return f"""
 gateway: {{name: reload, log_level: info, description: "Café"}}
 buses:
@@ -120,6 +122,19 @@ async def test_sighup_refuses_bad_files_and_applies_a_good_one_as_a_diff(tmp_pat
         assert (await bac("notifications", wait=3.0))["notifications"], "COV subscription lost by the reload"
         got = await bac("rp", obj="analog-input,2005", prop="object-name")
         assert got.get("value") == "m2.Active_Power_Total", got
+
+        # a meter added to a running bus restarts that bus only; the line's counters go on from where they were
+        before = transactions(http, "rtu")
+        before2 = transactions(http, "rtu2")
+        cfg.write_text(config(bacnet, modbus, http, extra=True, third=True))
+        proc.send_signal(signal.SIGHUP)
+        assert await wait_for(lambda: text().count("configuration reloaded") == 2, 20), text()
+        assert "replaced buses: rtu; meters: m3" in text(), text()
+        assert await wait_for(lambda: "meter m3: communication established" in text(), 20), text()
+        assert transactions(http, "rtu") >= before and transactions(http, "rtu2") >= before2
+        assert await power(client, 3) >= 0 and await power(client, 1) >= 0
+        await bac("notifications", wait=0.1)
+        assert (await bac("notifications", wait=3.0))["notifications"], "COV subscription lost by the second reload"
         assert proc.returncode is None
     finally:
         if client is not None:
