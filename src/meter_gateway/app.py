@@ -101,22 +101,31 @@ class SimulatedLines:
             await self.close_bus(bus_id)
 
 
+#: meter keys a bus runner and its driver use; a change of any other key (name, tenant, BACnet base, Modbus unit,
+#: write rights) leaves the bus polling
+POLL_KEYS = {"id", "bus", "address", "profile", "poll_intervals", "enabled"}
+#: meter keys the point table's entry is built from; a change of any other key keeps the meter's values
+TABLE_KEYS = {"profile", "poll_intervals", "max_power_kw", "enabled"}
+
+
 def _bus_key(cfg: GatewayConfig, profiles: ProfileRegistry, bus_id: str) -> Any:
     """Everything a bus runner is built from: equal keys mean the running bus can be kept on reload."""
     bus = cfg.bus(bus_id)
     meters = cfg.meters_on(bus_id)
-    return (bus, tuple(meters), tuple(profiles.get(m.profile) for m in meters))
+    return (bus, [m.model_dump(include=POLL_KEYS) for m in meters], [profiles.get(m.profile) for m in meters])
 
 
-def _meter_key(cfg: GatewayConfig, profiles: ProfileRegistry, meter_id: str) -> Any:
+def _meter_key(cfg: GatewayConfig, profiles: ProfileRegistry, meter_id: str, keys: set[str] | None = None) -> Any:
     m = cfg.meter(meter_id)
-    return (m, profiles.get(m.profile))
+    return (m.model_dump(include=keys), profiles.get(m.profile))
 
 
 def _server_key(cfg: GatewayConfig, key: str) -> Any:
     """What an upstream server is built from, besides the meters (a change restarts that server)."""
     g = cfg.gateway
-    return (getattr(cfg.upstream, key), g.name, g.location, g.description)
+    if key == "bacnet":  # the device object carries the gateway's name, location and description
+        return (cfg.upstream.bacnet, g.name, g.location, g.description)
+    return getattr(cfg.upstream, key)
 
 
 class Gateway:
@@ -358,13 +367,13 @@ class Gateway:
         carried = {bus_id: self.buses[bus_id] for bus_id in plan.buses if bus_id in self.buses}
         for bus_id in plan.buses:
             await self._stop_bus(bus_id)
-        for mid in plan.meters:
+        for mid in plan.values:
             self.table.remove_meter(mid)
         self.config, self.profiles = new, profiles
         self.sims.profiles = profiles
         self.table.stale_factor = new.gateway.stale_factor
         for m in new.meters:
-            if m.enabled and m.id in plan.meters:
+            if m.enabled and m.id in plan.values:
                 self._add_meter(m)
         for bus in new.buses:
             if bus.id in plan.buses:
@@ -448,7 +457,8 @@ class ReloadPlan:
     """What a reload replaces: bus ids, meter ids, upstream server keys, and whether journal/writes restart."""
 
     buses: set[str] = field(default_factory=set)
-    meters: set[str] = field(default_factory=set)
+    meters: set[str] = field(default_factory=set)  # added, removed or changed in any way (servers follow them)
+    values: set[str] = field(default_factory=set)  # whose point-table entry (values, alarms) starts afresh
     servers: set[str] = field(default_factory=set)
     journal: bool = False
     writes: bool = False
@@ -465,6 +475,9 @@ class ReloadPlan:
         new_m = {m.id for m in new.meters if m.enabled}
         plan.meters = (old_m ^ new_m) | {
             m for m in old_m & new_m if _meter_key(old, old_p, m) != _meter_key(new, new_p, m)
+        }
+        plan.values = (old_m ^ new_m) | {
+            m for m in old_m & new_m if _meter_key(old, old_p, m, TABLE_KEYS) != _meter_key(new, new_p, m, TABLE_KEYS)
         }
         plan.servers = {k for k in SERVER_FACTORIES if _server_key(old, k) != _server_key(new, k)}
         plan.journal = (old.journal, old.gateway.timezone) != (new.journal, new.gateway.timezone)
