@@ -135,6 +135,16 @@ async def test_sighup_refuses_bad_files_and_applies_a_good_one_as_a_diff(tmp_pat
         assert await power(client, 3) >= 0 and await power(client, 1) >= 0
         await bac("notifications", wait=0.1)
         assert (await bac("notifications", wait=3.0))["notifications"], "COV subscription lost by the second reload"
+
+        # renaming the subscribed meter changes its objects' description only: same objects, same subscription
+        cfg.write_text(config(bacnet, modbus, http, extra=True, third=True).replace("{id: m1,", "{id: m1, name: Shop,"))
+        proc.send_signal(signal.SIGHUP)
+        assert await wait_for(lambda: text().count("configuration reloaded") == 3, 20), text()
+        assert "configuration reloaded (replaced meters: m1)" in text(), text()
+        got = await bac("rp", obj="analog-input,1005", prop="description")
+        assert got.get("value", "").endswith("(Shop)"), got
+        await bac("notifications", wait=0.1)
+        assert (await bac("notifications", wait=3.0))["notifications"], "COV subscription lost by a rename"
         assert proc.returncode is None
     finally:
         if client is not None:

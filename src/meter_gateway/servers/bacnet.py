@@ -284,17 +284,35 @@ class BacnetServer(Server):
         return self._bound
 
     def meters_changed(self, meter_ids: set[str]) -> bool:
-        """Reload: replace the objects of these meters only; other objects and their COV subscriptions stay."""
+        """Reload: replace the objects of those meters whose objects differ; the others keep their COV subscribers."""
+        # a tenant rename or a new Modbus unit leaves a meter's objects as they are
         if self.app is None:
             return False
-        for key in [k for k in self.objects if k[0] in meter_ids]:
-            obj = self.objects.pop(key)
-            with contextlib.suppress(Exception):
-                self.app.delete_object(obj)
         gw = self.gateway
-        self.specs = object_specs(gw.config, gw.catalogue, {m: gw.meter_points(m) for m in gw.table.meter_ids})
-        for spec in self.specs:
-            if spec.meter_id in meter_ids:
+        specs = object_specs(gw.config, gw.catalogue, {m: gw.meter_points(m) for m in gw.table.meter_ids})
+        old = {mid: [x for x in self.specs if x.meter_id == mid] for mid in meter_ids}
+        new = {mid: [x for x in specs if x.meter_id == mid] for mid in meter_ids}
+        self.specs = specs
+
+        def same(a: list[ObjectSpec], b: list[ObjectSpec]) -> bool:
+            return [(x.point.name, x.object_type, x.instance, x.name) for x in a] == [
+                (x.point.name, x.object_type, x.instance, x.name) for x in b
+            ]
+
+        for mid in meter_ids:
+            if old[mid] and same(old[mid], new[mid]):
+                for spec in new[mid]:  # same objects: new description, the table's current values
+                    obj = self.objects[(mid, spec.point.name)]
+                    obj._gw_spec = spec
+                    if obj.description != spec.description:
+                        obj.description = spec.description
+                    self._on_change(mid, spec.point.name, None, gw.table.get(mid, spec.point.name))
+                continue
+            for key in [k for k in self.objects if k[0] == mid]:
+                obj = self.objects.pop(key)
+                with contextlib.suppress(Exception):
+                    self.app.delete_object(obj)
+            for spec in new[mid]:
                 self.app.add_object(self._make(spec))
         return True
 
