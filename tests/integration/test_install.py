@@ -133,6 +133,14 @@ def test_installed_copy_runs_as_an_unprivileged_user_with_a_read_only_config(tes
         where = _run_as(test_user, [py, "-c", "import meter_gateway; print(meter_gateway.__file__)"], env)
         assert where.stdout.startswith(str(site)), where  # the installed copy, not the source tree
 
+        # a state directory the user may not write: `check` says so (file, line, fix), before anything opens
+        locked = top / "locked"
+        locked.mkdir(mode=0o755)
+        check = _run_as(test_user, [*base, "check", "-c", str(conf)], {**env, "STATE_DIRECTORY": str(locked)})
+        assert check.returncode == 2, check.stdout + check.stderr
+        assert f"state directory: {locked} is not writable by user '{USER}'" in check.stderr, check.stderr
+        assert "Traceback" not in check.stderr
+
         check = _run_as(test_user, [*base, "check", "-c", str(conf)], env)
         assert check.returncode == 0, check.stdout + check.stderr
 
