@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sys
 
@@ -129,7 +130,6 @@ upstream:
     assert await wait_for(lambda: not gw.table.is_online("gen"), 15)
     rc, out, err = await cli("read", "-c", str(cfg), "gen", "--format", "json")
     assert rc == 1, err
-    import json
 
     doc = json.loads(out)
     assert doc["online"] is False and doc["source"] == f"http://127.0.0.1:{http}"
@@ -143,3 +143,43 @@ async def test_read_live_without_a_running_gateway_says_so(tmp_path):
     cfg.write_text(GATEWAY.replace("prometheus: {enabled: false}", f"prometheus: {{port: {port}}}"))
     rc, _out, err = await cli("read", "-c", str(cfg), "gen", "--live")
     assert rc == 2 and f"no running gateway answers at http://127.0.0.1:{port}" in err, err
+
+
+async def test_trace_streams_the_frames_of_a_bus_with_their_meaning(gateways, tmp_path):
+    from helpers import wait_for
+
+    http = _free_tcp_port()
+    text = f"""
+gateway: {{name: trace}}
+buses:
+  - {{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.3}}
+  - {{id: mb, type: mbus, simulated: true, timeout: 0.3}}
+meters:
+  - {{id: gen, bus: rtu, address: 1, profile: generic, poll_intervals: {{power: 0.5}}}}
+  - {{id: ale3, bus: mb, address: 5, profile: mbus_saia_burgess_ale3, poll_intervals: {{power: 0.5}}}}
+upstream:
+  bacnet: {{enabled: false}}
+  modbus_tcp: {{enabled: false}}
+  prometheus: {{enabled: true, bind: 127.0.0.1, port: {http}}}
+"""
+    gw = await gateways(text)
+    cfg = tmp_path / "trace.yaml"
+    cfg.write_text(text)
+    assert await wait_for(lambda: gw.table.is_online("gen") and gw.table.is_online("ale3"), 15)
+
+    rc, out, err = await cli("trace", "-c", str(cfg), "rtu", "--count", "6")
+    assert rc == 0, err
+    lines = out.splitlines()[1:]
+    assert len(lines) == 6, out
+    assert any(" TX 01 03 " in ln and "unit 1: read holding registers at" in ln for ln in lines), out
+    assert any(" RX 01 03 " in ln and "bytes" in ln for ln in lines), out
+    assert any(re.search(r"\+ *\d+\.\d ms", ln) for ln in lines), out  # timing between frames
+
+    rc, out, err = await cli("trace", "-c", str(cfg), "mb", "--count", "4", "--json")
+    assert rc == 0, err
+    frames = [json.loads(ln) for ln in out.splitlines()[1:]]
+    assert {"REQ_UD2 to address 5"} <= {f["meaning"] for f in frames}, frames
+    assert any(f["meaning"].startswith("RSP_UD from address 5") and f["dir"] == "rx" for f in frames), frames
+
+    rc, _out, err = await cli("trace", "-c", str(cfg), "nosuch")
+    assert rc == 2 and "no polled bus 'nosuch'" in err, err

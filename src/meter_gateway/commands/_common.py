@@ -100,3 +100,8 @@ def serial_port_problem(bus, what: str) -> str:
             f"stop it (systemctl stop meter-gateway) to {what}"
         )
     return ""
+
+
+def local_host(bind: str) -> str:
+    """Where this machine reaches a server bound to `bind` (0.0.0.0 and :: through loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(bind, f"[{bind}]" if ":" in bind else bind)

@@ -13,7 +13,7 @@ import sys
 
 from ..core.catalogue import PollClass, load_catalogue
 from ..core.table import COMM_STATUS
-from ._common import add_config_arg, load_or_exit, serial_port_problem, show_value
+from ._common import add_config_arg, load_or_exit, local_host, serial_port_problem, show_value
 
 
 def add_parser(sub) -> None:
@@ -45,7 +45,7 @@ def _main(args) -> int:
             return _print_live(cfg, meter, live, args.format)
         if args.live:
             up = cfg.upstream.prometheus
-            where = f"http://{_host(up.bind)}:{up.port}" if up.enabled else "nowhere (upstream.prometheus is off)"
+            where = f"http://{local_host(up.bind)}:{up.port}" if up.enabled else "nowhere (upstream.prometheus is off)"
             print(f"error: no running gateway answers at {where}", file=sys.stderr)
             return 2
     problem = serial_port_problem(cfg.bus(meter.bus), f"read meter {meter.id}")
@@ -112,10 +112,6 @@ async def _read(cfg, profiles, meter, fmt: str) -> int:
     return 0 if ok else 1
 
 
-def _host(bind: str) -> str:
-    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(bind, f"[{bind}]" if ":" in bind else bind)
-
-
 def _live(cfg, meter_id: str) -> dict | None:
     """The running gateway's values of this meter, if a gateway answers on the configured HTTP port."""
     from ..live import fetch_values
@@ -123,10 +119,10 @@ def _live(cfg, meter_id: str) -> dict | None:
     up = cfg.upstream.prometheus
     if not up.enabled or up.port == 0:
         return None
-    doc = fetch_values(_host(up.bind), up.port, meter_id)
+    doc = fetch_values(local_host(up.bind), up.port, meter_id)
     if doc is None or meter_id not in doc.get("meters", {}):
         return None
-    doc["url"] = f"http://{_host(up.bind)}:{up.port}"
+    doc["url"] = f"http://{local_host(up.bind)}:{up.port}"
     return doc
 
 

@@ -255,6 +255,7 @@ class PrometheusServer(Server):
         self.http.route("/health", self._health)
         self.http.route("/export", self._export)
         self.http.route("/values", self._values)
+        self.http.route("/trace", self._trace)
         self.http.route("/", self._index)
         self._bound: tuple[str, int] | None = None
         self._scrape_lock = asyncio.Lock()
@@ -283,6 +284,22 @@ class PrometheusServer(Server):
         gw = self.gateway
         doc = values_document(gw.table, gw.config.gateway.name, query.get("meter"))
         return Response(200, (json.dumps(doc, indent=1) + "\n").encode(), "application/json")
+
+    def _trace(self, query) -> Response:
+        """Frames of one bus for commissioning: ?bus=ID[&after=SEQ] (see `meter-gateway trace`)."""
+        from ..live import trace_document
+
+        gw = self.gateway
+        bus_id = query.get("bus", [""])[0]
+        runner = gw.buses.get(bus_id)
+        if runner is None:
+            return Response(404, f"no polled bus {bus_id!r}; buses: {', '.join(gw.buses)}\n".encode())
+        try:
+            after = int(query.get("after", ["0"])[0])
+        except ValueError:
+            return Response(400, b"after must be a number\n")
+        doc = trace_document(bus_id, runner.driver, gw.config.bus(bus_id).type, after)
+        return Response(200, (json.dumps(doc) + "\n").encode(), "application/json")
 
     def _export(self, query) -> Response:
         """Billing export from the journal: ?from=2026-11-01&to=2026-12-01[&tenant=T][&format=csv|json]."""
