@@ -671,8 +671,13 @@ def _user() -> str:
         return str(os.geteuid())
 
 
-def _can_bind_low_ports() -> bool:
-    if os.geteuid() == 0:
+def _can_bind(port: int) -> bool:
+    """Whether this process may listen on a TCP port (below the unprivileged start it needs root or the capability)."""
+    try:
+        start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        start = 1024
+    if port >= start or os.geteuid() == 0:
         return True
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -723,11 +728,11 @@ def environment_errors(cfg: GatewayConfig, config_path: str | Path | None) -> li
                             "127.0.0.1, or an address shown by `ip -brief address`",
                         )
                     )
-        if 0 < sec.port < 1024 and key != "bacnet" and not _can_bind_low_ports():
+        if sec.port and not _can_bind(sec.port):
             errs.append(
                 (
                     ("upstream", key, "port"),
-                    f"port {sec.port} is below 1024: user {user!r} needs CAP_NET_BIND_SERVICE (the systemd unit "
+                    f"port {sec.port} is privileged: user {user!r} needs CAP_NET_BIND_SERVICE (the systemd unit "
                     "grants it) or root; or use a port above 1023 such as 5020",
                 )
             )

@@ -141,6 +141,14 @@ def test_installed_copy_runs_as_an_unprivileged_user_with_a_read_only_config(tes
         assert f"state directory: {locked} is not writable by user '{USER}'" in check.stderr, check.stderr
         assert "Traceback" not in check.stderr
 
+        # Modbus TCP on 502 without the capability systemd grants: refused by `check`, not by a traceback at start
+        low = top / "low.yaml"
+        low.write_text(CONFIG.format(http=http, modbus=502))
+        low.chmod(0o444)
+        if int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) > 502:
+            check = _run_as(test_user, [*base, "check", "-c", str(low)], env)
+            assert check.returncode == 2 and "port 502 is privileged" in check.stderr, check.stdout + check.stderr
+
         check = _run_as(test_user, [*base, "check", "-c", str(conf)], env)
         assert check.returncode == 0, check.stdout + check.stderr
 
