@@ -348,6 +348,14 @@ class Gateway:
             await self.sims.close()
         self.started = False
 
+    async def scan_bus(self, bus_id: str, first: int | None, last: int | None, secondary: bool = True) -> list[dict]:
+        """Find the meters on a polled bus between two polls: that bus pauses, the others keep polling."""
+        from .scanning import scan_driver
+
+        runner = self.buses[bus_id]
+        async with runner.paused() as driver:
+            return await scan_driver(driver, self.config.bus(bus_id), self.profiles, first, last, secondary)
+
     # -- reload ------------------------------------------------------------------------------------------
     async def apply(self, new: GatewayConfig, profiles: ProfileRegistry) -> ReloadPlan:
         """Reload as a diff: stop only the parts whose configuration changed, start them with the new one.

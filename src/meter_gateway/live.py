@@ -145,3 +145,28 @@ def fetch_trace(host: str, port: int, bus_id: str, after: int, timeout: float = 
         return exc.read().decode(errors="replace").strip() or f"HTTP {exc.code}"
     except (OSError, ValueError):
         return f"no running gateway answers at http://{host}:{port}"
+
+
+SCAN_PATH = "/scan"
+
+
+def scan_document(bus_id: str, found: list[dict]) -> dict[str, Any]:
+    """The answer of a scan by the running gateway."""
+    return {"bus": bus_id, "found": found}
+
+
+def fetch_scan(host: str, port: int, bus_id: str, first: int | None, last: int | None, secondary: bool):
+    """Ask the running gateway to scan a bus: the meters found, None when no gateway answers, or its refusal (str)."""
+    query = f"bus={bus_id}&secondary={int(secondary)}"
+    query += f"&first={first}" if first is not None else ""
+    query += f"&last={last}" if last is not None else ""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}{SCAN_PATH}?{query}", timeout=900) as resp:
+            return json.loads(resp.read())["found"]
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace").strip()
+        if exc.code == 404:
+            return None  # the gateway does not poll this bus (no meters on it yet) or predates /scan: scan directly
+        return body or f"the running gateway refused the scan (HTTP {exc.code})"
+    except (OSError, ValueError, KeyError):
+        return None

@@ -88,3 +88,70 @@ def test_scan_names_the_process_holding_the_port(tmp_path: Path):
         holder.kill()
         holder.wait(timeout=10)
         os.close(master)
+
+
+async def test_scan_through_the_running_gateway_pauses_that_bus_only(gateways, tmp_path: Path):
+    import asyncio
+    import socket
+
+    from helpers import wait_for
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        http = s.getsockname()[1]
+    text = f"""
+gateway: {{name: scan-live}}
+buses:
+  - {{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.15, retries: 0}}
+  - {{id: tcp, type: modbus_tcp, simulated: true, port: 0, timeout: 0.5}}
+meters:
+  - {{id: three, bus: rtu, address: 1, profile: eastron_sdm630, poll_intervals: {{power: 0.5}}}}
+  - {{id: one, bus: rtu, address: 2, profile: eastron_sdm120, poll_intervals: {{power: 0.5}}}}
+  - {{id: other, bus: tcp, address: 1, profile: generic, poll_intervals: {{power: 0.5}}}}
+upstream:
+  bacnet: {{enabled: false}}
+  modbus_tcp: {{enabled: false}}
+  prometheus: {{enabled: true, bind: 127.0.0.1, port: {http}}}
+"""
+    gw = await gateways(text)
+    cfg = tmp_path / "scan.yaml"
+    cfg.write_text(text)
+    assert await wait_for(lambda: all(gw.table.is_online(m) for m in ("three", "one", "other")), 15)
+    other, three = gw.runner_of("other").schedules["other"], gw.runner_of("three").schedules["three"]
+
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "scan", "-c", str(cfg), "rtu", "--first", "1", "--last", "8",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    gate = gw.runner_of("three")._gate  # held around each poll of bus rtu, and for the whole scan
+    samples: list[tuple[float, bool, int, int]] = []  # (time, rtu gate held, rtu polls, other polls)
+
+    async def sample() -> None:
+        loop = asyncio.get_running_loop()
+        while proc.returncode is None:
+            samples.append((loop.time(), gate.locked(), three.polls, other.polls))
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.create_task(sample())
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    await sampler
+    # the scan: the longest stretch with the rtu gate held; meanwhile rtu did not poll and the tcp bus did
+    runs, cur = [], []
+    for smp in samples:
+        if smp[1]:
+            cur.append(smp)
+        elif cur:
+            runs.append(cur)
+            cur = []
+    runs.append(cur)
+    scan_window = max(runs, key=lambda r: r[-1][0] - r[0][0] if r else 0)
+    assert scan_window[-1][0] - scan_window[0][0] > 0.5, "no scan pause seen"
+    assert scan_window[-1][2] - scan_window[0][2] <= 1  # at most the poll in progress when the scan asked
+    assert scan_window[-1][3] > scan_window[0][3]  # the other bus kept polling during the scan
+    out = out.decode()
+    assert proc.returncode == 0, err.decode()
+    assert "# scanned by the running gateway" in out, out
+    found = dict(re.findall(r"address (\d+): already configured as meter '[\w-]+' \((\w+)\)", out))
+    assert found == {"1": "eastron_sdm630", "2": "eastron_sdm120"}, out
+    polls_three = three.polls
+    assert await wait_for(lambda: three.polls > polls_three, 10)  # and the scanned bus polls again

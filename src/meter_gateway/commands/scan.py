@@ -7,7 +7,8 @@ import logging
 import sys
 
 from ..config import INSTANCE_BLOCK, MbusBus
-from ._common import add_config_arg, load_or_exit, serial_port_problem
+from ..scanning import scan_driver
+from ._common import add_config_arg, load_or_exit, local_host, serial_port_problem
 
 
 class ScanError(Exception):
@@ -38,18 +39,37 @@ def _main(args) -> int:
     except StopIteration:
         print(f"error: no bus {args.bus!r}; buses: {', '.join(b.id for b in cfg.buses)}", file=sys.stderr)
         return 2
-    try:
-        check_port(bus)
-        found = asyncio.run(_scan(cfg, bus, profiles, args))
-    except ScanError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    found = _scan_by_gateway(cfg, bus, args)
+    if isinstance(found, str):
+        print(f"error: {found}", file=sys.stderr)
         return 2
+    if found is None:
+        try:
+            check_port(bus)
+            found = asyncio.run(_scan(cfg, bus, profiles, args))
+        except ScanError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if not found:
         print(f"no meter answered on {bus.id}")
         return 1
     for line in proposal(cfg, bus, found):
         print(line)
     return 0
+
+
+def _scan_by_gateway(cfg, bus, args) -> list[dict] | str | None:
+    """Ask the running gateway (it owns the line) to scan between polls; None when no gateway answers."""
+    from ..live import fetch_scan
+
+    up = cfg.upstream.prometheus
+    if not up.enabled or up.port == 0:
+        return None
+    host = local_host(up.bind)
+    found = fetch_scan(host, up.port, bus.id, args.first, args.last, not args.no_secondary)
+    if isinstance(found, list):
+        print(f"# scanned by the running gateway at http://{host}:{up.port} (bus {bus.id} paused meanwhile)")
+    return found
 
 
 def check_port(bus) -> None:
@@ -79,7 +99,7 @@ async def _scan(cfg, bus, profiles, args) -> list[dict]:
 
 
 async def _scan_modbus(bus, profiles, args, where: dict) -> list[dict]:
-    from ..drivers.modbus import ModbusDriver, scan_modbus
+    from ..drivers.modbus import ModbusDriver
 
     driver = ModbusDriver(bus, profiles, **where)
     try:
@@ -87,14 +107,12 @@ async def _scan_modbus(bus, profiles, args, where: dict) -> list[dict]:
     except OSError as exc:
         raise ScanError(f"bus {bus.id}: cannot open the line: {exc}") from None
     try:
-        lo, hi = args.first or 1, args.last or 247
-        return [{"address": f["unit"], "profile": f["profile"]} for f in await scan_modbus(driver, range(lo, hi + 1))]
+        return await scan_driver(driver, bus, profiles, args.first, args.last, not args.no_secondary)
     finally:
         await driver.close()
 
 
 async def _scan_mbus(bus, profiles, args, where: dict) -> list[dict]:
-    from ..drivers.base import DriverError
     from ..drivers.mbus import MbusDriver
 
     driver = MbusDriver(bus, profiles, **where)
@@ -102,32 +120,8 @@ async def _scan_mbus(bus, profiles, args, where: dict) -> list[dict]:
         await driver.link.open()
     except Exception as exc:  # pyserial raises SerialException (an OSError subclass) or ValueError
         raise ScanError(f"bus {bus.id}: cannot open {driver.link.port}: {exc}") from None
-    by_maker = {
-        getattr(profiles.get(n), "manufacturer_id", None): n
-        for n in profiles.names()
-        if getattr(profiles.get(n), "protocol", "") == "mbus"
-    }
     try:
-        lo, hi = args.first if args.first is not None else 0, args.last if args.last is not None else 250
-        found: list[dict] = []
-        seen_ids: set[str] = set()
-        for a in await driver.scan_primary(range(lo, hi + 1)):
-            entry = {"address": a, "profile": "mbus_generic", "ident": ""}
-            try:
-                payloads, _records = await driver.read_telegrams(a)
-                header = payloads[0].header if payloads else None
-            except DriverError:
-                header = None
-            if header is not None:
-                entry["ident"] = header.ident
-                entry["profile"] = by_maker.get(header.manufacturer, "mbus_generic")
-                seen_ids.add(header.ident)
-            found.append(entry)
-        if not args.no_secondary:
-            for ident in await driver.scan_secondary():
-                if ident not in seen_ids:  # a meter with a primary address answers the wildcard search too
-                    found.append({"address": ident, "profile": "mbus_generic", "ident": ident})
-        return found
+        return await scan_driver(driver, bus, profiles, args.first, args.last, not args.no_secondary)
     finally:
         await driver.close()
 

@@ -256,6 +256,7 @@ class PrometheusServer(Server):
         self.http.route("/export", self._export)
         self.http.route("/values", self._values)
         self.http.route("/trace", self._trace)
+        self.http.route("/scan", self._scan)
         self.http.route("/", self._index)
         self._bound: tuple[str, int] | None = None
         self._scrape_lock = asyncio.Lock()
@@ -300,6 +301,29 @@ class PrometheusServer(Server):
             return Response(400, b"after must be a number\n")
         doc = trace_document(bus_id, runner.driver, gw.config.bus(bus_id).type, after)
         return Response(200, (json.dumps(doc) + "\n").encode(), "application/json")
+
+    async def _scan(self, query) -> Response:
+        """Scan a bus between polls: ?bus=ID[&first=N&last=N&secondary=0]; served only on a loopback bind."""
+        import ipaddress
+
+        from ..live import scan_document
+
+        bind = self.gateway.config.upstream.prometheus.bind
+        if not ipaddress.ip_address(bind).is_loopback:
+            return Response(
+                403, b"scanning over HTTP is served only when upstream.prometheus binds a loopback address\n"
+            )
+        gw = self.gateway
+        bus_id = query.get("bus", [""])[0]
+        if bus_id not in gw.buses:
+            return Response(404, f"no polled bus {bus_id!r}; buses: {', '.join(gw.buses)}\n".encode())
+        try:
+            first = int(query["first"][0]) if "first" in query else None
+            last = int(query["last"][0]) if "last" in query else None
+        except ValueError:
+            return Response(400, b"first and last must be numbers\n")
+        found = await gw.scan_bus(bus_id, first, last, query.get("secondary", ["1"])[0] != "0")
+        return Response(200, (json.dumps(scan_document(bus_id, found)) + "\n").encode(), "application/json")
 
     def _export(self, query) -> Response:
         """Billing export from the journal: ?from=2026-11-01&to=2026-12-01[&tenant=T][&format=csv|json]."""
