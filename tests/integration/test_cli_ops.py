@@ -183,3 +183,16 @@ upstream:
 
     rc, _out, err = await cli("trace", "-c", str(cfg), "nosuch")
     assert rc == 2 and "no polled bus 'nosuch'" in err, err
+
+
+async def test_debug_log_shows_the_bus_traffic(gateways, caplog):
+    import logging
+
+    from helpers import wait_for
+
+    caplog.set_level(logging.DEBUG, logger="meter_gateway.drivers.base")
+    gw = await gateways(GATEWAY.replace("enabled: true, bind", "enabled: false, bind"))
+    assert await wait_for(lambda: gw.table.is_online("gen"), 15)
+    lines = [r.getMessage() for r in caplog.records if r.name == "meter_gateway.drivers.base"]
+    assert any(m.startswith("bus rtu TX 01 03 ") for m in lines), lines[:5]
+    assert any(m.startswith("bus rtu RX 01 03 ") for m in lines), lines[:5]

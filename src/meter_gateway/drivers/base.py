@@ -107,6 +107,9 @@ class Driver(ABC):
         """Keep a frame sent ("tx") or received ("rx") for `trace`: sequence number, wall-clock time, bytes."""
         self._frame_seq += 1
         self.frames.append((self._frame_seq, time.time(), direction, bytes(data)))
+        if log.isEnabledFor(logging.DEBUG):  # log_level: debug shows the bus traffic too
+            bus = getattr(getattr(self, "bus", None), "id", "?")
+            log.debug("bus %s %s %s", bus, direction.upper(), bytes(data).hex(" ").upper())
 
     def held_up(self, t0: float, timeout: float, bus_id: str) -> bool:
         """Whether a transaction begun at monotonic t0 outlived its timeout because the gateway itself was held up.
