@@ -27,6 +27,8 @@ COPY docker/gateway.yaml /etc/meter-gateway/gateway.yaml
 ENV PATH=/opt/meter-gateway/bin:$PATH PYTHONUNBUFFERED=1
 USER meter-gateway
 WORKDIR /var/lib/meter-gateway
+# state files (journal, audit log) live here whatever folder the configuration is mounted in (gateway.state_dir)
+ENV STATE_DIRECTORY=/var/lib/meter-gateway
 VOLUME ["/var/lib/meter-gateway"]
 # Modbus TCP slave (5020, published as 502), BACnet/IP, Prometheus /metrics and /health: the ports of
 # docker/gateway.yaml, each bound to 0.0.0.0 there

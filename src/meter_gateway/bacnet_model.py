@@ -79,6 +79,8 @@ def object_specs(
     for m in config.meters:
         if not m.enabled:
             continue
+        if m.bacnet_instance_base is None:  # allowed while BACnet is off: the meter has no objects
+            continue
         pts = meter_points.get(m.id)
         if pts is None:  # `profile: auto` not identified (yet): no objects until it is
             continue

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -10,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .core.catalogue import DEFAULT_INTERVALS, PollClass
-from .yamlutil import LineLoader, format_validation_error, line_of
+from .yamlutil import LineLoader, TextEncodingError, decode_utf8, format_validation_error, line_of
 
 EXIT_CONFIG = 2
 INSTANCE_BLOCK = 100  # BACnet instances reserved per meter: base .. base+99
@@ -35,6 +38,17 @@ class GatewaySection(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     timezone: str = Field("UTC", description="site time zone (IANA name), for daily/monthly closings")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        return check_timezone(v)
+
+    state_dir: str = Field(
+        "",
+        description="folder of the journal, the audit log and other state files (empty: $STATE_DIRECTORY from "
+        "systemd, else /var/lib/meter-gateway when the configuration lives under /etc, else var/ beside it)",
+    )
 
 
 class _BusBase(_Strict):
@@ -72,6 +86,11 @@ class ModbusTcpBus(_BusBase):
     host: str = "127.0.0.1"
     port: int = Field(502, ge=0, le=65535, description="0 only with simulated: a free port is chosen")
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        return check_host(v)
+
 
 class MbusBus(_BusBase, SerialSettings):
     """An M-Bus line (EN 13757-2)."""
@@ -103,7 +122,9 @@ class MeterConfig(_Strict):
     mid: bool = Field(False, description="MID-certified meter: energy and metrology writes are never allowed")
     serial_number: str = ""
     poll_intervals: dict[PollClass, float] = Field({}, description="override the default interval per poll class")
-    bacnet_instance_base: int = Field(ge=0, le=4194200)
+    bacnet_instance_base: int | None = Field(
+        None, ge=0, le=4194200, description="first BACnet instance of this meter (required when BACnet is enabled)"
+    )
     modbus_unit: int | None = Field(
         None,
         ge=1,
@@ -134,6 +155,86 @@ class MeterConfig(_Strict):
     def intervals(self) -> dict[PollClass, float]:
         """Every polled class with its interval for this meter."""
         return {pc: self.interval(pc) for pc in DEFAULT_INTERVALS}
+
+
+def check_timezone(v: str) -> str:
+    """An IANA time zone name, or ValueError with the nearest names."""
+    import difflib
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(v)
+        return v
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        pass
+    names = zoneinfo.available_timezones()
+    if not names:
+        raise ValueError(
+            f"time zone {v!r} cannot be checked: this system has no time zone database (install the tzdata package)"
+        )
+    near = difflib.get_close_matches(v, sorted(names), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(near)}?" if near else "use a name such as Europe/Paris or UTC"
+    raise ValueError(f"unknown time zone {v!r}: {hint}")
+
+
+def _is_ip(v: str) -> bool:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return False
+    return True
+
+
+def check_bind(v: str, ipv6: bool = True) -> str:
+    """A local IP address to listen on."""
+    what = "an IPv4 address" if not ipv6 else "an IP address"
+    if v == "localhost":
+        raise ValueError("bind needs an IP address, not a host name: use 127.0.0.1 for this machine only")
+    if ":" in v and v.count(":") == 1:
+        raise ValueError(f"bind {v!r} holds a port: write the address alone (the port has its own `port:` key)")
+    try:
+        addr = ipaddress.ip_address(v)
+    except ValueError:
+        raise ValueError(
+            f"bind {v!r} is not {what}: use 0.0.0.0 (every interface), 127.0.0.1 (this machine only) "
+            "or one of this machine's addresses"
+        ) from None
+    if addr.version == 6 and not ipv6:
+        raise ValueError(f"bind {v!r}: BACnet/IP needs an IPv4 address (0.0.0.0 for every interface)")
+    if addr.is_multicast:
+        raise ValueError(f"bind {v!r} is a multicast address: use an address of this machine")
+    return v
+
+
+def check_host(v: str) -> str:
+    """A host name or IP address, without a port or a scheme."""
+    if not v.strip():
+        raise ValueError("host is empty: give the meter's (or RTU gateway's) IP address or name")
+    if "://" in v:
+        raise ValueError(f"host {v!r} holds a scheme: write the address alone, e.g. host: 192.168.1.50")
+    if v.count(":") == 1:
+        h, _, port = v.partition(":")
+        raise ValueError(f"host {v!r} holds a port: write `host: {h}` and `port: {port}` on their own lines")
+    if v.count(":") > 1:
+        try:
+            ipaddress.IPv6Address(v.strip("[]"))
+        except ValueError:
+            raise ValueError(f"host {v!r} is not an IP address or host name") from None
+        return v.strip("[]")
+    if any(c.isspace() or c in "/,;" for c in v):
+        raise ValueError(f"host {v!r} is not an IP address or host name")
+    return v
+
+
+def check_host_port(v: str, key: str, default_port: int) -> str:
+    """`host:port` with a valid port."""
+    host, sep, port = v.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{key} {v!r} needs a port: write {v}:{default_port}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{key} {v!r}: the port must be a number 1-65535, e.g. {host}:{default_port}")
+    check_host(host)
+    return v
 
 
 def _check_net(v: list[str]) -> list[str]:
@@ -170,6 +271,19 @@ class BacnetSection(_Strict):
         "loopback when absent (a BMS needs the LAN interface)",
     )
     port: int = Field(47808, ge=0, le=65535)
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        if re.fullmatch(r"[A-Za-z][A-Za-z0-9_.@-]{0,14}", v) and v != "localhost":
+            return v  # an interface name (eth0, enp1s0, br-lan): resolved at start (and by `check`)
+        return check_bind(v, ipv6=False)
+
+    @field_validator("foreign_bbmd")
+    @classmethod
+    def _bbmd(cls, v: str) -> str:
+        return check_host_port(v, "foreign_bbmd", 47808) if v else v
+
     netmask: int | None = Field(None, ge=0, le=32, description="prefix length; default: the interface's")
     device_instance: int = Field(599, ge=0, le=4194302)
     device_name: str = ""
@@ -204,6 +318,12 @@ class ModbusTcpSection(_Strict):
     enabled: bool = True
     bind: str = Field("127.0.0.1", description="local address; loopback unless set (0.0.0.0: every interface)")
     port: int = Field(502, ge=0, le=65535)
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        return check_bind(v)
+
     word_order: Literal["big", "little"] = Field(
         "big", description="word order of 32-bit values; default never changes"
     )
@@ -230,6 +350,11 @@ class PrometheusSection(_Strict):
     )
     max_connections_per_address: int = Field(16, ge=1, le=1000, description="connections at once from one address")
     idle_timeout: float = Field(10.0, gt=0, le=300, description="seconds a client has to send its whole request")
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        return check_bind(v)
 
 
 class UpstreamSection(_Strict):
@@ -273,7 +398,7 @@ class JournalSection(_Strict):
     """Billing-grade index journal (SQLite)."""
 
     enabled: bool = False
-    path: str = Field("var/journal.sqlite", description="SQLite file, relative to the configuration file")
+    path: str = Field("journal.sqlite", description="SQLite file, relative to gateway.state_dir")
     interval: int = Field(900, ge=1, le=86400, description="seconds between index readings, aligned to the clock")
     retention_days: int = Field(3650, ge=1, description="rows older than this are pruned (the hash chain is kept)")
     tariffs: TariffSection = TariffSection()
@@ -290,7 +415,9 @@ class WritesSection(_Strict):
     allow_modbus: list[str] = Field(
         [], description="source networks allowed to write over Modbus TCP (empty: none; 0.0.0.0/0 for any)"
     )
-    audit_log: str = Field("var/audit.jsonl", description="JSON-lines audit file of every write attempt")
+    audit_log: str = Field(
+        "audit.jsonl", description="JSON-lines audit file of every write attempt, relative to gateway.state_dir"
+    )
 
     _nets = field_validator("allow_bacnet", "allow_modbus")(classmethod(lambda cls, v: _check_net(v)))
 
@@ -300,7 +427,7 @@ class GatewayConfig(_Strict):
 
     gateway: GatewaySection = GatewaySection()
     buses: list[Bus] = Field(min_length=1)
-    meters: list[MeterConfig] = Field(min_length=1)
+    meters: list[MeterConfig] = Field([], description="none yet: `meter-gateway scan` finds them")
     upstream: UpstreamSection = UpstreamSection()
     writes: WritesSection = WritesSection()
     journal: JournalSection = JournalSection()
@@ -323,6 +450,7 @@ class GatewayConfig(_Strict):
 def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[Any, ...], str]]:
     errs: list[tuple[tuple[Any, ...], str]] = []
     seen_bus: dict[str, int] = {}
+    serial_ports: dict[str, int] = {}
     for i, b in enumerate(cfg.buses):
         if b.id in seen_bus:
             errs.append((("buses", i, "id"), f"bus id {b.id!r} is already used by buses[{seen_bus[b.id]}]: rename it"))
@@ -331,6 +459,18 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
             errs.append((("buses", i), f"bus {b.id!r} needs `port: /dev/ttyUSB0` (or `simulated: true`)"))
         if isinstance(b, ModbusTcpBus) and b.port == 0 and not b.simulated:
             errs.append((("buses", i, "port"), f"bus {b.id!r}: port 0 is only allowed with `simulated: true`"))
+        if isinstance(b, (ModbusRtuBus, MbusBus)) and not b.simulated and b.port:
+            other = serial_ports.get(b.port)
+            if other is not None:
+                errs.append(
+                    (
+                        ("buses", i, "port"),
+                        f"bus {b.id!r} uses serial port {b.port} like bus {cfg.buses[other].id!r}: one port carries "
+                        "one bus; put the meters of both on one bus (same protocol) or use a second adapter",
+                    )
+                )
+            serial_ports.setdefault(b.port, i)
+    errs += _port_clashes(cfg)
     ids: dict[str, int] = {}
     units: dict[int, int] = {}
     addrs: dict[tuple[str, str], int] = {}
@@ -364,21 +504,34 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
                     )
                 )
             addrs.setdefault(key, i)
-        lo, hi = m.bacnet_instance_base, m.bacnet_instance_base + INSTANCE_BLOCK - 1
-        for j, (olo, ohi, _) in enumerate(ranges):
-            if lo <= ohi and olo <= hi:
+        if m.bacnet_instance_base is None:
+            if cfg.upstream.bacnet.enabled and m.enabled:
+                free = max((r[1] for r in ranges), default=999) + 1
                 errs.append(
                     (
-                        ("meters", i, "bacnet_instance_base"),
-                        f"BACnet instances {lo}-{hi} overlap meter {cfg.meters[j].id!r} ({olo}-{ohi}); "
-                        f"space bases at least {INSTANCE_BLOCK} apart",
+                        ("meters", i),
+                        f"meter {m.id!r} needs `bacnet_instance_base:` (BACnet is enabled), e.g. "
+                        f"bacnet_instance_base: {-(-free // INSTANCE_BLOCK) * INSTANCE_BLOCK}",
                     )
                 )
-                break
-        ranges.append((lo, hi, i))
-        dev = cfg.upstream.bacnet.device_instance
-        if lo <= dev <= hi:
-            errs.append((("meters", i, "bacnet_instance_base"), f"range {lo}-{hi} contains the device instance {dev}"))
+        else:
+            lo, hi = m.bacnet_instance_base, m.bacnet_instance_base + INSTANCE_BLOCK - 1
+            for olo, ohi, j in ranges:
+                if lo <= ohi and olo <= hi:
+                    errs.append(
+                        (
+                            ("meters", i, "bacnet_instance_base"),
+                            f"BACnet instances {lo}-{hi} overlap meter {cfg.meters[j].id!r} ({olo}-{ohi}); "
+                            f"space bases at least {INSTANCE_BLOCK} apart",
+                        )
+                    )
+                    break
+            ranges.append((lo, hi, i))
+            dev = cfg.upstream.bacnet.device_instance
+            if lo <= dev <= hi:
+                errs.append(
+                    (("meters", i, "bacnet_instance_base"), f"range {lo}-{hi} contains the device instance {dev}")
+                )
         if profiles is not None:
             if m.profile == "auto":  # identified at start from the profiles' identification registers
                 if m.bus in seen_bus and cfg.buses[seen_bus[m.bus]].type == "mbus":
@@ -412,6 +565,18 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
                                 f"profile {m.profile!r} is for {proto} meters but bus {m.bus!r} is {btype}",
                             )
                         )
+    tenants = {m.tenant for m in cfg.meters if m.tenant}
+    for i, rule in enumerate(cfg.journal.alerts):
+        where = ("journal", "alerts", i)
+        if bool(rule.meter) == bool(rule.tenant):
+            errs.append((where, "an alert names either `meter:` or `tenant:` (one of them)"))
+        elif rule.meter and rule.meter not in ids:
+            errs.append(
+                ((*where, "meter"), f"alert for meter {rule.meter!r}, which is not defined; meters: {', '.join(ids)}")
+            )
+        elif rule.tenant and rule.tenant not in tenants:
+            known = ", ".join(sorted(tenants)) or "none (set `tenant:` on meters)"
+            errs.append(((*where, "tenant"), f"alert for tenant {rule.tenant!r}, which no meter has; tenants: {known}"))
     errs += _hierarchy_errors(cfg, ids)
     return errs
 
@@ -445,8 +610,39 @@ def _hierarchy_errors(cfg: GatewayConfig, ids: dict[str, int]) -> list[tuple[tup
     return errs
 
 
+def _port_clashes(cfg: GatewayConfig) -> list[tuple[tuple[Any, ...], str]]:
+    """Two listeners of this process on one TCP port (0 picks a free port and never clashes)."""
+    up = cfg.upstream
+    users: list[tuple[tuple[Any, ...], str, str, int]] = []
+    if up.modbus_tcp.enabled:
+        users.append(
+            (("upstream", "modbus_tcp", "port"), "upstream modbus_tcp", up.modbus_tcp.bind, up.modbus_tcp.port)
+        )
+    if up.prometheus.enabled:
+        users.append(
+            (("upstream", "prometheus", "port"), "upstream prometheus", up.prometheus.bind, up.prometheus.port)
+        )
+    for i, b in enumerate(cfg.buses):
+        if isinstance(b, ModbusTcpBus) and b.simulated:
+            users.append((("buses", i, "port"), f"simulated bus {b.id!r}", "127.0.0.1", b.port))
+    errs = []
+    for n, (path, who, bind, port) in enumerate(users):
+        for _opath, owho, obind, oport in users[:n]:
+            if port and port == oport and (bind == obind or "0.0.0.0" in (bind, obind) or "::" in (bind, obind)):
+                errs.append((path, f"{who} and {owho} both use TCP port {port}: give each its own port"))
+                break
+    return errs
+
+
 def _address_errors(bus: Any, address: int | str) -> list[str]:
     if isinstance(bus, MbusBus):
+        if isinstance(address, int) and address > 250:
+            example = f'"{address}"' if len(str(address)) == 8 else '"01234567"'
+            return [
+                f"M-Bus primary address must be 0-250, got {address}; a secondary address is 8 digits in quotes, "
+                f"exactly as on the meter, e.g. address: {example} (unquoted, YAML reads a number and drops or "
+                "reinterprets leading zeros)"
+            ]
         if isinstance(address, int):
             return [] if 0 <= address <= 250 else [f"M-Bus primary address must be 0-250, got {address}"]
         s = str(address)
@@ -460,8 +656,14 @@ def _address_errors(bus: Any, address: int | str) -> list[str]:
     return []
 
 
-def parse_config(text: str, source: str = "gateway.yaml", profiles: Any | None = None) -> GatewayConfig:
-    """Parse and validate a configuration text; raise ConfigError naming source:line."""
+def parse_config(
+    text: str, source: str = "gateway.yaml", profiles: Any | None = None, preflight: bool = False
+) -> GatewayConfig:
+    """Parse and validate a configuration text; raise ConfigError naming source:line.
+
+    With `preflight`, also check what `run` needs from this machine (writable state files, local bind addresses,
+    privileged ports): what `check` and a reload verify before anything opens.
+    """
     try:
         doc, lines = LineLoader.load(text)
     except yaml.MarkedYAMLError as exc:
@@ -487,19 +689,168 @@ def parse_config(text: str, source: str = "gateway.yaml", profiles: Any | None =
         except ValueError as exc:
             raise ConfigError(f"{source}:{line_of(lines, ('gateway', 'profile_dirs'))}: {exc}") from exc
     errs = _cross_checks(cfg, profiles)
+    if preflight:
+        errs += environment_errors(cfg, source)
     if errs:
         raise ConfigError("\n".join(f"{source}:{line_of(lines, path)}: {msg}" for path, msg in errs))
     return cfg
 
 
-def load_config(path: str | Path, profiles: Any | None = None) -> GatewayConfig:
-    """Read and validate a configuration file."""
+def load_config(path: str | Path, profiles: Any | None = None, preflight: bool = False) -> GatewayConfig:
+    """Read and validate a configuration file (with `preflight`, also what the machine must offer to `run`)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the configuration: {exc.strerror}") from exc
-    return parse_config(text, str(p), profiles)
+    try:
+        text = decode_utf8(data, str(p))
+    except TextEncodingError as exc:
+        raise ConfigError(str(exc)) from None
+    return parse_config(text, str(p), profiles, preflight=preflight)
+
+
+SYSTEM_STATE_DIR = Path("/var/lib/meter-gateway")
+
+
+def state_dir(cfg: GatewayConfig, config_path: str | Path | None, environ: Mapping[str, str] | None = None) -> Path:
+    """Where state files live: gateway.state_dir, else systemd's $STATE_DIRECTORY, else the installed or demo place."""
+    env = os.environ if environ is None else environ
+    base = Path(config_path).parent if config_path is not None else Path.cwd()
+    if cfg.gateway.state_dir:
+        return base / cfg.gateway.state_dir  # an absolute state_dir stays as it is
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if config_path is not None and Path(os.path.abspath(config_path)).is_relative_to("/etc"):
+        return SYSTEM_STATE_DIR
+    return base / "var"
+
+
+def state_path(
+    cfg: GatewayConfig, config_path: str | Path | None, value: str, environ: Mapping[str, str] | None = None
+) -> Path:
+    """A state file's path: absolute as written, relative ones inside the state directory.
+
+    Configurations written before state_dir existed said `var/journal.sqlite` beside the configuration; when the
+    state directory is that same `var/`, such a path keeps naming the same file.
+    """
+    p = Path(value)
+    if p.is_absolute():
+        return p
+    sd = state_dir(cfg, config_path, environ)
+    base = Path(config_path).parent if config_path is not None else Path.cwd()
+    if p.parts[:1] == ("var",) and sd == base / "var":
+        return base / p
+    return sd / p
+
+
+def _dir_problem(d: Path, user: str) -> str:
+    """Why this process could not keep files in folder `d` ('' when it can)."""
+    if d.exists():
+        if not d.is_dir():
+            return f"{d} is not a folder"
+        return "" if os.access(d, os.W_OK | os.X_OK) else f"{d} is not writable by user {user!r}"
+    parent = d.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{d} cannot be created: {parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{d} does not exist and user {user!r} cannot create it ({parent} is not writable)"
+    return ""
+
+
+def _file_problem(f: Path, user: str) -> str:
+    if f.exists():
+        if f.is_dir():
+            return f"{f} is a folder, not a file"
+        return "" if os.access(f, os.W_OK) else f"{f} is not writable by user {user!r}"
+    return _dir_problem(f.parent, user)
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.geteuid())
+
+
+def _can_bind(port: int) -> bool:
+    """Whether this process may listen on a TCP port (below the unprivileged start it needs root or the capability)."""
+    try:
+        start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        start = 1024
+    if port >= start or os.geteuid() == 0:
+        return True
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << 10))  # CAP_NET_BIND_SERVICE
+    except (OSError, ValueError):
+        pass
+    return True  # unknown: let the server report it
+
+
+def environment_errors(cfg: GatewayConfig, config_path: str | Path | None) -> list[tuple[tuple[Any, ...], str]]:
+    """What `run` needs from this machine: writable state files, local bind addresses, rights on low ports."""
+    import socket
+
+    errs: list[tuple[tuple[Any, ...], str]] = []
+    up = cfg.upstream
+    servers = {k: getattr(up, k) for k in ("bacnet", "modbus_tcp", "prometheus") if getattr(up, k).enabled}
+    user = _user()
+    fix = f"set gateway.state_dir to a folder that user {user!r} may write (systemd: StateDirectory=)"
+    files = []
+    if cfg.journal.enabled:
+        files.append((("journal", "path"), "journal", cfg.journal.path))
+    if servers:
+        files.append((("writes", "audit_log"), "audit log", cfg.writes.audit_log))
+    if files:
+        sd = state_dir(cfg, config_path)
+        problem = _dir_problem(sd, user)
+        if problem:
+            errs.append((("gateway", "state_dir"), f"state directory: {problem}; {fix}"))
+        for key, what, value in files:
+            f = state_path(cfg, config_path, value)
+            if f.parent == sd and problem:
+                continue
+            problem_f = _file_problem(f, user)
+            if problem_f:
+                errs.append((key, f"{what}: {problem_f}; {fix}, or give a path in a writable folder"))
+    for key, sec in servers.items():
+        if key == "bacnet":
+            from .servers.bacnet_net import resolve_bind
+
+            try:
+                resolve_bind(sec.bind, sec.netmask)
+            except ValueError as exc:
+                errs.append((("upstream", key, "bind"), f"{exc}: use an interface name or one of its addresses"))
+                continue
+        if sec.bind not in ("0.0.0.0", "::") and not (key == "bacnet" and not _is_ip(sec.bind)):
+            fam = socket.AF_INET6 if ":" in sec.bind else socket.AF_INET
+            with socket.socket(fam, socket.SOCK_DGRAM) as s:
+                try:
+                    s.bind((sec.bind, 0))
+                except OSError:
+                    errs.append(
+                        (
+                            ("upstream", key, "bind"),
+                            f"bind {sec.bind} is not an address of this machine: use 0.0.0.0 (every interface), "
+                            "127.0.0.1, or an address shown by `ip -brief address`",
+                        )
+                    )
+        if sec.port and not _can_bind(sec.port):
+            errs.append(
+                (
+                    ("upstream", key, "port"),
+                    f"port {sec.port} is privileged: user {user!r} needs CAP_NET_BIND_SERVICE (the systemd unit "
+                    "grants it) or root; or use a port above 1023 such as 5020",
+                )
+            )
+    return errs
 
 
 def json_schema() -> dict[str, Any]:

@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from .aio import cancel_and_wait
@@ -71,6 +72,7 @@ class BusRunner:
             self.schedules[m.id] = MeterSchedule(m, {k: tuple(v) for k, v in by_class.items()})
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        self._gate = asyncio.Lock()  # held around each poll; `paused()` holds it to have the line alone
         self.cycle_started: float | None = None
         self._cycle_seen: set[str] = set()
 
@@ -95,6 +97,16 @@ class BusRunner:
                 log.error("bus %s: the poll task did not stop", self.bus_id)
             self._task = None
         await self.driver.close()
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[Driver]:
+        """Hold this bus's polling (after the poll in progress) while the caller uses its driver alone."""
+        async with self._gate:
+            log.info("bus %s: polling paused", self.bus_id)
+            try:
+                yield self.driver
+            finally:
+                log.info("bus %s: polling resumed", self.bus_id)
 
     def request_poll(self, meter_id: str, classes: tuple[PollClass, ...] | None = None) -> None:
         """Ask for an early poll of a meter (e.g. configuration after a write)."""
@@ -141,7 +153,8 @@ class BusRunner:
             due = tuple(pc for pc, d in s.due.items() if d <= now + 0.05)
             if s.failures and len(due) > 1:
                 due = due[:1]  # probe a silent meter with one class; the rest follows once it answers
-            ok = await self.poll(s, due)
+            async with self._gate:
+                ok = await self.poll(s, due)
             after = time.monotonic()
             mid = s.meter.id
             for pc in due:

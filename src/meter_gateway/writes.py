@@ -218,11 +218,10 @@ def read_audit(path: Path, last: int = 50) -> list[dict[str, Any]]:
 
 
 def audit_path(gateway: Gateway) -> Path:
-    """The audit file, relative paths taken from the configuration file's folder."""
-    p = Path(gateway.config.writes.audit_log)
-    if not p.is_absolute() and gateway.config_path is not None:
-        p = gateway.config_path.parent / p
-    return p
+    """The audit file, relative paths taken from the state directory (gateway.state_dir)."""
+    from .config import state_path
+
+    return state_path(gateway.config, gateway.config_path, gateway.config.writes.audit_log)
 
 
 class WriteService:

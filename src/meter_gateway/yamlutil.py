@@ -74,8 +74,17 @@ def format_validation_error(exc: ValidationError, source: str, lines: dict[Path_
     out = []
     for err in exc.errors():
         loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-after")))
-        # pydantic adds union/tag names to loc; keep only keys present in the document where possible
-        clean = tuple(x for x in loc if x in _keys_of(lines) or isinstance(x, int))
+        # pydantic adds union/tag names to loc: keep the steps that follow the document's own paths
+        clean: Path_ = ()
+        for x in loc:
+            if (*clean, x) in lines:
+                clean = (*clean, x)
+        if err["type"] == "missing" and loc:
+            clean = (*clean, loc[-1])
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            tag = str((err.get("ctx") or {}).get("discriminator", "type")).strip("'")
+            if (*clean, tag) in lines:
+                clean = (*clean, tag)
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
@@ -85,13 +94,72 @@ def format_validation_error(exc: ValidationError, source: str, lines: dict[Path_
             clean = clean + tuple(int(x) if x.isdigit() else x for x in path.split("."))
         line = line_of(lines, clean)
         where = ".".join(str(x) for x in clean) or "(top level)"
+        msg = _plain(err, msg)
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {loc[-1]!r}: remove it or check its spelling"
+        elif err["type"] == "union_tag_not_found":
+            tag = (err.get("ctx") or {}).get("discriminator", "type").strip("'")
+            msg = f"missing `{tag}:`; {_TAG_HINT.get(tag, 'add it')}"
+        elif err["type"] == "union_tag_invalid":
+            ctx = err.get("ctx") or {}
+            tag = str(ctx.get("discriminator", "type")).strip("'")
+            msg = f"unknown {tag} {ctx.get('tag')!r}; {_TAG_HINT.get(tag, 'use ' + str(ctx.get('expected_tags')))}"
         elif err["type"] == "missing":
             msg = f"missing required key {loc[-1]!r}"
         out.append(f"{source}:{line}: {where}: {msg}")
     return "\n".join(out)
 
 
-def _keys_of(lines: dict[Path_, int]) -> set[Any]:
-    return {k for path in lines for k in path}
+def _plain(err: Any, msg: str) -> str:
+    """The project's words for pydantic's common complaints (bounds, choices, types, patterns)."""
+    t, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    bounds = {
+        "greater_than_equal": ("at least", "ge"),
+        "less_than_equal": ("at most", "le"),
+        "greater_than": ("more than", "gt"),
+        "less_than": ("less than", "lt"),
+    }
+    if t in bounds:
+        words, key = bounds[t]
+        return f"must be {words} {ctx.get(key)}, got {got!r}"
+    if t in ("int_parsing", "int_type", "int_from_float"):
+        return f"must be a whole number, got {got!r}"
+    if t in ("float_parsing", "float_type"):
+        return f"must be a number, got {got!r}"
+    if t in ("bool_parsing", "bool_type"):
+        return f"must be true or false, got {got!r}"
+    if t == "literal_error":
+        return f"must be one of {ctx.get('expected')}, got {got!r}"
+    if t == "string_too_short":
+        return "must not be empty"
+    if t == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters long"
+    if t == "string_pattern_mismatch":
+        extra = "'_', '-' and '.'" if "." in str(ctx.get("pattern", "")) else "'_' and '-'"
+        return f"{got!r} may only hold letters, digits, {extra} (no spaces)"
+    if t in ("string_type", "list_type", "dict_type", "model_type"):
+        kind = {"string_type": "text", "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}[t]
+        return f"must be {kind}, got {got!r}"
+    return msg
+
+
+_TAG_HINT = {"type": "a bus is `type: modbus_rtu`, `type: modbus_tcp` or `type: mbus`"}
+
+
+class TextEncodingError(ValueError):
+    """A YAML file that is not UTF-8; str() names the file, the line and the fix."""
+
+
+def decode_utf8(data: bytes, source: str) -> str:
+    """UTF-8 text of a file (a UTF-8 byte-order mark is accepted); any other encoding is a TextEncodingError."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:200]:
+        raise TextEncodingError(f"{source}:1: the file is UTF-16 (or binary), not UTF-8 text; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        byte = data[exc.start]
+        guess = data[exc.start : exc.start + 1].decode("latin-1")
+        raise TextEncodingError(
+            f"{source}:{line}: byte 0x{byte:02x} is not UTF-8 (Latin-1 {guess!r}?); save the file as UTF-8"
+        ) from None

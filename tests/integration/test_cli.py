@@ -109,6 +109,7 @@ def test_audit_command_shows_recent_attempts(tmp_path: Path):
         "reason": "writes are disabled",
         "meter_reply": "",
     }
-    (tmp_path / "audit.jsonl").write_text(json.dumps(rec) + "\n" + "not json\n")
+    (tmp_path / "var").mkdir()  # relative state files live in the state directory: var/ beside the demo config
+    (tmp_path / "var" / "audit.jsonl").write_text(json.dumps(rec) + "\n" + "not json\n")
     res = run_cli("audit", "-c", str(cfg), "-n", "5")
     assert "sdm.Demand_Interval=30 DENIED: writes are disabled" in res.stdout

@@ -21,7 +21,7 @@ from pymodbus.client import ModbusTcpClient
 from helpers import wait_for
 
 CONFIG = """
-gateway: {{name: hostile, log_level: info}}
+gateway: {{name: hostile, log_level: info, state_dir: .}}
 buses: [{{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.3}}]
 meters:
   - {{id: a, bus: rtu, address: 1, profile: generic, bacnet_instance_base: 1000, modbus_unit: 1,

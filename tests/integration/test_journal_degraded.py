@@ -18,7 +18,7 @@ from helpers import FAST, BacnetClient, wait_for
 from meter_gateway.journal.store import Reading, open_journal
 
 YAML = f"""
-gateway: {{name: degraded, timezone: Europe/Paris}}
+gateway: {{name: degraded, timezone: Europe/Paris, state_dir: .}}
 buses: [{{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.3}}]
 meters:
   - {{id: a, tenant: T1, bus: rtu, address: 1, profile: generic, bacnet_instance_base: 1000, modbus_unit: 1,

@@ -65,7 +65,7 @@ def wait_rows(db: Path, n: int, timeout: float = 40) -> None:
 def test_sigkill_loses_at_most_the_reading_in_flight(tmp_path: Path):
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(YAML.replace("PROM", "false").replace("INTERVAL", "4"))
-    db = tmp_path / "journal.sqlite"
+    db = tmp_path / "var" / "journal.sqlite"  # relative paths: in the state directory, var/ beside the config
     p = start(cfg)
     try:
         wait_rows(db, 2)

@@ -135,7 +135,8 @@ async def test_read_records_shows_every_record_beside_its_point(line, tmp_path):
 async def test_scan_proposes_a_profile_per_meter_or_says_none_matches(line, tmp_path):
     _sim, port = line
     cfg = tmp_path / "gateway.yaml"
-    cfg.write_text(gateway_yaml(port))
+    text = gateway_yaml(port)
+    cfg.write_text(text[: text.index("meters:")] + "meters: []\n" + text[text.index("upstream:") :])  # a new line
     code, out, err = await _cli("scan", "-c", str(cfg), "mb", "--first", "6", "--last", "10", "--no-secondary")
     assert code == 0, err
     lines = {ln.split("address: ")[1].split(",")[0]: ln for ln in out.splitlines() if "address: " in ln}

@@ -74,7 +74,7 @@ async def test_models_and_openapi_over_http(profiles):
 
 
 XML_YAML = """
-gateway: {name: x, timezone: Europe/Paris}
+gateway: {name: x, timezone: Europe/Paris, state_dir: .}
 buses: [{id: b, type: modbus_rtu, simulated: true}]
 meters:
   - {id: a, tenant: T1, serial_number: S-1, bus: b, address: 1, profile: generic, mid: true, bacnet_instance_base: 1000}

@@ -19,7 +19,7 @@ xmlschema = pytest.importorskip("xmlschema", reason="xmlschema is not installed 
 
 TZ = "Europe/Paris"
 YAML = f"""
-gateway: {{name: x, timezone: {TZ}}}
+gateway: {{name: x, timezone: {TZ}, state_dir: .}}
 buses: [{{id: b, type: modbus_rtu, simulated: true}}]
 meters:
   - {{id: a, name: Shop A, tenant: T1, serial_number: S-1, bus: b, address: 1, profile: generic, mid: true,

@@ -30,7 +30,7 @@ from meter_gateway.journal.verify import verify
 
 T0 = 1_790_000_100 // 900 * 900
 YAML = """
-gateway: {name: j, timezone: Europe/Paris}
+gateway: {name: j, timezone: Europe/Paris, state_dir: .}  # state files beside the configuration
 buses: [{id: b, type: modbus_rtu, simulated: true}]
 meters:
   - {id: a, tenant: T1, bus: b, address: 1, profile: generic, bacnet_instance_base: 1000}

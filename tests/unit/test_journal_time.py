@@ -21,7 +21,7 @@ from meter_gateway.profiles import load_profiles
 
 TZ = "Europe/Paris"
 YAML = f"""
-gateway: {{name: j, timezone: {TZ}}}
+gateway: {{name: j, timezone: {TZ}, state_dir: .}}
 buses: [{{id: b, type: modbus_rtu, simulated: true}}]
 meters:
   - {{id: a, tenant: T1, bus: b, address: 1, profile: generic, bacnet_instance_base: 1000}}

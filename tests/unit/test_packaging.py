@@ -102,3 +102,37 @@ def test_grafana_dashboard_uses_existing_metrics():
     for name in used:
         base = re.sub(r"_(bucket|sum|count)$", "", name)
         assert base in documented or base in known, name
+
+
+def test_systemd_unit_reaches_common_serial_devices_and_does_not_loop():
+    unit = (ROOT / "systemd" / "meter-gateway.service").read_text()
+    allowed = {line.split("=", 1)[1].split()[0] for line in unit.splitlines() if line.startswith("DeviceAllow=")}
+    for group in ("char-ttyUSB", "char-ttyACM", "char-ttyS", "char-ttyAMA"):
+        assert group in allowed, group
+    # RestartPreventExitStatus= only looks at the main process: a failing ExecStartPre would restart forever
+    assert "ExecStartPre=" not in unit
+    assert "StartLimitBurst=" in unit and "StartLimitIntervalSec=" in unit
+    assert "StateDirectory=meter-gateway" in unit
+
+
+def test_dockerfile_keeps_state_in_its_volume():
+    ins = instructions((ROOT / "Dockerfile").read_text())
+    volume = next(r for w, r in ins if w == "VOLUME")
+    env = " ".join(r for w, r in ins if w == "ENV")
+    assert "/var/lib/meter-gateway" in volume and "STATE_DIRECTORY=/var/lib/meter-gateway" in env
+
+
+def test_run_refuses_a_bad_configuration_with_exit_2(tmp_path: Path):
+    """What systemd's RestartPreventExitStatus=2 relies on: `run` checks first and exits 2, no traceback."""
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(
+        "gateway: {timezone: Europe/Pariss}\n"
+        "buses: [{id: b, type: modbus_tcp, simulated: true, port: 0}]\n"
+        "meters: [{id: m, bus: b, address: 1, profile: generic, bacnet_instance_base: 1000}]\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 2, res.stderr
+    assert f"{cfg}:1: gateway.timezone: unknown time zone 'Europe/Pariss'" in res.stderr
+    assert "Traceback" not in res.stderr

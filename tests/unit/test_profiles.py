@@ -108,7 +108,7 @@ points:
         ("  Voltage_L1_N:", "  Energy_Total:", "'Energy_Total' is not a catalogue point", 6),
         ("type: uint32", "type: int24", "type", 5),
         ("manufacturer: ACME\n", "", "missing required key 'manufacturer'", 1),
-        ("{address: 10}", "{address: 70000}", "less than or equal to 65535", 6),
+        ("{address: 10}", "{address: 70000}", "must be at most 65535", 6),
         (
             "  Voltage_L1_N: {address: 10}",
             "  Voltage_L1_N: {address: 10, write: {function: 16}}",

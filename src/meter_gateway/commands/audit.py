@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from ..config import state_path
 from ..writes import read_audit
 from ._common import add_config_arg, load_or_exit
 
@@ -20,9 +20,7 @@ def add_parser(sub) -> None:
 
 def _main(args) -> int:
     cfg, _profiles = load_or_exit(args.config)
-    path = Path(cfg.writes.audit_log)
-    if not path.is_absolute():
-        path = Path(args.config).parent / path
+    path = state_path(cfg, args.config, cfg.writes.audit_log)
     records = read_audit(path, 10**9)
     if not args.json:  # journal checkpoints copied into the audit log are not write attempts
         records = [r for r in records if "event" not in r]

@@ -1,14 +1,28 @@
-"""`meter-gateway bacnet-read`: a small BACnet/IP client to check a device (Who-Is, ReadProperty, a PICS table)."""
+"""`meter-gateway bacnet-read`: a small BACnet/IP client to check a device (Who-Is, ReadProperty, a PICS table).
+
+Exit status: 0 every property read; 1 no device answered; 2 a malformed object or an unknown property name
+(nothing is sent); 3 the device answered with an error (unknown object, unknown property...) for at least one.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import difflib
 import sys
+
+EXIT_OK, EXIT_NO_DEVICE, EXIT_USAGE, EXIT_DEVICE_ERROR = 0, 1, 2, 3
 
 
 def add_parser(sub) -> None:
     """Register the subcommand."""
-    p = sub.add_parser("bacnet-read", help="read BACnet properties from a device (a quick client for checks)")
+    p = sub.add_parser(
+        "bacnet-read",
+        help="read BACnet properties from a device (a quick client for checks)",
+        epilog="exit status: 0 all read, 1 no device answered, 2 malformed object or unknown property name, "
+        "3 the device answered an error (unknown object or property)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("device", help="device address, e.g. 127.0.0.1:47808")
     p.add_argument("object", nargs="?", default="", help="object, e.g. analog-input,1011 (default: Who-Is only)")
     p.add_argument("properties", nargs="*", default=["present-value"], help="properties (default present-value)")
@@ -20,7 +34,31 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
+    problem = check_names(args.object, args.properties)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     return asyncio.run(_read(args))
+
+
+def check_names(obj: str, props: list[str]) -> str:
+    """Refuse a malformed object identifier or a property name BACnet does not have ('' when all are valid)."""
+    from bacpypes3.basetypes import ObjectType, PropertyIdentifier
+
+    if obj:
+        otype, sep, inst = obj.partition(",")
+        if not sep or not inst.strip().isdigit():
+            return f"object {obj!r} must be type,instance such as analog-input,1005"
+        if otype not in ObjectType._enum_map:
+            near = difflib.get_close_matches(otype, [k for k in ObjectType._enum_map if "-" in k], n=1)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            return f"unknown object type {otype!r}{hint}"
+    for prop in props:
+        if prop not in PropertyIdentifier._enum_map and prop != "all":
+            near = difflib.get_close_matches(prop, [k for k in PropertyIdentifier._enum_map if "-" in k], n=1)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            return f"unknown property {prop!r}{hint}"
+    return ""
 
 
 async def _read(args) -> int:
@@ -36,27 +74,40 @@ async def _read(args) -> int:
         addr = Address(args.device)
         i_ams = await app.who_is(0, 4194303, addr, timeout=3)
         if not i_ams:
-            print(f"no I-Am from {args.device}", file=sys.stderr)
-            return 1
+            print(f"error: no I-Am from {args.device}", file=sys.stderr)
+            return EXIT_NO_DEVICE
         if args.pics:
             print(await pics(app, addr, i_ams[0].iAmDeviceIdentifier))
             return 0
         for i in i_ams:
             print(f"device {i.iAmDeviceIdentifier[1]} at {i.pduSource}")
         if not args.object:
-            return 0
+            return EXIT_OK
+        status = EXIT_OK
         for prop in args.properties:
             try:
                 value = await app.read_property(addr, args.object, prop)
             except BaseException as exc:  # bacpypes3 raises Error PDUs as BaseException
                 if isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
                     raise
-                print(f"{args.object} {prop}: {exc}")
+                print(f"error: {args.object} {prop}: {_error(exc)}", file=sys.stderr)
+                status = EXIT_DEVICE_ERROR
                 continue
             print(f"{args.object} {prop}: {_show(value)}")
-        return 0
+        return status
     finally:
         app.close()
+
+
+def _error(exc: BaseException) -> str:
+    """An Error/Reject/Abort PDU by its class and code (e.g. object: unknown-object), else the exception type."""
+    code = getattr(exc, "errorCode", None)
+    if code is not None:
+        return f"{getattr(exc, 'errorClass', '')}: {code}"
+    reason = getattr(exc, "apduAbortRejectReason", None)
+    if reason is not None:
+        return f"{type(exc).__name__}: {reason}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _show(value) -> str:

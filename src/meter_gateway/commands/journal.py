@@ -22,8 +22,9 @@ def add_parser(sub) -> None:
 
 
 def _path(cfg, config_file: str) -> Path:
-    p = Path(cfg.journal.path)
-    return p if p.is_absolute() else Path(config_file).parent / p
+    from ..config import state_path
+
+    return state_path(cfg, config_file, cfg.journal.path)
 
 
 def _audit(cfg, config_file: str) -> Path:

@@ -55,8 +55,46 @@ def _main(args) -> int:
         w.writeheader()
         w.writerows(rows)
     else:
-        widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in COLUMNS}
-        print("  ".join(c.ljust(widths[c]) for c in COLUMNS))
-        for r in rows:
-            print("  ".join(str(r[c]).ljust(widths[c]) for c in COLUMNS))
+        for line in table(rows):
+            print(line)
     return 0
+
+
+#: the table view: short headings and BACnet types, the description cut to fit WIDTH (csv/json keep everything)
+TABLE = (
+    ("index", "#"),
+    ("name", "point"),
+    ("kind", "kind"),
+    ("bacnet_type", "bacnet"),
+    ("unit", "unit"),
+    ("poll_class", "poll"),
+    ("range", "range"),
+    ("modbus", "modbus"),
+    ("description", "description"),
+)
+SHORT_TYPES = {
+    "accumulator": "ACC",
+    "analog-input": "AI",
+    "analog-value": "AV",
+    "binary-input": "BI",
+    "binary-output": "BO",
+    "multi-state-value": "MSV",
+}
+WIDTH = 120
+
+
+def table(rows: list[dict]) -> list[str]:
+    """Lines of the table view, none wider than WIDTH."""
+    cells = [
+        {k: SHORT_TYPES.get(str(r[k]), str(r[k])) if k == "bacnet_type" else str(r[k]) for k, _ in TABLE} for r in rows
+    ]
+    widths = {k: max(len(h), *(len(c[k]) for c in cells)) for k, h in TABLE}
+    fixed = sum(widths[k] + 1 for k, _ in TABLE[:-1])
+    widths["description"] = max(len("description"), WIDTH - fixed)
+    out = [" ".join(h.ljust(widths[k]) for k, h in TABLE).rstrip()]
+    for c in cells:
+        d = c["description"]
+        if len(d) > widths["description"]:
+            c["description"] = d[: widths["description"] - 1] + "\u2026"
+        out.append(" ".join(c[k].ljust(widths[k]) for k, _ in TABLE).rstrip())
+    return out

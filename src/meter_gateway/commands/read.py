@@ -1,4 +1,8 @@
-"""`meter-gateway read`: poll one meter once and print every point with unit and quality."""
+"""`meter-gateway read`: every point of one meter with unit and quality.
+
+While the gateway runs (its HTTP server answers), the values come from it, with their age: the running gateway
+owns the line. Otherwise the meter is polled once directly.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from decimal import Decimal
 
 from ..core.catalogue import PollClass, load_catalogue
 from ..core.table import COMM_STATUS
-from ._common import add_config_arg, load_or_exit
+from ._common import add_config_arg, load_or_exit, local_host, serial_port_problem, show_value
 
 
 def add_parser(sub) -> None:
@@ -24,6 +28,9 @@ def add_parser(sub) -> None:
         action="store_true",
         help="M-Bus: also print every decoded data record beside the point it maps to, or why none",
     )
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--live", action="store_true", help="only from the running gateway (error if none answers)")
+    how.add_argument("--direct", action="store_true", help="poll the meter on its bus, even if a gateway runs")
     p.set_defaults(func=_main)
 
 
@@ -37,6 +44,19 @@ def _main(args) -> int:
             f"error: no meter {args.meter!r} in {args.config}; meters: {', '.join(m.id for m in cfg.meters)}",
             file=sys.stderr,
         )
+        return 2
+    if not args.direct and not args.records:  # the records come from reading the meter itself
+        live = _live(cfg, meter.id)
+        if live is not None:
+            return _print_live(cfg, meter, live, args.format)
+        if args.live:
+            up = cfg.upstream.prometheus
+            where = f"http://{local_host(up.bind)}:{up.port}" if up.enabled else "nowhere (upstream.prometheus is off)"
+            print(f"error: no running gateway answers at {where}", file=sys.stderr)
+            return 2
+    problem = serial_port_problem(cfg.bus(meter.bus), f"read meter {meter.id}")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     return asyncio.run(_read(cfg, profiles, meter, args.format, args.records))
 
@@ -77,10 +97,7 @@ async def _read(cfg, profiles, meter, fmt: str, show_records: bool = False) -> i
         v = values[p.name]
         if p.name not in gw.meter_points(meter.id) and p.name != COMM_STATUS:
             continue
-        if p.states and v.value is not None and not isinstance(v.value, float):
-            shown = p.states[int(v.value)] if 0 <= int(v.value) < len(p.states) else str(v.value)
-        else:
-            shown = "" if v.value is None else str(v.value)
+        shown = show_value(p, v.value)
         rows.append(
             {
                 "point": p.name,
@@ -182,3 +199,53 @@ def _print_records(last, records: list[dict] | None) -> None:
         target = r["point"] if r["point"] else f"- {r['why_not']}"
         value = f"{r['value']} {r['unit']}".strip() if r["value"] is not None else ""
         print(f"{r['index']:>3} {(r['dib'] + ' ' + r['vib']):24} {value[:22]:>22} {fields:54} {target}")
+
+
+def _live(cfg, meter_id: str) -> dict | None:
+    """The running gateway's values of this meter, if a gateway answers on the configured HTTP port."""
+    from ..live import fetch_values
+
+    up = cfg.upstream.prometheus
+    if not up.enabled or up.port == 0:
+        return None
+    doc = fetch_values(local_host(up.bind), up.port, meter_id)
+    if doc is None or meter_id not in doc.get("meters", {}):
+        return None
+    doc["url"] = f"http://{local_host(up.bind)}:{up.port}"
+    return doc
+
+
+def _print_live(cfg, meter, doc: dict, fmt: str) -> int:
+    cat = load_catalogue()
+    m = doc["meters"][meter.id]
+    rows = []
+    for p in cat:
+        v = m["points"].get(p.name)
+        if v is None:
+            continue
+        rows.append(
+            {
+                "point": p.name,
+                "value": v["value"],
+                "display": show_value(p, v["value"]),
+                "unit": p.unit,
+                "quality": v["quality"],
+                "reason": v["reason"],
+                "age_s": v["age_s"],
+            }
+        )
+    online = bool(m["online"])
+    if fmt == "json":
+        print(json.dumps({"meter": meter.id, "source": doc["url"], "online": online, "points": rows}, indent=2))
+    else:
+        state = "online" if online else ("starting" if m["online"] is None else "COMMUNICATION FAILURE")
+        print(
+            f"meter {meter.id} ({meter.profile}) on bus {meter.bus}, address {meter.address}: {state} "
+            f"(live from the running gateway {doc['gateway']!r} at {doc['url']})"
+        )
+        print(f"{'point':30} {'value':>16} {'unit':8} {'quality':12} {'age':>8}")
+        for r in rows:
+            age = "-" if r["age_s"] is None else f"{r['age_s']:.1f} s"
+            reason = f"  {r['reason']}" if r["reason"] else ""
+            print(f"{r['point']:30} {r['display']:>16} {r['unit']:8} {r['quality']:12} {age:>8}{reason}")
+    return 0 if online else 1

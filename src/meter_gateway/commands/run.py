@@ -7,11 +7,11 @@ import logging
 import signal
 from pathlib import Path
 
-from ..config import ConfigError, load_config
+from ..config import EXIT_CONFIG, ConfigError
 from ..logsetup import setup_logging
-from ..profiles import ProfileError, load_profiles
+from ..profiles import ProfileError
 from ..sdnotify import notify, watchdog_interval
-from ._common import add_config_arg, load_or_exit
+from ._common import add_config_arg, load_checked, load_or_exit
 
 log = logging.getLogger("meter_gateway.run")
 STOP_TIMEOUT = 10.0
@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
-    cfg, _profiles = load_or_exit(args.config)
+    cfg, _profiles = load_or_exit(args.config, preflight=True)
     setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
     return asyncio.run(run(Path(args.config), args.status_every))
 
@@ -69,12 +69,16 @@ async def _watchdog(get_gw, every: float) -> None:
 
 async def run(path: Path, status_every: float = 0) -> int:
     """Run the gateway from a config file; returns the exit status."""
-    from ..app import Gateway
+    from ..app import Gateway, SimulatedLines
     from ..servers.base import ServerStartError
 
-    cfg = load_config(path)
-    profiles = load_profiles([path.parent / d for d in cfg.gateway.profile_dirs])
-    gw = Gateway(cfg, profiles, config_path=path)
+    try:
+        cfg, profiles = load_checked(path)
+    except (ConfigError, ProfileError) as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    sims = SimulatedLines(profiles)  # simulated buses (demo) live beside the gateway, not inside it
+    gw = Gateway(cfg, profiles, config_path=path, sims=sims)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reload_req = asyncio.Event()
@@ -85,6 +89,7 @@ async def run(path: Path, status_every: float = 0) -> int:
         await gw.start()
     except (ServerStartError, OSError) as exc:
         log.error("start-up failed: %s", exc)
+        await sims.close()
         return 1
     print(f"meter-gateway {cfg.gateway.name} running ({len(gw.table.meter_ids)} meters); Ctrl-C to stop", flush=True)
     status_task = asyncio.create_task(_status_loop(lambda: gw, status_every)) if status_every > 0 else None
@@ -98,7 +103,7 @@ async def run(path: Path, status_every: float = 0) -> int:
             w.cancel()
         if reload_req.is_set() and not stop.is_set():
             reload_req.clear()
-            gw = await _reload(gw, path)
+            await reload(gw, path)
     log.info("stopping")
     notify("STOPPING=1")
     for task in (status_task, watchdog_task):
@@ -106,6 +111,7 @@ async def run(path: Path, status_every: float = 0) -> int:
             task.cancel()
     try:
         await asyncio.wait_for(gw.stop(), STOP_TIMEOUT)
+        await asyncio.wait_for(sims.close(), STOP_TIMEOUT)
     except TimeoutError:
         log.error("stop did not finish within %.0f s", STOP_TIMEOUT)
         return 1
@@ -113,29 +119,29 @@ async def run(path: Path, status_every: float = 0) -> int:
     return 0
 
 
-async def _reload(gw, path: Path):
-    """Validate the new configuration; if good, restart with it, else keep the running one."""
-    from ..app import Gateway
+async def reload(gw, path: Path) -> bool:
+    """SIGHUP: read and check the whole new file first; if good, apply it as a diff, else keep running as is.
 
+    Never raises: whatever is wrong with the file or with starting a changed part is logged, the process lives.
+    """
     try:
-        cfg = load_config(path)
-        profiles = load_profiles([path.parent / d for d in cfg.gateway.profile_dirs])
+        cfg, profiles = load_checked(path)
     except (ConfigError, ProfileError) as exc:
         log.error("reload refused, keeping the running configuration: %s", str(exc).replace("\n", "; "))
-        return gw
+        return False
+    except Exception as exc:  # a bug in a check must not kill a running gateway either
+        log.error("reload refused, keeping the running configuration: %s: %s", type(exc).__name__, exc)
+        return False
     log.info("reloading configuration from %s", path)
     notify("RELOADING=1")
-    await gw.stop()
-    new = Gateway(cfg, profiles, config_path=path)
+    ok = True
     try:
-        await new.start()
+        plan = await gw.apply(cfg, profiles)
     except Exception as exc:
-        log.error("reloaded configuration failed to start (%s); restarting the previous one", exc)
-        old = Gateway(gw.config, gw.profiles, config_path=path)
-        await old.start()
-        notify("READY=1")
-        return old
+        ok = False
+        log.error("configuration reloaded, but some parts did not start: %s", exc)
+    else:
+        log.info("configuration reloaded (replaced %s)", plan.summary())
     setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
-    log.info("configuration reloaded")
     notify("READY=1")
-    return new
+    return ok

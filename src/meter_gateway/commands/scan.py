@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
-from ..config import MbusBus
-from ._common import add_config_arg, load_or_exit
+from ..config import INSTANCE_BLOCK, MbusBus
+from ..scanning import scan_driver
+from ._common import add_config_arg, load_or_exit, local_host, serial_port_problem
+
+
+class ScanError(Exception):
+    """The scan cannot run (missing or busy port); str() is the message for the user."""
 
 
 def add_parser(sub) -> None:
     """Register the subcommand."""
-    p = sub.add_parser("scan", help="list the meters answering on a bus (Modbus unit ids, M-Bus addresses)")
+    p = sub.add_parser(
+        "scan",
+        help="list the meters answering on a bus (Modbus unit ids, M-Bus addresses) with the lines for `meters:`",
+        description="Works with no meter configured yet (`meters: []`) and on simulated buses. "
+        "Exit status: 0 meters found, 1 none answered, 2 the bus cannot be scanned (unknown, port missing or busy).",
+    )
     add_config_arg(p)
     p.add_argument("bus", help="bus id from the configuration")
     p.add_argument("--first", type=int, default=None, help="first address to probe")
@@ -22,69 +33,137 @@ def add_parser(sub) -> None:
 
 def _main(args) -> int:
     cfg, profiles = load_or_exit(args.config)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         bus = cfg.bus(args.bus)
     except StopIteration:
         print(f"error: no bus {args.bus!r}; buses: {', '.join(b.id for b in cfg.buses)}", file=sys.stderr)
         return 2
-    if bus.simulated:
-        print(f"error: bus {bus.id} is simulated: scan a real line (simulated: false)", file=sys.stderr)
+    found = _scan_by_gateway(cfg, bus, args)
+    if isinstance(found, str):
+        print(f"error: {found}", file=sys.stderr)
         return 2
-    found = asyncio.run(_scan(bus, profiles, args))
+    if found is None:
+        try:
+            check_port(bus)
+            found = asyncio.run(_scan(cfg, bus, profiles, args))
+        except ScanError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if not found:
         print(f"no meter answered on {bus.id}")
         return 1
-    print(f"# {len(found)} meter(s) on bus {bus.id}; add to `meters:` in gateway.yaml (ids and bases are suggestions)")
-    for i, f in enumerate(found, start=1):
-        address = f["address"] if isinstance(f["address"], int) else f"'{f['address']}'"
-        variant = f", variant: {f['variant']}" if f.get("variant") else ""
-        if "identified" in f:  # Modbus: say whether the model was identified or only guessed
-            note = f"  # identified: {f['evidence']}" if f["identified"] else "  # GUESS from plausible readings: check"
-        else:  # M-Bus: why this profile (manufacturer, medium, version) or why none
-            note = f"  # {f['note']}" if f.get("note") else ""
-        print(
-            f"  - {{id: {bus.id}-{i}, bus: {bus.id}, address: {address}, profile: {f['profile'] or 'CHOOSE'}"
-            f"{variant}, bacnet_instance_base: {1000 * i}, modbus_unit: {i}}}{note}"
-        )
+    for line in proposal(cfg, bus, found):
+        print(line)
     return 0
 
 
-async def _scan(bus, profiles, args) -> list[dict]:
-    if isinstance(bus, MbusBus):
-        from ..drivers.mbus import MbusDriver
+def _scan_by_gateway(cfg, bus, args) -> list[dict] | str | None:
+    """Ask the running gateway (it owns the line) to scan between polls; None when no gateway answers."""
+    from ..live import fetch_scan
 
-        driver = MbusDriver(bus, profiles)
-        await driver.open()
-        try:
-            lo, hi = args.first if args.first is not None else 0, args.last if args.last is not None else 250
-            addresses: list[int | str] = list(await driver.scan_primary(range(lo, hi + 1)))
-            if not args.no_secondary:
-                addresses += await driver.scan_secondary()
-            return [await _identify(driver, profiles, a) for a in addresses]
-        finally:
-            await driver.close()
-    from ..drivers.modbus import ModbusDriver, scan_modbus
+    up = cfg.upstream.prometheus
+    if not up.enabled or up.port == 0:
+        return None
+    host = local_host(up.bind)
+    found = fetch_scan(host, up.port, bus.id, args.first, args.last, not args.no_secondary)
+    if isinstance(found, list):
+        print(f"# scanned by the running gateway at http://{host}:{up.port} (bus {bus.id} paused meanwhile)")
+    return found
 
-    driver = ModbusDriver(bus, profiles)
-    await driver.open()
+
+def check_port(bus) -> None:
+    """Refuse a serial port that does not exist or that another process holds (e.g. the running gateway)."""
+    problem = serial_port_problem(bus, "scan")
+    if problem:
+        raise ScanError(problem)
+
+
+async def _scan(cfg, bus, profiles, args) -> list[dict]:
+    sims = None
+    where: dict = {}
+    if bus.simulated:
+        from ..app import SimulatedLines
+
+        sims = SimulatedLines(profiles)
+        where = await sims.open(bus, cfg.meters_on(bus.id))
+        if isinstance(bus, MbusBus):
+            bus = bus.model_copy(update={"parity": "N"})  # a pty only takes 8N1
     try:
-        lo, hi = args.first or 1, args.last or 247
-        return [{"address": f.pop("unit"), **f} for f in await scan_modbus(driver, range(lo, hi + 1))]
+        if isinstance(bus, MbusBus):
+            return await _scan_mbus(bus, profiles, args, where)
+        return await _scan_modbus(bus, profiles, args, where)
+    finally:
+        if sims is not None:
+            await sims.close()
+
+
+async def _scan_modbus(bus, profiles, args, where: dict) -> list[dict]:
+    from ..drivers.modbus import ModbusDriver
+
+    driver = ModbusDriver(bus, profiles, **where)
+    try:
+        await driver.open()
+    except OSError as exc:
+        raise ScanError(f"bus {bus.id}: cannot open the line: {exc}") from None
+    try:
+        return await scan_driver(driver, bus, profiles, args.first, args.last, not args.no_secondary)
     finally:
         await driver.close()
 
 
-async def _identify(driver, profiles, address: int | str) -> dict:
-    """Read a found M-Bus meter's header and propose the profile that matches its manufacturer, medium, version."""
-    from ..drivers.base import DriverError
-    from ..profiles.mbus import propose_profile
+async def _scan_mbus(bus, profiles, args, where: dict) -> list[dict]:
+    from ..drivers.mbus import MbusDriver
 
+    driver = MbusDriver(bus, profiles, **where)
     try:
-        payloads, _records = await driver.read_telegrams(address)
-    except DriverError as exc:
-        return {"address": address, "profile": None, "note": f"header not read ({exc}): choose a profile"}
-    header = next((p.header for p in payloads if p.header is not None), None)
-    if header is None:
-        return {"address": address, "profile": None, "note": "telegram without a header: choose a profile"}
-    name, why = propose_profile(profiles, header.manufacturer, header.medium, header.version)
-    return {"address": address, "profile": name, "note": why}
+        await driver.link.open()
+    except Exception as exc:  # pyserial raises SerialException (an OSError subclass) or ValueError
+        raise ScanError(f"bus {bus.id}: cannot open {driver.link.port}: {exc}") from None
+    try:
+        return await scan_driver(driver, bus, profiles, args.first, args.last, not args.no_secondary)
+    finally:
+        await driver.close()
+
+
+def proposal(cfg, bus, found: list[dict]) -> list[str]:
+    """Lines for `meters:`, marking meters already configured; new ids, bases and units do not clash."""
+    configured = {str(m.address): m.id for m in cfg.meters if m.bus == bus.id}
+    ids = {m.id for m in cfg.meters}
+    units = {m.modbus_unit for m in cfg.meters if m.modbus_unit is not None}
+    bases = [m.bacnet_instance_base for m in cfg.meters if m.bacnet_instance_base is not None]
+    next_base = max([cfg.upstream.bacnet.device_instance, *bases], default=0) // INSTANCE_BLOCK * INSTANCE_BLOCK
+    out = [f"# {len(found)} meter(s) on bus {bus.id}; add the new ones to `meters:` (ids and numbers are suggestions)"]
+    n = 0
+    for f in found:
+        addr = f["address"]
+        shown = addr if isinstance(addr, int) else f'"{addr}"'
+        ident = f" secondary id {f['ident']}" if f.get("ident") and isinstance(addr, int) else ""
+        known = configured.get(str(addr)) or (configured.get(f.get("ident", "")) if f.get("ident") else None)
+        if known:
+            note = f"; {f['note']}" if f.get("note") else ""
+            out.append(
+                f"  # address {addr}{ident}: already configured as meter {known!r}; "
+                f"scan proposes {f['profile'] or 'no profile'}{note}"
+            )
+            continue
+        n += 1
+        mid = f"{bus.id}-{n}"
+        while mid in ids:
+            n += 1
+            mid = f"{bus.id}-{n}"
+        ids.add(mid)
+        line = f"  - {{id: {mid}, bus: {bus.id}, address: {shown}, profile: {f['profile'] or 'CHOOSE'}"
+        if f.get("variant"):
+            line += f", variant: {f['variant']}"
+        if cfg.upstream.bacnet.enabled:
+            next_base += INSTANCE_BLOCK
+            line += f", bacnet_instance_base: {next_base}"
+        if cfg.upstream.modbus_tcp.enabled:
+            unit = next((u for u in range(1, 248) if u not in units), None)
+            if unit is not None:
+                units.add(unit)
+                line += f", modbus_unit: {unit}"
+        notes = [x for x in (ident.strip(), f.get("note", "")) if x]
+        out.append(line + "}" + (f"  # {'; '.join(notes)}" if notes else ""))
+    return out

@@ -101,9 +101,22 @@ class Driver(ABC):
 
     kind: str = "abstract"
 
+    #: frames kept for `meter-gateway trace` (commissioning): the newest ones, per bus
+    TRACE_FRAMES = 1000
+
     def __init__(self) -> None:
         self.stats = BusStats()
         self._stall_logged = False
+        self.frames: deque[tuple[int, float, str, bytes]] = deque(maxlen=self.TRACE_FRAMES)
+        self._frame_seq = 0
+
+    def record_frame(self, direction: str, data: bytes) -> None:
+        """Keep a frame sent ("tx") or received ("rx") for `trace`: sequence number, wall-clock time, bytes."""
+        self._frame_seq += 1
+        self.frames.append((self._frame_seq, time.time(), direction, bytes(data)))
+        if log.isEnabledFor(logging.DEBUG):  # log_level: debug shows the bus traffic too
+            bus = getattr(getattr(self, "bus", None), "id", "?")
+            log.debug("bus %s %s %s", bus, direction.upper(), bytes(data).hex(" ").upper())
 
     def held_up(self, t0: float, timeout: float, bus_id: str) -> bool:
         """Whether a transaction begun at monotonic t0 outlived its timeout because the gateway itself was held up.

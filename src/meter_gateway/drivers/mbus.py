@@ -241,7 +241,10 @@ class MbusDriver(Driver):
                 self.stats.transactions += 1
                 self.stats.bytes_sent += len(request)
                 try:
+                    self.record_frame("tx", request)
                     reply = await self.link.exchange(request, expect)
+                    if reply is not None:
+                        self.record_frame("rx", reply)
                     if reply is not None:
                         self.stats.bytes_received += len(reply)
                         parse_frame(reply)  # checksum and stop byte, before anything trusts the reply

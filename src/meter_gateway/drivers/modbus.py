@@ -196,6 +196,7 @@ class ModbusDriver(Driver):
 
     # -- transport ------------------------------------------------------------------------------
     def _trace(self, sending: bool, data: bytes) -> bytes:
+        self.record_frame("tx" if sending else "rx", data)
         if sending:
             self.stats.bytes_sent += len(data)
             return data

@@ -429,11 +429,10 @@ class Recorder:
 
 
 def journal_path(gateway) -> Path:
-    """The SQLite file, relative paths taken from the configuration file's folder."""
-    p = Path(gateway.config.journal.path)
-    if not p.is_absolute() and gateway.config_path is not None:
-        p = gateway.config_path.parent / p
-    return p
+    """The SQLite file, relative paths taken from the state directory (gateway.state_dir)."""
+    from ..config import state_path
+
+    return state_path(gateway.config, gateway.config_path, gateway.config.journal.path)
 
 
 __all__ = ["Recorder", "clock_sync_state", "journal_path"]

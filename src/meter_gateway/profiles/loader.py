@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..yamlutil import LineLoader, format_validation_error
+from ..yamlutil import LineLoader, TextEncodingError, decode_utf8, format_validation_error
 from .schema import ModbusProfile
 
 
@@ -46,9 +46,18 @@ def parse_profile(text: str, source: str) -> BaseModel:
         raise ProfileError(f"{source}:{lines.get(('protocol',), 1)}: {exc}") from exc
 
 
+def _read(path: Path) -> str:
+    try:
+        return decode_utf8(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read the profile: {exc.strerror}") from exc
+    except TextEncodingError as exc:
+        raise ProfileError(str(exc)) from None
+
+
 def load_profile_file(path: Path) -> BaseModel:
     """Load one profile file."""
-    return parse_profile(path.read_text(encoding="utf-8"), str(path))
+    return parse_profile(_read(path), str(path))
 
 
 class ProfileRegistry:
@@ -87,7 +96,7 @@ def load_profiles(extra_dirs: Iterable[Path] = ()) -> ProfileRegistry:
         if not d.is_dir():
             raise ProfileError(f"{d}: profile directory does not exist")
         for f in sorted(d.glob("*.y*ml")):
-            items.append((str(f), f.read_text(encoding="utf-8")))
+            items.append((str(f), _read(f)))
     for source, text in items:
         prof = parse_profile(text, source)
         stem = Path(source).stem

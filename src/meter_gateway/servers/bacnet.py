@@ -13,6 +13,7 @@ bind is verified. See docs/bacnet.md for the conformance statement.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import inspect
@@ -677,6 +678,45 @@ class BacnetServer(Server):
     def foreign_registration(self) -> str | None:
         """Foreign-device registration state (registering, registered, no-answer, refused, expired), None if none."""
         return self.fd_monitor.state if self.fd_monitor is not None and self.fd_monitor.foreign else None
+
+    def meters_changed(self, meter_ids: set[str]) -> bool:
+        """Reload: replace the objects of those meters whose objects differ; the others keep their COV subscribers."""
+        # a tenant rename or a new Modbus unit leaves a meter's objects as they are
+        if self.app is None:
+            return False
+        gw = self.gateway
+        specs = object_specs(gw.config, gw.catalogue, {m: gw.meter_points(m) for m in gw.table.meter_ids})
+        old = {mid: [x for x in self.specs if x.meter_id == mid] for mid in meter_ids}
+        new = {mid: [x for x in specs if x.meter_id == mid] for mid in meter_ids}
+        self.specs = specs
+
+        def same(a: list[ObjectSpec], b: list[ObjectSpec]) -> bool:
+            return [(x.point.name, x.object_type, x.instance, x.name) for x in a] == [
+                (x.point.name, x.object_type, x.instance, x.name) for x in b
+            ]
+
+        for mid in meter_ids:
+            if old[mid] and same(old[mid], new[mid]):
+                for spec in new[mid]:  # same objects: new description, the table's current values
+                    obj = self.objects[(mid, spec.point.name, spec.object_type)]
+                    obj._gw_spec = spec
+                    if obj.description != spec.description:
+                        obj.description = spec.description
+                    self._on_change(mid, spec.point.name, None, gw.table.get(mid, spec.point.name))
+                continue
+            for key in [k for k in self.objects if k[0] == mid]:
+                obj = self.objects.pop(key)
+                with contextlib.suppress(Exception):
+                    self.app.delete_object(obj)
+            for key in [k for k in self._by_point if k[0] == mid]:
+                del self._by_point[key]
+            for spec in new[mid]:
+                self.app.add_object(self._make(spec))
+        revision = self._database_revision()  # raised (and saved) when the object set changed
+        if self.device is not None and revision != self.database_revision:
+            self.database_revision = revision
+            self.device.databaseRevision = revision
+        return True
 
     # -- objects ---------------------------------------------------------------------------------------
     def _make(self, spec: ObjectSpec):

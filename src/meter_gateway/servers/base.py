@@ -32,3 +32,11 @@ class Server(ABC):
     def address(self) -> tuple[str, int] | None:
         """The (host, port) actually bound, once started (port 0 in config resolves here)."""
         return None
+
+    def meters_changed(self, meter_ids: set[str]) -> bool:
+        """Reload: these meters were added, removed or changed (gateway.config is the new one already).
+
+        Return True when the server now serves them without a restart; False (the default) makes the gateway
+        restart this server.
+        """
+        return False

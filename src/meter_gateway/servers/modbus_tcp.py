@@ -493,3 +493,10 @@ class ModbusTcpGatewayServer(Server):
     def address(self) -> tuple[str, int] | None:
         """The bound address."""
         return self._bound
+
+    def meters_changed(self, meter_ids: set[str]) -> bool:
+        """Reload: serve the new unit map; connected clients stay connected."""
+        cfg = self.gateway.config
+        self.units = {m.modbus_unit: m.id for m in cfg.meters if m.enabled and m.modbus_unit is not None}
+        log.info("Modbus TCP server: units %s", ", ".join(f"{u}={m}" for u, m in sorted(self.units.items())))
+        return True

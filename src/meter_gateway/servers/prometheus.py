@@ -306,6 +306,9 @@ class PrometheusServer(Server):
         self.http.route("/metrics", self._metrics)
         self.http.route("/health", self._health)
         self.http.route("/export", self._export)
+        self.http.route("/values", self._values)
+        self.http.route("/trace", self._trace)
+        self.http.route("/scan", self._scan)
         self.http.route("/", self._index)
         ModelRoutes(gateway).add_to(self.http)  # /model/brick.ttl, /model/haystack.json|zinc, /openapi.json
         self._bound: tuple[str, int] | None = None
@@ -328,6 +331,53 @@ class PrometheusServer(Server):
     def _health(self, _query) -> Response:
         code, doc = health(self.gateway)
         return Response(code, (json.dumps(doc, indent=2) + "\n").encode(), "application/json")
+
+    def _values(self, query) -> Response:
+        """Live values with quality and age: ?meter=ID (repeatable; all meters without it)."""
+        from ..live import values_document
+
+        gw = self.gateway
+        doc = values_document(gw.table, gw.config.gateway.name, query.get("meter"))
+        return Response(200, (json.dumps(doc, indent=1) + "\n").encode(), "application/json")
+
+    def _trace(self, query) -> Response:
+        """Frames of one bus for commissioning: ?bus=ID[&after=SEQ] (see `meter-gateway trace`)."""
+        from ..live import trace_document
+
+        gw = self.gateway
+        bus_id = query.get("bus", [""])[0]
+        runner = gw.buses.get(bus_id)
+        if runner is None:
+            return Response(404, f"no polled bus {bus_id!r}; buses: {', '.join(gw.buses)}\n".encode())
+        try:
+            after = int(query.get("after", ["0"])[0])
+        except ValueError:
+            return Response(400, b"after must be a number\n")
+        doc = trace_document(bus_id, runner.driver, gw.config.bus(bus_id).type, after)
+        return Response(200, (json.dumps(doc) + "\n").encode(), "application/json")
+
+    async def _scan(self, query) -> Response:
+        """Scan a bus between polls: ?bus=ID[&first=N&last=N&secondary=0]; served only on a loopback bind."""
+        import ipaddress
+
+        from ..live import scan_document
+
+        bind = self.gateway.config.upstream.prometheus.bind
+        if not ipaddress.ip_address(bind).is_loopback:
+            return Response(
+                403, b"scanning over HTTP is served only when upstream.prometheus binds a loopback address\n"
+            )
+        gw = self.gateway
+        bus_id = query.get("bus", [""])[0]
+        if bus_id not in gw.buses:
+            return Response(404, f"no polled bus {bus_id!r}; buses: {', '.join(gw.buses)}\n".encode())
+        try:
+            first = int(query["first"][0]) if "first" in query else None
+            last = int(query["last"][0]) if "last" in query else None
+        except ValueError:
+            return Response(400, b"first and last must be numbers\n")
+        found = await gw.scan_bus(bus_id, first, last, query.get("secondary", ["1"])[0] != "0")
+        return Response(200, (json.dumps(scan_document(bus_id, found)) + "\n").encode(), "application/json")
 
     async def _export(self, query) -> Response:
         """Billing export from the journal: ?from=2026-11-01&to=2026-12-01[&tenant=T][&format=csv|json|xml].
@@ -447,3 +497,7 @@ class PrometheusServer(Server):
     def address(self) -> tuple[str, int] | None:
         """The bound address."""
         return self._bound
+
+    def meters_changed(self, meter_ids: set[str]) -> bool:
+        """Reload: every scrape reads the gateway's current meters, nothing to rebuild."""
+        return True
