@@ -124,7 +124,7 @@ async def identify_unit(driver, unit: int, profiles: ProfileRegistry, reader: _R
             if v.identify:
                 ev = await reader.all_match(v.identify)
                 if ev is not None:
-                    variant, evidence = v.name, f"{evidence}; {ev}"
+                    variant, evidence = v.name, evidence if ev in evidence else f"{evidence}; {ev}"
                     break
         return Identification(prof.name, variant, evidence)
     return Identification(None, answered=any(v is not None for v in reader.cache.values()) or not reader.silent)
@@ -256,7 +256,13 @@ async def check_bus(driver, meters: Sequence[MeterConfig], profiles: ProfileRegi
         if not msg and ident.variant and m.variant and ident.variant != m.variant:
             msg = f"meter {m.id}: configured variant {m.variant!r} but the meter identifies as {ident.variant!r}"
         elif not msg and ident.variant and m.variant is None:
-            log.warning("meter %s: identified variant %s (%s)", m.id, ident.variant, ident.evidence)
+            log.info(
+                "meter %s: identified variant %s (%s); `variant: %s` in gateway.yaml makes it explicit",
+                m.id,
+                ident.variant,
+                ident.evidence,
+                ident.variant,
+            )
             m = m.model_copy(update={"variant": ident.variant})
         if msg:
             log.warning("PROFILE MISMATCH: %s", msg)
