@@ -53,7 +53,26 @@ def _diag_layout() -> tuple[DiagRegister, ...]:
         out.append(DiagRegister(key, addr, 2, text))
         addr += 2
     out.append(DiagRegister("points_not_good", addr, 1, "uint16 supported points whose quality is not good"))
+    out.append(
+        DiagRegister(
+            "journal_state",
+            addr + 1,
+            1,
+            "gateway billing journal (same in every unit): 0 disabled, 1 ok, 2 degraded, 3 unavailable; "
+            "+256 (bit 8) while the disk is full",
+        )
+    )
     return tuple(out)
+
+
+#: journal_state register: Recorder.state -> code (None: the journal is disabled)
+JOURNAL_STATE_CODE = {None: 0, "ok": 1, "degraded": 2, "unavailable": 3}
+JOURNAL_DISK_FULL = 0x100
+
+
+def journal_state_code(state: str | None, disk_full: bool = False) -> int:
+    """The journal_state register for a journal state (None when disabled) and its disk-full flag."""
+    return JOURNAL_STATE_CODE.get(state, 3) | (JOURNAL_DISK_FULL if disk_full else 0)
 
 
 DIAGNOSTICS: tuple[DiagRegister, ...] = _diag_layout()

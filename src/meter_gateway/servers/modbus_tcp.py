@@ -28,7 +28,7 @@ from ..core.codec import CodecError, WordOrder, encode
 from ..core.codec import DataType as CodecType
 from ..core.quality import Quality
 from ..core.table import COMM_STATUS
-from ..core.upstream_map import DIAGNOSTICS, NEVER, TABLE_FC, UpstreamMap
+from ..core.upstream_map import DIAGNOSTICS, NEVER, TABLE_FC, UpstreamMap, journal_state_code
 from ..ratelog import OnceLog
 from ..writes import Decision, WriteRequest
 from .base import Server, ServerStartError
@@ -324,6 +324,10 @@ class GatewayContext:
             fields["bus_crc_errors"] = stats.crc_errors + stats.frame_errors
         fields["points_not_good"] = sum(
             1 for n, v in values.items() if n in state.points and v.quality not in (Quality.GOOD, Quality.UNSUPPORTED)
+        )
+        journal = self.gw.journal
+        fields["journal_state"] = (
+            journal_state_code(None) if journal is None else journal_state_code(journal.state, journal.disk_full)
         )
         out: dict[int, int] = {}
         order = WordOrder(self.srv.word_order)
