@@ -128,8 +128,8 @@ def _meter_key(cfg: GatewayConfig, profiles: ProfileRegistry, meter_id: str, key
 def _server_key(cfg: GatewayConfig, key: str) -> Any:
     """What an upstream server is built from, besides the meters (a change restarts that server)."""
     g = cfg.gateway
-    if key == "bacnet":  # the device object carries the gateway's name, location and description
-        return (cfg.upstream.bacnet, g.name, g.location, g.description)
+    if key == "bacnet":  # the device carries the gateway's name, location, description; the journal alarm object
+        return (cfg.upstream.bacnet, g.name, g.location, g.description, cfg.journal.enabled)
     return getattr(cfg.upstream, key)
 
 

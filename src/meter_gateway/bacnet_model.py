@@ -112,6 +112,46 @@ def object_specs(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayObjectSpec:
+    """A BACnet object of the gateway itself, tied to no meter (the journal alarm)."""
+
+    key: str
+    object_type: str
+    instance: int
+    name: str
+    description: str
+    inactive_text: str
+    active_text: str
+
+
+#: object name of the journal alarm (Binary Input)
+JOURNAL_ALARM_NAME = "gateway.Journal_Alarm"
+
+
+def gateway_objects(config: GatewayConfig) -> list[GatewayObjectSpec]:
+    """The gateway's own objects: the journal alarm Binary Input while the journal is enabled."""
+    if not config.journal.enabled:
+        return []
+    return [
+        GatewayObjectSpec(
+            "journal_alarm",
+            "binary-input",
+            config.upstream.bacnet.gateway_alarm_instance,
+            JOURNAL_ALARM_NAME,
+            "Billing journal alarm: active while the journal is degraded (damaged file kept aside, write error) or "
+            "unavailable (cannot be opened), or the disk is full; see /health",
+            "normal",
+            "alarm",
+        )
+    ]
+
+
+def journal_alarm(state: str | None, disk_full: bool) -> bool:
+    """Whether the journal alarm is active: the journal is enabled and not ok, or its disk is full."""
+    return state is not None and (state != "ok" or disk_full)
+
+
 def state_valid(spec: ObjectSpec, value: float | int | bool | None) -> bool:
     """Whether a multi-state table value is one of the object's states (others show as multi-state-fault)."""
     p = spec.point

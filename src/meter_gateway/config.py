@@ -286,6 +286,13 @@ class BacnetSection(_Strict):
 
     netmask: int | None = Field(None, ge=0, le=32, description="prefix length; default: the interface's")
     device_instance: int = Field(599, ge=0, le=4194302)
+    gateway_alarm_instance: int = Field(
+        4194000,
+        ge=0,
+        le=4194302,
+        description="instance of the Binary Input gateway.Journal_Alarm (while the journal is enabled); outside "
+        "every meter's instance range",
+    )
     device_name: str = ""
     vendor_name: str = "meter-gateway project"
     vendor_id: int = Field(999, ge=0, le=65535)
@@ -531,6 +538,15 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
             if lo <= dev <= hi:
                 errs.append(
                     (("meters", i, "bacnet_instance_base"), f"range {lo}-{hi} contains the device instance {dev}")
+                )
+            alarm = cfg.upstream.bacnet.gateway_alarm_instance
+            if cfg.journal.enabled and lo <= alarm <= hi:
+                errs.append(
+                    (
+                        ("meters", i, "bacnet_instance_base"),
+                        f"range {lo}-{hi} contains the journal alarm's instance {alarm} "
+                        "(upstream.bacnet.gateway_alarm_instance)",
+                    )
                 )
         if profiles is not None:
             if m.profile == "auto":  # identified at start from the profiles' identification registers

@@ -32,6 +32,7 @@ upstream:
   modbus_tcp: {{enabled: false}}
   prometheus: {{enabled: false}}
 writes: {{enabled: true, allow_bacnet: [127.0.0.1]}}
+journal: {{enabled: true}}  # the device then has the journal alarm Binary Input (gateway.Journal_Alarm)
 """
 DEVICE = 4711
 #: a zone far from UTC, so local-time cannot pass by accident

@@ -296,6 +296,24 @@ def test_write_every_property_of_every_object_type(gateway, client):
             assert client.write(oid, PROP["present-value"], a_null(), priority=16).ok
 
 
+def test_journal_alarm_is_a_read_only_binary_input(gateway, client):
+    alarm = (OBJECT_TYPE["binary-input"], 4194000)
+    assert alarm in object_list(client)
+    assert client.who_has(name="gateway.Journal_Alarm") == [(DEV, alarm, "gateway.Journal_Alarm")]
+    deadline = time.monotonic() + 5
+    while client.read_values(alarm, PROP["present-value"]) != [0] and time.monotonic() < deadline:
+        time.sleep(0.2)  # inactive once the (new, healthy) journal is open
+    assert client.read_values(alarm, PROP["present-value"]) == [0]
+    assert client.read_values(alarm, PROP["reliability"]) == [0]  # no-fault-detected
+    before = len(audit(gateway))
+    for value in (a_enumerated(1), a_enumerated(0), a_null()):
+        ans = client.write(alarm, PROP["present-value"], value, priority=8)
+        assert (ans.kind, ans.error) == ("error", "property: write-access-denied"), ans
+    records = audit(gateway)[before:]
+    assert len(records) == 3 and all(r["point"] == "binary-input,4194000/present-value" for r in records), records
+    assert client.read_values(alarm, PROP["present-value"]) == [0]
+
+
 def test_write_edge_cases_answer_the_standard_errors(gateway, client):
     av, ai, bo = (2, 1047), (0, 1011), (4, 1031)
     pv = PROP["present-value"]

@@ -59,3 +59,24 @@ def test_multi_state_validity_and_the_datetime_object(profiles):
     dtv = specs[("Demand_Peak_Timestamp", "datetime-value")]
     assert dtv.instance == ai.instance and dtv.name == f"m.{DATETIME_POINTS['Demand_Peak_Timestamp']}"
     assert not dtv.writable and len({s.name for s in specs.values()}) == len(specs)
+
+
+def test_journal_alarm_object_exists_with_the_journal_and_is_in_the_ede(profiles):
+    from meter_gateway.bacnet_model import JOURNAL_ALARM_NAME, gateway_objects, journal_alarm
+    from meter_gateway.commands.ede import ede_rows
+    from meter_gateway.config import parse_config
+
+    assert gateway_objects(parse_config(CONFIG, profiles=profiles)) == []
+    cfg = parse_config(CONFIG + "journal: {enabled: true}\n", profiles=profiles)
+    (alarm,) = gateway_objects(cfg)
+    assert (alarm.object_type, alarm.instance, alarm.name) == ("binary-input", 4194000, JOURNAL_ALARM_NAME)
+    assert alarm.instance not in {s.instance for s in _specs(CONFIG, profiles)}
+    rows, states = ede_rows(cfg, profiles)
+    row = next(r for r in rows if r[2] == JOURNAL_ALARM_NAME)
+    assert row[3:5] == ["3", "4194000"] and row[9] == "N" and row[15] == "gateway/journal_alarm"
+    assert [row[13], "normal", "alarm"] in states
+    text = CONFIG + "journal: {enabled: true}\nupstream: {bacnet: {gateway_alarm_instance: 4100000}}\n"
+    moved = parse_config(text, profiles=profiles)
+    assert gateway_objects(moved)[0].instance == 4100000
+    assert not journal_alarm(None, False) and not journal_alarm("ok", False)
+    assert journal_alarm("ok", True) and journal_alarm("degraded", False) and journal_alarm("unavailable", False)

@@ -195,6 +195,13 @@ MISTAKES: list[tuple[str, str, str, str, str | None]] = [
         "    bacnet_instance_base: 1000",
     ),
     (
+        "instances over the journal alarm",
+        "    device_instance: 599\n",
+        "    device_instance: 599\n    gateway_alarm_instance: 1110\n",
+        "contains the journal alarm's instance 1110",
+        "    bacnet_instance_base: 1100",
+    ),
+    (
         "no instance base with BACnet on",
         "    bacnet_instance_base: 1200\n",
         "",

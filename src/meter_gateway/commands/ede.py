@@ -6,7 +6,7 @@ import csv
 import time
 from pathlib import Path
 
-from ..bacnet_model import object_specs
+from ..bacnet_model import gateway_objects, object_specs
 from ..core.catalogue import load_catalogue
 from ._common import add_config_arg, load_or_exit
 
@@ -83,6 +83,10 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
                 f"{s.meter_id}/{p.name}",
             ]
         )
+    for g in gateway_objects(cfg):
+        ref = str(states.setdefault((g.inactive_text, g.active_text), len(states) + 1))
+        row = [g.name, str(dev), g.name, str(OBJECT_TYPE_NUMBER[g.object_type]), str(g.instance), g.description]
+        rows.append([*row, "", "", "", "N", "Y", "", "", ref, "", f"gateway/{g.key}"])
     state_rows = [[str(ref), *texts] for texts, ref in states.items()]
     return rows, state_rows
 

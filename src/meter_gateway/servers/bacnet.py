@@ -82,7 +82,17 @@ from bacpypes3.object import DateTimeValueObject as _DateTimeValueObject
 from bacpypes3.primitivedata import Boolean, Date, ObjectType, TagClass, TagNumber, Time
 
 from .. import __version__
-from ..bacnet_model import ACCUMULATOR_MAX, ObjectSpec, object_specs, present_value, state_valid, table_value
+from ..bacnet_model import (
+    ACCUMULATOR_MAX,
+    GatewayObjectSpec,
+    ObjectSpec,
+    gateway_objects,
+    journal_alarm,
+    object_specs,
+    present_value,
+    state_valid,
+    table_value,
+)
 from ..core.quality import PointValue, Quality
 from ..writes import Decision, WriteRequest, WriteResult
 from .bacnet_cov import CovGuard, CovLimits
@@ -95,6 +105,8 @@ _source: contextvars.ContextVar[str] = contextvars.ContextVar("bacnet_source", d
 
 #: the device instance that stands for "this device"
 WILDCARD_INSTANCE = 4194303
+#: seconds between two looks at the journal's state (the journal alarm's present value)
+GATEWAY_POLL = 1.0
 #: the APDU length the device accepts (BACnet/IP)
 MAX_APDU = 1476
 #: properties a Property_List never contains (ASHRAE 135 clause 12.1.1.4.1)
@@ -212,6 +224,10 @@ class GwAnalogValue(_GatewayPoint, AnalogValueObject):
 
 class GwBinaryInput(_GatewayPoint, BinaryInputObject):
     """Binary input whose writes are guarded."""
+
+
+class GwGatewayBinaryInput(_GatewayPoint, BinaryInputObject):
+    """A Binary Input of the gateway itself (the journal alarm): no meter behind it, read-only like every point."""
 
 
 class GwBinaryOutput(_GatewayPoint, _LocalObject, _BinaryOutputObject):
@@ -479,6 +495,11 @@ class BacnetServer(Server):
         self._bound: tuple[str, int] | None = None
         self._broadcast_listener = None
         self.fd_monitor: ForeignDeviceMonitor | None = None
+        #: the gateway's own objects (journal alarm), by key, and the task that keeps their present values
+        self.gateway_specs: list[GatewayObjectSpec] = gateway_objects(gateway.config)
+        self.gateway_objects: dict[str, Any] = {}
+        self._gateway_active: dict[str, bool] = {}
+        self._watch_task: asyncio.Task | None = None
 
     # -- start / stop ---------------------------------------------------------------------------------
     def _address(self) -> str:
@@ -542,6 +563,7 @@ class BacnetServer(Server):
             port_obj.bbmdForeignDeviceTable = []
             port_obj.bbmdBroadcastDistributionTable = [BDTEntry(e) for e in self.cfg.bdt]
         objs = [device, port_obj] + [self._make(spec) for spec in self.specs]
+        objs += [self._make_gateway(spec) for spec in self.gateway_specs]
         fit_segments()
         quiet_library_logs()
         try:
@@ -559,13 +581,15 @@ class BacnetServer(Server):
             )
             self.fd_monitor.start()
         gw.table.add_listener(self._on_change)
+        if self.gateway_specs:
+            self._watch_task = asyncio.create_task(self._watch_gateway(), name="bacnet-gateway-objects")
         log.info(
             "BACnet/IP device %d (%s) on %s:%d with %d objects, database revision %d",
             self.cfg.device_instance,
             device.objectName,
             host,
             port,
-            len(self.specs),
+            len(self.specs) + len(self.gateway_specs),
             self.database_revision,
         )
 
@@ -603,7 +627,7 @@ class BacnetServer(Server):
 
     def _database_revision(self) -> int:
         """The persisted database-revision, raised (and saved) when the object set differs from the last run."""
-        items = sorted((s.object_type, s.instance, s.name) for s in self.specs)
+        items = sorted((s.object_type, s.instance, s.name) for s in [*self.specs, *self.gateway_specs])
         ident = [self.cfg.device_instance, self.cfg.device_name or self.gateway.config.gateway.name]
         fingerprint = hashlib.sha256(json.dumps([ident, items]).encode()).hexdigest()
         path = self._state_path()
@@ -660,6 +684,11 @@ class BacnetServer(Server):
     async def stop(self) -> None:
         """Stop listening to the table and close the sockets."""
         self.gateway.table.remove_listener(self._on_change)
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
         if self._broadcast_listener is not None:
             self._broadcast_listener.close()
             self._broadcast_listener = None
@@ -768,6 +797,53 @@ class BacnetServer(Server):
         self.objects[(spec.meter_id, p.name, t)] = obj
         self._by_point.setdefault((spec.meter_id, p.name), []).append(obj)
         return obj
+
+    def _gateway_value(self, spec: GatewayObjectSpec) -> bool:
+        """The present value of one of the gateway's own objects (True: active)."""
+        if spec.key == "journal_alarm":
+            rec = self.gateway.journal
+            return rec is not None and journal_alarm(rec.state, rec.disk_full)
+        return False
+
+    def _make_gateway(self, spec: GatewayObjectSpec) -> GwGatewayBinaryInput:
+        """A Binary Input of the gateway itself, showing its current state."""
+        active = self._gateway_value(spec)
+        obj = GwGatewayBinaryInput(
+            objectIdentifier=(spec.object_type, spec.instance),
+            objectName=spec.name,
+            description=spec.description,
+            presentValue=BinaryPV.active if active else BinaryPV.inactive,
+            outOfService=False,
+            reliability=Reliability.noFaultDetected,
+            eventState=EventState.normal,
+            polarity=Polarity.normal,
+            inactiveText=spec.inactive_text,
+            activeText=spec.active_text,
+        )
+        obj._gw_server = self
+        self.gateway_objects[spec.key] = obj
+        self._gateway_active[spec.key] = active
+        return obj
+
+    def refresh_gateway_objects(self) -> None:
+        """Assign the present value of the gateway's objects that changed (a COV notification follows)."""
+        for spec in self.gateway_specs:
+            obj = self.gateway_objects.get(spec.key)
+            active = self._gateway_value(spec)
+            if obj is None or self._gateway_active.get(spec.key) == active:
+                continue
+            self._gateway_active[spec.key] = active
+            obj.presentValue = BinaryPV.active if active else BinaryPV.inactive
+            log.info("BACnet: %s is now %s", spec.name, spec.active_text if active else spec.inactive_text)
+
+    async def _watch_gateway(self) -> None:
+        """Poll the journal's state (it changes in a worker thread) into the gateway's objects."""
+        while True:
+            await asyncio.sleep(GATEWAY_POLL)
+            try:
+                self.refresh_gateway_objects()
+            except Exception as exc:  # never let bookkeeping stop the device
+                log.error("BACnet: gateway objects not refreshed: %s", exc)
 
     def _datetime(self, value) -> DateTime:
         """A DateTime in the gateway's zone for Unix seconds (unspecified when there is no value)."""
