@@ -114,15 +114,15 @@ async def test_healthy_journal_then_a_full_disk_notifies_cov(gateways, tmp_path)
     try:
         assert await wait_alarm(bac, "inactive")
         assert (await bac("subscribe", obj=ALARM)) == {"ok": True}
-        await bac("notifications", wait=0.5)  # the initial notification
-        # a write failing for lack of space, as the recorder records it (the disk itself is tests elsewhere)
+        await bac("notifications", wait=0.3)  # the initial notification
+        # a write failing for lack of space, as the recorder records it (a real full disk: test_journal_disk_full.py)
         gw.journal.error, gw.journal.disk_full = "database or disk is full", True
         assert await journal_registers(gw) == [2 | 256, 2 | 256]
-        notes = (await bac("notifications", wait=3.0))["notifications"]
+        notes = (await bac("notifications", wait=2.0))["notifications"]
         assert {"obj": ALARM, "prop": "presentValue", "value": "active"} in notes, notes
         gw.journal.error, gw.journal.disk_full = "", False  # space came back, the next write succeeded
         assert await journal_registers(gw) == [1, 1]
-        notes = (await bac("notifications", wait=3.0))["notifications"]
+        notes = (await bac("notifications", wait=2.0))["notifications"]
         assert {"obj": ALARM, "prop": "presentValue", "value": "inactive"} in notes, notes
     finally:
         await bac.close()

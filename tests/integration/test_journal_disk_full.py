@@ -90,6 +90,19 @@ async def write_demand_interval(gw, minutes: int) -> str:
     return f"0x{r.exception_code:02x}" if r.isError() else "accepted"
 
 
+async def journal_register(gw) -> int:
+    """Input register 30125 (diag.journal_state) of the meter's unit."""
+    host, port = gw.servers[0].address()
+    c = AsyncModbusTcpClient(host, port=port, timeout=10, retries=0)
+    assert await c.connect()
+    try:
+        r = await c.read_input_registers(124, count=1, device_id=2)
+        assert not r.isError(), r
+        return r.registers[0]
+    finally:
+        c.close()
+
+
 async def test_full_disk_missing_boundaries_and_no_unaudited_write(gateways, small_disk):
     mnt = small_disk
     gw = await gateways(YAML.replace("STATE", str(mnt)))
@@ -103,6 +116,7 @@ async def test_full_disk_missing_boundaries_and_no_unaudited_write(gateways, sma
     filler = fill(mnt)
     assert await wait_for(lambda: rec.disk_full, 15), rec.error
     assert rec.state == "degraded"
+    assert await journal_register(gw) == 2 + 256  # degraded, disk full: the alarm SCADA sees
     assert await write_demand_interval(gw, 20) == "0x02"  # refused: its audit record cannot be durable
     await asyncio.sleep(0.1)
     assert len(sim.writes) == writes_before  # nothing reached the meter
@@ -111,6 +125,7 @@ async def test_full_disk_missing_boundaries_and_no_unaudited_write(gateways, sma
     filler.unlink()
     (mnt / "filler2").unlink(missing_ok=True)
     assert await wait_for(lambda: rec.error == "", 15)
+    assert await journal_register(gw) == 1
     assert await write_demand_interval(gw, 25) == "accepted"
     rows = [r for r in rec.store.rows(meter="free", kind="interval") if r["point"] == "Active_Energy_Import"]
     bs = [r["boundary"] for r in rows]

@@ -63,6 +63,18 @@ M3 = "\n  - {id: m3, bus: rtu, address: 2, profile: eastron_sdm120, bacnet_insta
             False,
         ),
         ("time zone", "Europe/Paris", "Europe/Brussels", set(), set(), set(), set(), True),
+        # the journal alarm object comes and goes with the journal: the BACnet device restarts
+        ("journal off", "journal: {enabled: true}", "journal: {enabled: false}", set(), set(), set(), {"bacnet"}, True),
+        (
+            "journal interval",
+            "journal: {enabled: true}",
+            "journal: {enabled: true, interval: 60}",
+            set(),
+            set(),
+            set(),
+            set(),
+            True,
+        ),
     ],
 )
 def test_reload_replaces_only_what_changed(what, old, new, buses, meters, values, servers, journal):
