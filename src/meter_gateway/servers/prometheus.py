@@ -133,6 +133,11 @@ class GatewayCollector:
             "Status and alarm points (0/1; Energy_Direction 0 import 1 export)",
             labels=["meter", "tenant", "point"],
         )
+        mismatch = GaugeMetricFamily(
+            P + "meter_profile_mismatch",
+            "1 when the meter identifies as another model than its configured profile (its values may be wrong)",
+            labels=["meter", "tenant", "profile"],
+        )
         config = GaugeMetricFamily(
             P + "config_value",
             "Configuration read from the meter, in the catalogue's unit",
@@ -141,6 +146,7 @@ class GatewayCollector:
         for mid, vals in snap.items():
             m = meters[mid]
             up.add_metric([mid, m.tenant, m.bus], 1.0 if vals[COMM_STATUS].value else 0.0)
+            mismatch.add_metric([mid, m.tenant, m.profile], 1.0 if gw.table.meter(mid).profile_warning else 0.0)
             for p in gw.catalogue:
                 v = vals[p.name]
                 if v.quality is Quality.UNSUPPORTED or p.kind is PointKind.COMMAND or p.name == COMM_STATUS:
@@ -154,7 +160,7 @@ class GatewayCollector:
                     states.add_metric([mid, m.tenant, p.name], float(v.value))
                 elif p.kind is PointKind.CONFIG:
                     config.add_metric([mid, p.name, p.unit], float(v.value))
-        yield from (up, age, quality, states, config)
+        yield from (up, mismatch, age, quality, states, config)
 
         alarms = CounterMetricFamily(P + "bad_data", "Readings rejected as bad data (not published)", labels=["meter"])
         losses = CounterMetricFamily(
@@ -270,6 +276,11 @@ def health(gw) -> tuple[int, dict]:
     else:
         status = "ok"
     doc = {"status": status, "buses": buses, "meters": meters}
+    mismatches = {mid: gw.table.meter(mid).profile_warning for mid in gw.table.meter_ids}
+    if any(mismatches.values()):  # a meter read with the wrong profile gives wrong values: not a healthy gateway
+        doc["profile_mismatch"] = {mid: msg for mid, msg in mismatches.items() if msg}
+        if doc["status"] == "ok":
+            doc["status"] = "degraded"
     rec = getattr(gw, "journal", None)
     if rec is not None:
         doc["journal"] = {"state": rec.state, "problem": rec.problem, "error": rec.error, "disk_full": rec.disk_full}
