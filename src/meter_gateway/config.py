@@ -305,8 +305,8 @@ class BacnetSection(_Strict):
     foreign_ttl: int = Field(300, ge=30, le=65535)
     stale_reliability: Literal["unreliable-other", "no-sensor", "communication-failure"] = "unreliable-other"
     state_file: str = Field(
-        "var/bacnet-state.json",
-        description="device state kept across restarts (database-revision), relative to the configuration file",
+        "bacnet-state.json",
+        description="device state kept across restarts (database-revision), relative to gateway.state_dir",
     )
     cov: BacnetCovSection = BacnetCovSection()
     bbmd_max_foreign_devices: int = Field(

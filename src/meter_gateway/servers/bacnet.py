@@ -93,6 +93,7 @@ from ..bacnet_model import (
     state_valid,
     table_value,
 )
+from ..config import state_path
 from ..core.quality import PointValue, Quality
 from ..writes import Decision, WriteRequest, WriteResult
 from .bacnet_cov import CovGuard, CovLimits
@@ -618,12 +619,10 @@ class BacnetServer(Server):
             port_obj.changesPending = False
 
     def _state_path(self) -> Path | None:
-        p = Path(self.cfg.state_file)
-        if not p.is_absolute():
-            if self.gateway.config_path is None:
-                return None
-            p = Path(self.gateway.config_path).parent / p
-        return p
+        """The device state file: absolute as written, a relative one in gateway.state_dir (None without a file)."""
+        if self.gateway.config_path is None and not Path(self.cfg.state_file).is_absolute():
+            return None
+        return state_path(self.gateway.config, self.gateway.config_path, self.cfg.state_file)
 
     def _database_revision(self) -> int:
         """The persisted database-revision, raised (and saved) when the object set differs from the last run."""
