@@ -7,12 +7,12 @@ import contextlib
 import os
 import socket
 import struct
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from helpers import GatewayRun
 
 ORIGINAL_UNICAST = 0x0A
 ORIGINAL_BROADCAST = 0x0B
@@ -200,7 +200,7 @@ writes: {{enabled: true, allow_bacnet: [10.0.0.5/32, 127.0.0.2/32], audit_log: {
 """
 
 
-class GatewayProcess:
+class GatewayProcess(GatewayRun):
     """`meter-gateway run` in its own process, output in a file; stopped by SIGTERM (killed after 20 s)."""
 
     def __init__(
@@ -220,39 +220,12 @@ class GatewayProcess:
         cfg.write_text(
             CONFIG.format(cov=cov, extra=extra, audit=self.audit, meters=_meters(meters), bind=bind, **self.ports)
         )
-        self.log = tmp / "gateway.log"
-        self.fh = open(self.log, "w")  # noqa: SIM115 - closed in stop()
-        prefix = ["ip", "netns", "exec", netns] if netns else []
-        self.p = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(cfg)],
-            stdout=self.fh,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_for(self, text: str, timeout: float = 20.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and self.p.poll() is None:
-            if text in self.log.read_text():
-                return True
-            time.sleep(0.1)
-        return text in self.log.read_text()
+        super().__init__(cfg, tmp / "gateway.log", prefix=["ip", "netns", "exec", netns] if netns else [])
 
     def metrics(self, timeout: float) -> str:
         url = f"http://127.0.0.1:{self.ports['http']}/metrics"
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.read().decode()
-
-    def stop(self) -> int:
-        if self.p.poll() is None:
-            self.p.terminate()
-        try:
-            return self.p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait(timeout=5)
-            return -9
-        finally:
-            self.fh.close()
 
 
 @contextlib.contextmanager

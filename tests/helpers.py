@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 BACNET_CLIENT = Path(__file__).parent / "integration" / "bacnet_client.py"
@@ -81,3 +84,47 @@ def audit_attempts(path: Path) -> list[dict]:
         return []
     records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     return [r for r in records if r.get("decision") != "intent" and "event" not in r]
+
+
+class GatewayRun:
+    """`meter-gateway run -c CFG` in a child process, output in a log file; stop(): SIGTERM, killed after 20 s."""
+
+    def __init__(
+        self,
+        cfg: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+        cwd: Path | None = None,
+    ) -> None:
+        self.log = log
+        self.fh = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.p = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(cfg)],
+            stdout=self.fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> bool:
+        """Wait until `text` is in the log (False at the timeout or when the process has ended without it)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and self.p.poll() is None:
+            if text in self.log.read_text():
+                return True
+            time.sleep(0.1)
+        return text in self.log.read_text()
+
+    def stop(self) -> int:
+        """SIGTERM, then kill after 20 s; the exit status (-9 when killed)."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            return self.p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(timeout=5)
+            return -9
+        finally:
+            self.fh.close()

@@ -9,8 +9,6 @@ import json
 import socket
 import stat
 import struct
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 from pymodbus.client import ModbusTcpClient
 
-from helpers import wait_for
+from helpers import GatewayRun, wait_for
 
 CONFIG = """
 gateway: {{name: hostile, log_level: info, state_dir: .}}
@@ -40,38 +38,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class GatewayProcess:
+class GatewayProcess(GatewayRun):
     """`meter-gateway run` in a child process, its log in a file; stopped by SIGTERM (killed after 20 s)."""
 
     def __init__(self, tmp: Path) -> None:
         self.mb, self.http = _free_port(), _free_port()
         self.dir = tmp
         (tmp / "gateway.yaml").write_text(CONFIG.format(mb=self.mb, http=self.http))
-        self.log = tmp / "log.txt"
-        self._fh = open(self.log, "w")  # noqa: SIM115 - closed in stop()
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(tmp / "gateway.yaml")],
-            stdout=self._fh,
-            stderr=subprocess.STDOUT,
-        )
+        super().__init__(tmp / "gateway.yaml", tmp / "log.txt")
 
     def wait_for(self, text: str, timeout: float = 30.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and self.p.poll() is None:
-            if text in self.log.read_text():
-                return True
-            time.sleep(0.1)
-        return text in self.log.read_text()
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.terminate()
-        try:
-            self.p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait(timeout=5)
-        self._fh.close()
+        """Wait until `text` is in the log (30 s by default: this gateway starts under a connection flood)."""
+        return super().wait_for(text, timeout)
 
     def health(self) -> tuple[int, dict]:
         try:

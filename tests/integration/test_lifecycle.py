@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from helpers import GatewayRun
 
 BASE = """
 gateway: {{name: life, log_level: info}}
@@ -25,46 +24,10 @@ def config(n: int) -> str:
     return BASE.format(meters="\n".join(METER.format(id=f"m{i}", a=i, b=1000 + 100 * i) for i in range(1, n + 1)))
 
 
-class Proc:
-    """The gateway process with its stderr collected in a file."""
-
-    def __init__(self, cfg: Path, log: Path, env: dict[str, str] | None = None) -> None:
-        self.log = log
-        self.fh = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "meter_gateway.cli", "run", "-c", str(cfg)],
-            stdout=self.fh,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-
-    def wait_for(self, text: str, timeout: float = 20.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if text in self.log.read_text():
-                return True
-            if self.p.poll() is not None:
-                break
-            time.sleep(0.1)
-        return text in self.log.read_text()
-
-    def stop(self) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        try:
-            return self.p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait(timeout=5)
-            return -9
-        finally:
-            self.fh.close()
-
-
 def test_sighup_good_and_broken_config_then_sigterm(tmp_path: Path):
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(config(1))
-    proc = Proc(cfg, tmp_path / "log.txt")
+    proc = GatewayRun(cfg, tmp_path / "log.txt")
     try:
         assert proc.wait_for("meter m1: communication established"), proc.log.read_text()
         # a broken file is refused and the running gateway keeps going
@@ -88,7 +51,7 @@ def test_sighup_good_and_broken_config_then_sigterm(tmp_path: Path):
 def test_sigint_stops_too(tmp_path: Path):
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(config(1))
-    proc = Proc(cfg, tmp_path / "log.txt")
+    proc = GatewayRun(cfg, tmp_path / "log.txt")
     try:
         assert proc.wait_for("running (1 meters)")
         proc.p.send_signal(signal.SIGINT)
@@ -106,7 +69,7 @@ def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path):
     sock.settimeout(20)
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(config(1))
-    proc = Proc(cfg, tmp_path / "log.txt", env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"})
+    proc = GatewayRun(cfg, tmp_path / "log.txt", env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"})
     got: list[str] = []
     try:
         while "WATCHDOG=1" not in got:
