@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from .aio import cancel_and_wait
-from .config import GatewayConfig, MbusBus, MeterConfig, ModbusRtuBus, ModbusTcpBus, state_dir
+from .config import GatewayConfig, MbusBus, MeterConfig, ModbusRtuBus, ModbusTcpBus
 from .core.catalogue import PointKind, PollClass, load_catalogue
-from .core.table import COMM_STATUS, PointTable
+from .core.table import PointTable
 from .drivers.base import Driver, WriteRejected
 from .polling import BusRunner
+from .ports import BusControl, ConfigFacts, GatewayStatus, ServerPorts
 from .profiles import ProfileRegistry
 from .servers.base import Server, ServerStartError
 
@@ -148,12 +149,12 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         sims: SimulatedLines | None = None,
     ) -> None:
-        self.config = config
-        self.profiles = profiles
+        #: the running configuration, shared with every part (swapped in place on reload)
+        self.facts = ConfigFacts(config, profiles, load_catalogue(), config_path)
+        self.catalogue = self.facts.catalogue
         self.config_path = config_path
-        self.catalogue = load_catalogue()
         self.table = PointTable(self.catalogue, clock, stale_factor=config.gateway.stale_factor)
-        self.buses: dict[str, BusRunner] = {}
+        self.buses: dict[str, BusRunner] = {}  # never rebound: the status and bus-control ports hold this dict
         self.servers: list[Server] = []
         self._own_sims = sims is None
         self.sims = sims if sims is not None else SimulatedLines(profiles)
@@ -162,9 +163,45 @@ class Gateway:
         self.write_service: Any = None
         self.journal: Any = None  # journal.recorder.Recorder when the journal is enabled
         self._journal_task: asyncio.Task | None = None
+        #: what upstream servers are built from: the parts they use, never this object
+        self.ports = ServerPorts(
+            facts=self.facts,
+            table=self.table,
+            writes=lambda: self.write_service,
+            status=GatewayStatus(
+                started=lambda: self.started,
+                buses=self.buses,
+                journal=lambda: self.journal,
+                foreign_registration=self._foreign_registration,
+                meter_bus=lambda meter_id: self.config.meter(meter_id).bus,
+            ),
+            lines=BusControl(self.buses, lambda bus_id: self.config.bus(bus_id).type, self.scan_bus),
+        )
         for m in config.meters:
             if m.enabled and m.profile != "auto":  # `profile: auto` meters join once identified (_start_bus)
                 self._add_meter(m)
+
+    @property
+    def config(self) -> GatewayConfig:
+        """The running configuration."""
+        return self.facts.config
+
+    @config.setter
+    def config(self, value: GatewayConfig) -> None:
+        self.facts.replace(value)
+
+    @property
+    def profiles(self) -> ProfileRegistry:
+        """The running profile registry."""
+        return self.facts.profiles
+
+    @profiles.setter
+    def profiles(self, value: ProfileRegistry) -> None:
+        self.facts.profiles = value
+
+    def _foreign_registration(self) -> str | None:
+        server = self.server("bacnet")
+        return server.foreign_registration() if server is not None else None  # type: ignore[attr-defined]
 
     @property
     def simulators(self) -> dict[str, Any]:
@@ -191,20 +228,12 @@ class Gateway:
     # -- facts about meters --------------------------------------------------------------------------
     def meter_points(self, meter_id: str) -> frozenset[str]:
         """Points the meter's profile supports (plus commands it declares and Communication_Status)."""
-        m = self.config.meter(meter_id)
-        prof = self.profiles.get(m.profile)
-        pts = set(getattr(prof, "points", {}))
-        for v in getattr(prof, "variants", []):
-            if v.name == getattr(m, "variant", None):
-                pts -= set(v.points_absent)  # e.g. a PFA meter has no export register of its own
-        pts |= set(getattr(prof, "commands", {}) or {})
-        pts.add(COMM_STATUS)
-        return frozenset(pts)
+        return self.facts.meter_points(meter_id)
 
     @property
     def state_dir(self) -> Path:
         """The folder of the journal, the audit log and other state files."""
-        return state_dir(self.config, self.config_path)
+        return self.facts.state_dir
 
     def runner_of(self, meter_id: str) -> BusRunner:
         """The bus runner that polls a meter."""
@@ -277,7 +306,7 @@ class Gateway:
         if self.write_service is None and any(getattr(up, key).enabled for key in SERVER_FACTORIES):
             from .writes import WriteService
 
-            self.write_service = WriteService(self)
+            self.write_service = WriteService(self.facts, self.table, self.perform_write)
 
     async def _stop_write_service(self) -> None:
         if self.write_service is not None:
@@ -292,8 +321,8 @@ class Gateway:
 
         # the journal opens inside its own task (worker thread): a damaged or unwritable journal leaves the gateway
         # running, degraded, instead of stopping it
-        self.journal = Recorder(self, None, audit=audit_path(self))
-        self._journal_task = asyncio.create_task(self.journal.run(journal_path(self)), name="journal")
+        self.journal = Recorder(self.facts, self.table, None, audit=audit_path(self.facts))
+        self._journal_task = asyncio.create_task(self.journal.run(journal_path(self.facts)), name="journal")
 
     async def _stop_journal(self) -> None:
         if self._journal_task is not None:
@@ -316,7 +345,7 @@ class Gateway:
             cls = _load(SERVER_FACTORIES[key])
         except (ImportError, AttributeError) as exc:
             raise ServerStartError(f"upstream {key} is enabled but not available: {exc}") from exc
-        server = cls(self)
+        server = cls(self.ports)
         self.servers.append(server)  # before start: a half-started server is stopped by stop()
         await server.start()
 

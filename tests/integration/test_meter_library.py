@@ -177,9 +177,9 @@ upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, promethe
         # the flag reaches the operator: /health degraded with the reason, and a Prometheus gauge per meter
         from meter_gateway.servers.prometheus import GatewayCollector, health
 
-        code, doc = health(gw)
+        code, doc = health(gw.ports)
         assert code == 200 and doc["status"] == "degraded" and doc["profile_mismatch"] == {"wrong": flag}
-        fam = next(f for f in GatewayCollector(gw).collect() if f.name == "meter_gateway_meter_profile_mismatch")
+        fam = next(f for f in GatewayCollector(gw.ports).collect() if f.name == "meter_gateway_meter_profile_mismatch")
         assert {s.labels["meter"]: s.value for s in fam.samples} == {"a": 0.0, "wrong": 1.0}
     finally:
         await gw.stop()

@@ -46,7 +46,7 @@ async def test_models_and_openapi_over_http(profiles):
     from phable.io.ph_zinc import ph_from_zinc
 
     gw = Gateway(demo_config(profiles), profiles)
-    server = PrometheusServer(gw)
+    server = PrometheusServer(gw.ports)
     await server.start()
     try:
         status, ctype, body = await fetch(server, "/model/brick.ttl")
@@ -88,7 +88,7 @@ async def test_xml_export_over_http_validates(tmp_path, profiles):
     from meter_gateway.journal.xml import NS, xsd_text
 
     gw = Gateway(parse_config(XML_YAML, str(tmp_path / "gateway.yaml"), profiles), profiles)
-    path = journal_path(gw)
+    path = journal_path(gw.facts)
     store = JournalStore(path, load_or_create_key(side_paths(path)[0])[0])
     start = int(datetime(2026, 11, 2, tzinfo=ZoneInfo("Europe/Paris")).timestamp())
     store.append(
@@ -98,8 +98,8 @@ async def test_xml_export_over_http_validates(tmp_path, profiles):
             for i, b in enumerate(range(start, start + 4 * 900 + 1, 900))
         ]
     )  # fmt: skip
-    gw.journal = Recorder(gw, store)
-    server = PrometheusServer(gw)
+    gw.journal = Recorder(gw.facts, gw.table, store)
+    server = PrometheusServer(gw.ports)
     await server.start()
     try:
         status, ctype, body = await fetch(server, "/export?from=2026-11-02&to=2026-11-02T01:00&format=xml")

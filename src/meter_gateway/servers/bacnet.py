@@ -25,7 +25,7 @@ import socket
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from bacpypes3 import appservice
@@ -93,13 +93,15 @@ from ..bacnet_model import (
     state_valid,
     table_value,
 )
-from ..config import state_path
 from ..core.quality import PointValue, Quality
 from ..writes import Decision, WriteRequest, WriteResult
 from .bacnet_cov import CovGuard, CovLimits
 from .bacnet_net import ForeignDeviceMonitor, announce, host_port, install_guards, quiet_library_logs, resolve_bind
 from .bacnet_segment import ObjectListCache, fit_segments
 from .base import Server, ServerStartError
+
+if TYPE_CHECKING:
+    from ..ports import ServerPorts
 
 log = logging.getLogger(__name__)
 _source: contextvars.ContextVar[str] = contextvars.ContextVar("bacnet_source", default="")
@@ -480,13 +482,14 @@ class BacnetServer(Server):
 
     name = "bacnet"
 
-    def __init__(self, gateway) -> None:
-        super().__init__(gateway)
-        self.cfg = gateway.config.upstream.bacnet
+    def __init__(self, ports: ServerPorts) -> None:
+        super().__init__(ports)
+        facts = self.facts
+        self.cfg = facts.config.upstream.bacnet
         self.specs = object_specs(
-            gateway.config, gateway.catalogue, {m: gateway.meter_points(m) for m in gateway.table.meter_ids}
+            facts.config, facts.catalogue, {m: facts.meter_points(m) for m in self.table.meter_ids}
         )
-        self.zone = ZoneInfo(gateway.config.gateway.timezone)
+        self.zone = ZoneInfo(facts.config.gateway.timezone)
         #: every point object, by (meter, point, object type)
         self.objects: dict[tuple[str, str, str], Any] = {}
         self._by_point: dict[tuple[str, str], list[Any]] = {}
@@ -497,7 +500,7 @@ class BacnetServer(Server):
         self._broadcast_listener = None
         self.fd_monitor: ForeignDeviceMonitor | None = None
         #: the gateway's own objects (journal alarm), by key, and the task that keeps their present values
-        self.gateway_specs: list[GatewayObjectSpec] = gateway_objects(gateway.config)
+        self.gateway_specs: list[GatewayObjectSpec] = gateway_objects(facts.config)
         self.gateway_objects: dict[str, Any] = {}
         self._gateway_active: dict[str, bool] = {}
         self._watch_task: asyncio.Task | None = None
@@ -529,18 +532,18 @@ class BacnetServer(Server):
                 port = s.getsockname()[1]
             address = f"{host}/{self.bind_info.prefix}:{port}"
         self._check_port_free(host, port)
-        gw = self.gateway
+        gcfg = self.facts.config.gateway
         self.database_revision = self._database_revision()
         device = GwDevice(
             objectIdentifier=("device", self.cfg.device_instance),
-            objectName=self.cfg.device_name or gw.config.gateway.name,
+            objectName=self.cfg.device_name or gcfg.name,
             vendorName=self.cfg.vendor_name,
             vendorIdentifier=self.cfg.vendor_id,
             modelName="meter-gateway",
             firmwareRevision=__version__,
             applicationSoftwareVersion=__version__,
-            location=self.cfg.location or gw.config.gateway.location,
-            description=self.cfg.description or gw.config.gateway.description,
+            location=self.cfg.location or gcfg.location,
+            description=self.cfg.description or gcfg.description,
             maxApduLengthAccepted=MAX_APDU,
             segmentationSupported="segmentedBoth",
             databaseRevision=self.database_revision,
@@ -581,7 +584,7 @@ class BacnetServer(Server):
                 self.app, port_obj, self.cfg.foreign_bbmd, self.cfg.bbmd_max_foreign_devices
             )
             self.fd_monitor.start()
-        gw.table.add_listener(self._on_change)
+        self.table.add_listener(self._on_change)
         if self.gateway_specs:
             self._watch_task = asyncio.create_task(self._watch_gateway(), name="bacnet-gateway-objects")
         log.info(
@@ -620,14 +623,14 @@ class BacnetServer(Server):
 
     def _state_path(self) -> Path | None:
         """The device state file: absolute as written, a relative one in gateway.state_dir (None without a file)."""
-        if self.gateway.config_path is None and not Path(self.cfg.state_file).is_absolute():
+        if self.facts.config_path is None and not Path(self.cfg.state_file).is_absolute():
             return None
-        return state_path(self.gateway.config, self.gateway.config_path, self.cfg.state_file)
+        return self.facts.state_path(self.cfg.state_file)
 
     def _database_revision(self) -> int:
         """The persisted database-revision, raised (and saved) when the object set differs from the last run."""
         items = sorted((s.object_type, s.instance, s.name) for s in [*self.specs, *self.gateway_specs])
-        ident = [self.cfg.device_instance, self.cfg.device_name or self.gateway.config.gateway.name]
+        ident = [self.cfg.device_instance, self.cfg.device_name or self.facts.config.gateway.name]
         fingerprint = hashlib.sha256(json.dumps([ident, items]).encode()).hexdigest()
         path = self._state_path()
         if path is None:
@@ -682,7 +685,7 @@ class BacnetServer(Server):
 
     async def stop(self) -> None:
         """Stop listening to the table and close the sockets."""
-        self.gateway.table.remove_listener(self._on_change)
+        self.table.remove_listener(self._on_change)
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -712,8 +715,8 @@ class BacnetServer(Server):
         # a tenant rename or a new Modbus unit leaves a meter's objects as they are
         if self.app is None:
             return False
-        gw = self.gateway
-        specs = object_specs(gw.config, gw.catalogue, {m: gw.meter_points(m) for m in gw.table.meter_ids})
+        facts = self.facts
+        specs = object_specs(facts.config, facts.catalogue, {m: facts.meter_points(m) for m in self.table.meter_ids})
         old = {mid: [x for x in self.specs if x.meter_id == mid] for mid in meter_ids}
         new = {mid: [x for x in specs if x.meter_id == mid] for mid in meter_ids}
         self.specs = specs
@@ -730,7 +733,7 @@ class BacnetServer(Server):
                     obj._gw_spec = spec
                     if obj.description != spec.description:
                         obj.description = spec.description
-                    self._on_change(mid, spec.point.name, None, gw.table.get(mid, spec.point.name))
+                    self._on_change(mid, spec.point.name, None, self.table.get(mid, spec.point.name))
                 continue
             for key in [k for k in self.objects if k[0] == mid]:
                 obj = self.objects.pop(key)
@@ -750,7 +753,7 @@ class BacnetServer(Server):
     def _make(self, spec: ObjectSpec):
         p = spec.point
         cls = CLASSES[spec.object_type]
-        v = self.gateway.table.get(spec.meter_id, p.name)
+        v = self.table.get(spec.meter_id, p.name)
         t = spec.object_type
         common: dict[str, Any] = {
             "objectIdentifier": (t, spec.instance),
@@ -800,7 +803,7 @@ class BacnetServer(Server):
     def _gateway_value(self, spec: GatewayObjectSpec) -> bool:
         """The present value of one of the gateway's own objects (True: active)."""
         if spec.key == "journal_alarm":
-            rec = self.gateway.journal
+            rec = self.ports.status.journal
             return rec is not None and journal_alarm(rec.state, rec.disk_full)
         return False
 
@@ -888,7 +891,7 @@ class BacnetServer(Server):
         except Exception:
             value = "(undecodable)"
         meter = spec.meter_id if spec is not None else ""
-        self.gateway.write_service.refuse(
+        self._writes().refuse(
             WriteRequest("bacnet", _source.get() or "unknown", meter, f"{target}/{prop}", value[:80]), reason
         )
 
@@ -909,9 +912,7 @@ class BacnetServer(Server):
         except (TypeError, ValueError) as exc:
             raise ExecutionError(errorClass="property", errorCode="invalidDataType") from exc
         source = _source.get() or "unknown"
-        result = await self.gateway.write_service.write(
-            WriteRequest("bacnet", source, spec.meter_id, spec.point.name, value)
-        )
+        result = await self._writes().write(WriteRequest("bacnet", source, spec.meter_id, spec.point.name, value))
         self._raise_for(result)
 
     async def command(self, obj: GwBinaryOutput, value: int | None, priority: int) -> None:
@@ -931,7 +932,7 @@ class BacnetServer(Server):
             detail = f"active at priority {priority}, below the command at priority {current}: not executed"
         else:
             detail = f"{'active' if value else 'inactive'} at priority {priority}"
-        result = await self.gateway.write_service.write(
+        result = await self._writes().write(
             WriteRequest("bacnet", _source.get() or "unknown", spec.meter_id, spec.point.name, int(executes), detail)
         )
         self._raise_for(result)
