@@ -477,6 +477,29 @@ def _units(name: str | None):
     return EngineeringUnits(name or "noUnits")
 
 
+#: receive buffer asked for the BACnet/IP socket: a burst of requests (a head-end reading every object at once, a
+#: flood) waits there while the event loop works; the default (about 200 KiB) drops beyond ~270 datagrams
+RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def _widen_receive_buffer(sock: Any) -> None:
+    """Ask for RECEIVE_BUFFER on the socket (the kernel caps it at net.core.rmem_max); log what was granted."""
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    except OSError as exc:
+        log.info("BACnet/IP: the receive buffer stays at its default (%s)", exc)
+        return
+    if got < RECEIVE_BUFFER:
+        log.info(
+            "BACnet/IP: receive buffer %d KiB (raise net.core.rmem_max to %d for bursts of requests)",
+            got // 1024,
+            RECEIVE_BUFFER,
+        )
+
+
 class BacnetServer(Server):
     """One BACnet/IP device for the gateway."""
 
@@ -682,6 +705,7 @@ class BacnetServer(Server):
         for s in servers:
             if s.local_transport is not None:
                 self._bound = s.local_transport.get_extra_info("sockname")[:2]
+                _widen_receive_buffer(s.local_transport.get_extra_info("socket"))
 
     async def stop(self) -> None:
         """Stop listening to the table and close the sockets."""
