@@ -4,9 +4,11 @@ limits, power-factor convention, identification (issue 17)."""
 from __future__ import annotations
 
 import pytest
+from pymodbus.client import AsyncModbusTcpClient
 
-from helpers import FAST, wait_for
+from helpers import FAST, BacnetClient, wait_for
 from meter_gateway.config import parse_config
+from meter_gateway.core.catalogue import load_catalogue
 from meter_gateway.core.codec import DataType, WordOrder, encode
 from meter_gateway.core.quality import Quality
 from meter_gateway.drivers.modbus import ModbusDriver
@@ -161,7 +163,10 @@ meters:
      poll_intervals: {FAST}}}
   - {{id: wrong, bus: tcp, address: 2, profile: eastron_sdm120, bacnet_instance_base: 2000, modbus_unit: 2,
      poll_intervals: {FAST}}}
-upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, prometheus: {{enabled: false}}}}
+upstream:
+  bacnet: {{enabled: true, bind: 127.0.0.1, netmask: 8, port: 0, device_instance: 735}}
+  modbus_tcp: {{enabled: true, bind: 127.0.0.1, port: 0}}
+  prometheus: {{enabled: false}}
 """
     gw = Gateway(parse_config(text, profiles=profiles), profiles)
     await gw.start()
@@ -181,6 +186,29 @@ upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, promethe
         assert code == 200 and doc["status"] == "degraded" and doc["profile_mismatch"] == {"wrong": flag}
         fam = next(f for f in GatewayCollector(gw).collect() if f.name == "meter_gateway_meter_profile_mismatch")
         assert {s.labels["meter"]: s.value for s in fam.samples} == {"a": 0.0, "wrong": 1.0}
+        # ... and the upstreams: Modbus TCP diagnostics register 30126 of each unit, read by a pymodbus client
+        srv = {s.name: s for s in gw.servers}
+        host, mport = srv["modbus_tcp"].address()
+        client = AsyncModbusTcpClient(host, port=mport, timeout=5, retries=0)
+        assert await client.connect()
+        try:
+            regs = [await client.read_input_registers(125, count=1, device_id=u) for u in (1, 2)]
+        finally:
+            client.close()
+        assert [r.registers for r in regs] == [[0], [1]]
+        # ... and BACnet: the meter's Communication_Status reads configuration-error with the fault flag (the flag
+        # was raised after the objects were made, so this is the alarm path, not object creation)
+        comm = load_catalogue().get("Communication_Status").index
+        bac = await BacnetClient.start(srv["bacnet"].address()[1])
+        try:
+            props = ["present-value", "reliability", "status-flags"]
+            ok = (await bac("rpm", obj=f"binary-input,{1000 + comm}", props=props))["values"]
+            bad = (await bac("rpm", obj=f"binary-input,{2000 + comm}", props=props))["values"]
+        finally:
+            await bac.close()
+        assert (ok["reliability"], ok["statusFlags"]) == ("noFaultDetected", [0, 0, 0, 0])
+        assert (bad["reliability"], bad["statusFlags"]) == ("configurationError", [0, 1, 0, 0])
+        assert bad["presentValue"] == ok["presentValue"] == "active"  # the meter answers: communication is ok
     finally:
         await gw.stop()
         await server.close()
