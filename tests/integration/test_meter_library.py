@@ -3,6 +3,8 @@ limits, power-factor convention, identification (issue 17)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
@@ -315,3 +317,64 @@ async def test_mismatch_needs_a_contradicting_answer(profiles, meter_code, flagg
     assert bool(table.meter(meter.id).profile_warning) is flagged
     if flagged:
         assert "0xFC02" in table.meter(meter.id).profile_warning and "132" in table.meter(meter.id).profile_warning
+
+
+async def test_auto_profile_survives_an_unrelated_reload_and_a_changed_meter_is_identified_again(
+    profiles, tmp_path, caplog, monkeypatch
+):
+    """Reload (the function SIGHUP runs) with `profile: auto` meters: an unrelated change keeps the identified
+    profile, the bus and the values; a changed meter address restarts the bus and identifies both meters again."""
+    from meter_gateway.app import Gateway
+    from meter_gateway.commands._common import load_checked
+    from meter_gateway.commands.run import reload
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr("meter_gateway.commands.run.setup_logging", lambda *a: None)  # keep pytest's log capture
+    sims = [make_meter(u, profiles.get(p), seed=u) for u, p in ((1, "eastron_sdm630"), (2, "eastron_sdm120"))]
+    sims.append(make_meter(3, profiles.get("abb_b23"), seed=3))
+    server = TcpSimServer(sims)
+    port = await server.start()
+    text = f"""
+gateway: {{name: before}}
+buses:
+  - {{id: tcp, type: modbus_tcp, host: 127.0.0.1, port: {port}, timeout: 0.3, retries: 0, fail_after: 1}}
+meters:
+  - {{id: a, bus: tcp, address: 1, profile: auto, bacnet_instance_base: 1000, modbus_unit: 1,
+     poll_intervals: {FAST}}}
+  - {{id: b, bus: tcp, address: 2, profile: auto, bacnet_instance_base: 2000, modbus_unit: 2,
+     poll_intervals: {FAST}}}
+upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, prometheus: {{enabled: false}}}}
+"""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    gw = Gateway(*load_checked(path, preflight=False), config_path=path)
+    await gw.start()
+
+    def identified(meter: str) -> int:
+        return sum(f"meter {meter}: profile auto identified" in r.getMessage() for r in caplog.records)
+
+    try:
+        assert [gw.config.meter(m).profile for m in "ab"] == ["eastron_sdm630", "eastron_sdm120"]
+        assert await wait_for(lambda: gw.table.get("a", "Voltage_L3_N").quality is Quality.GOOD)
+        runner, before = gw.buses["tcp"], gw.table.get("a", "Active_Energy_Import")
+        # an unrelated change: nothing of the bus or the meters is replaced, nothing is identified again
+        path.write_text(text.replace("name: before", "name: after"))
+        assert await reload(gw, path)
+        assert gw.config.gateway.name == "after" and gw.buses["tcp"] is runner
+        assert [gw.config.meter(m).profile for m in "ab"] == ["eastron_sdm630", "eastron_sdm120"]
+        assert gw.table.get("a", "Active_Energy_Import").read_time >= before.read_time  # values kept, not reset
+        replaced = [r.getMessage() for r in caplog.records if "configuration reloaded (replaced" in r.getMessage()]
+        assert len(replaced) == 1 and "buses" not in replaced[0] and "meters" not in replaced[0], replaced
+        assert (identified("a"), identified("b")) == (1, 1)
+        # meter a now points at another unit: the bus restarts, and both auto meters are identified again
+        path.write_text(text.replace("address: 1, profile: auto", "address: 3, profile: auto"))
+        assert await reload(gw, path)
+        assert gw.buses["tcp"] is not runner
+        assert [gw.config.meter(m).profile for m in "ab"] == ["abb_b23", "eastron_sdm120"]
+        assert (identified("a"), identified("b")) == (2, 2)
+        assert any("replaced buses: tcp; meters: a, b" in r.getMessage() for r in caplog.records)
+        assert await wait_for(lambda: gw.table.get("a", "Voltage_L3_N").quality is Quality.GOOD)
+        assert gw.table.meter("a").points == gw.meter_points("a")  # the table follows the new profile
+    finally:
+        await gw.stop()
+        await server.close()
