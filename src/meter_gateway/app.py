@@ -118,12 +118,17 @@ def _bus_key(cfg: GatewayConfig, profiles: ProfileRegistry, bus_id: str) -> Any:
     """Everything a bus runner is built from: equal keys mean the running bus can be kept on reload."""
     bus = cfg.bus(bus_id)
     meters = cfg.meters_on(bus_id)
-    return (bus, [m.model_dump(include=POLL_KEYS) for m in meters], [profiles.get(m.profile) for m in meters])
+    return (bus, [m.model_dump(include=POLL_KEYS) for m in meters], [_profile_or_none(profiles, m) for m in meters])
 
 
 def _meter_key(cfg: GatewayConfig, profiles: ProfileRegistry, meter_id: str, keys: set[str] | None = None) -> Any:
     m = cfg.meter(meter_id)
-    return (m.model_dump(include=keys), profiles.get(m.profile))
+    return (m.model_dump(include=keys), _profile_or_none(profiles, m))
+
+
+def _profile_or_none(profiles: ProfileRegistry, m: MeterConfig) -> Any:
+    """The meter's profile; None for `profile: auto` (not identified yet)."""
+    return None if m.profile == "auto" else profiles.get(m.profile)
 
 
 def _server_key(cfg: GatewayConfig, key: str) -> Any:
@@ -163,6 +168,7 @@ class Gateway:
         self.write_service: Any = None
         self.journal: Any = None  # journal.recorder.Recorder when the journal is enabled
         self._journal_task: asyncio.Task | None = None
+        self._identified: dict[str, tuple[MeterConfig, MeterConfig]] = {}  # auto meter id -> (as configured, as found)
         #: what upstream servers are built from: the parts they use, never this object
         self.ports = ServerPorts(
             facts=self.facts,
@@ -367,6 +373,11 @@ class Gateway:
             identified = {m.id: m for m in await check_bus(driver, auto, self.profiles, self.table)}
         finally:
             await driver.close()
+        for m in auto:  # a reload that keeps the meter and its bus keeps what was found (_carry_identified)
+            if m.id in identified:
+                self._identified[m.id] = (m, identified[m.id])
+            else:
+                self._identified.pop(m.id, None)
         checked = [identified.get(m.id, m) for m in meters if m.profile != "auto" or m.id in identified]
         resolved = {m.id: m for m in checked}
         dropped = {m.id for m in meters} - set(resolved)
@@ -453,6 +464,7 @@ class Gateway:
         was brought up: the gateway then serves with that part missing (it is logged by the caller).
         """
         old, old_profiles = self.config, self.profiles
+        new = self._carry_identified(new, profiles)
         plan = ReloadPlan.between(old, old_profiles, new, profiles)
         failures: list[str] = []
         for key in plan.servers:
@@ -468,7 +480,7 @@ class Gateway:
         self.sims.profiles = profiles
         self.table.stale_factor = new.gateway.stale_factor
         for m in new.meters:
-            if m.enabled and m.id in plan.values:
+            if m.enabled and m.id in plan.values and m.profile != "auto":  # auto: added once identified (_start_bus)
                 self._add_meter(m)
         for bus in new.buses:
             if bus.id in plan.buses:
@@ -498,6 +510,24 @@ class Gateway:
         if failures:
             raise ServerStartError("; ".join(failures))
         return plan
+
+    def _carry_identified(self, new: GatewayConfig, profiles: ProfileRegistry) -> GatewayConfig:
+        """Reload: a `profile: auto` meter configured as before keeps the profile identified at start, unless its
+        bus restarts (then it is identified again, like a meter whose configuration changed)."""
+        keep = {
+            m.id: found
+            for m in new.meters
+            if m.profile == "auto"
+            and (seen := self._identified.get(m.id)) is not None
+            and seen[0] == m
+            and (found := seen[1]).profile in profiles.names()
+        }
+
+        def resolved(ids: set[str]) -> GatewayConfig:
+            return new.model_copy(update={"meters": [keep[m.id] if m.id in ids else m for m in new.meters]})
+
+        restarting = ReloadPlan.between(self.config, self.profiles, resolved(set(keep)), profiles).buses
+        return resolved({mid for mid, m in keep.items() if m.bus not in restarting})
 
     # -- writes (called by the write service only, after the write policy accepted them) ---------------------
     async def perform_write(self, meter_id: str, point: str, value: float | int | bool) -> str:

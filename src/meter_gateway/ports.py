@@ -93,6 +93,8 @@ class TableReader(Protocol):
 
     def add_alarm_listener(self, listener: Callable[[Alarm], None]) -> None: ...
 
+    def remove_alarm_listener(self, listener: Callable[[Alarm], None]) -> None: ...
+
 
 class GatewayStatus:
     """What the running parts report: whether the gateway started, each bus runner's statistics, the journal,

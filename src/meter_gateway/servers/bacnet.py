@@ -94,6 +94,7 @@ from ..bacnet_model import (
     table_value,
 )
 from ..core.quality import PointValue, Quality
+from ..core.table import COMM_STATUS, Alarm
 from ..writes import Decision, WriteRequest, WriteResult
 from .bacnet_cov import CovGuard, CovLimits
 from .bacnet_net import ForeignDeviceMonitor, announce, host_port, install_guards, quiet_library_logs, resolve_bind
@@ -608,6 +609,7 @@ class BacnetServer(Server):
             )
             self.fd_monitor.start()
         self.table.add_listener(self._on_change)
+        self.table.add_alarm_listener(self._on_alarm)
         if self.gateway_specs:
             self._watch_task = asyncio.create_task(self._watch_gateway(), name="bacnet-gateway-objects")
         log.info(
@@ -710,6 +712,7 @@ class BacnetServer(Server):
     async def stop(self) -> None:
         """Stop listening to the table and close the sockets."""
         self.table.remove_listener(self._on_change)
+        self.table.remove_alarm_listener(self._on_alarm)
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -881,6 +884,8 @@ class BacnetServer(Server):
         )
 
     def _reliability(self, spec: ObjectSpec, v: PointValue) -> Reliability:
+        if spec.point.name == COMM_STATUS and v.quality is Quality.GOOD and self._profile_mismatch(spec.meter_id):
+            return Reliability.configurationError  # the meter contradicts its profile (docs/bacnet.md)
         if v.quality is Quality.STALE:
             return STALE[self.cfg.stale_reliability]
         if v.quality is Quality.GOOD and not state_valid(spec, v.value):
@@ -888,6 +893,18 @@ class BacnetServer(Server):
         if v.quality is Quality.BAD_DATA and spec.object_type == "multi-state-value":
             return Reliability.multiStateFault  # the table refuses a value outside the point's states as bad data
         return RELIABILITY.get(v.quality, Reliability.unreliableOther)
+
+    def _profile_mismatch(self, meter_id: str) -> bool:
+        """True while the meter contradicts its configured profile (PROFILE MISMATCH)."""
+        try:
+            return bool(self.table.meter(meter_id).profile_warning)
+        except KeyError:
+            return False
+
+    def _on_alarm(self, alarm: Alarm) -> None:
+        """A meter-level alarm (profile mismatch): re-derive the reliability of the meter's status object."""
+        if alarm.point == "" and (alarm.meter_id, COMM_STATUS) in self._by_point:
+            self._on_change(alarm.meter_id, COMM_STATUS, None, self.table.get(alarm.meter_id, COMM_STATUS))
 
     def _on_change(self, meter_id: str, point: str, old: PointValue, new: PointValue) -> None:
         """Push a table change into the objects: present value, then reliability (with its own COV)."""

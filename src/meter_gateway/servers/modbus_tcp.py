@@ -334,6 +334,7 @@ class GatewayContext:
         fields["journal_state"] = (
             journal_state_code(None) if journal is None else journal_state_code(journal.state, journal.disk_full)
         )
+        fields["profile_mismatch"] = int(bool(state.profile_warning))
         out: dict[int, int] = {}
         order = WordOrder(self.srv.word_order)
         for d in DIAGNOSTICS:
