@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from gwproc import run_tool
+from rawbacnet import SC_READ_RANGE, RawClient, app, closing, ctx, decode_tags, object_id, opening, unsigned_bytes
 
 from helpers import GatewayRun
 
@@ -151,5 +152,18 @@ def test_trend_log_read_back_by_position_sequence_and_time_across_a_restart(devi
     assert device.tool("bacrp", DEVICE, "trend-log", ENERGY_LOG, "stop-when-full").strip() == "FALSE"
     assert device.tool("bacrp", DEVICE, "trend-log", ENERGY_LOG, "buffer-size").strip() == "500"
     assert device.tool("bacrp", DEVICE, "trend-log", ENERGY_LOG, "log-interval").strip() == "100"
+    # a client that takes 128-octet APDUs gets what fits, oldest first, with first-item and more-items
+    client = RawClient(("127.0.0.1", device.port))
+    try:
+        params = ctx(0, object_id(20, int(ENERGY_LOG))) + ctx(1, unsigned_bytes(131))
+        params += opening(3) + app(2, unsigned_bytes(1)) + app(3, unsigned_bytes(100)) + closing(3)
+        ans = client.confirmed(SC_READ_RANGE, params, max_apdu_code=1)
+    finally:
+        client.close()
+    assert ans.kind == "complex" and len(ans.data) + 3 <= 128, ans
+    tags = decode_tags(ans.data)
+    flags, count = tags[2], tags[3]
+    assert (flags.number, flags.data) == (3, bytes([5, 0b10100000])), flags  # first-item, more-items
+    assert count.number == 4 and 0 < int.from_bytes(count.data, "big") < device.count(ENERGY_LOG)
     log = device.run.log.read_text()
     assert "records reloaded from the journal" in log and "Traceback" not in log
