@@ -169,3 +169,39 @@ def test_journal_table_is_added_to_an_existing_journal_and_verify_still_passes(t
     store.close()
     report = verify(path)
     assert report.exit_code == 0, str(report)
+
+
+TREND_CONFIG = """\
+buses:
+  - {id: rtu, type: modbus_rtu, simulated: true}
+meters:
+  - {id: m1, bus: rtu, address: 1, profile: generic, bacnet_instance_base: 1000}
+upstream:
+  bacnet:
+    trend_logs:
+      enabled: true
+      interval: INTERVAL
+      points:
+        - Active_Energy_Import
+        - POINT
+"""
+
+
+@pytest.mark.parametrize(
+    ("interval", "point", "line", "words"),
+    [
+        ("900", "Active_Power_Totl", 12, "unknown point 'Active_Power_Totl'"),
+        ("900", "Phase_Loss_L1", 12, "point 'Phase_Loss_L1' is a binary-input: only analog and energy points"),
+        ("900", "Active_Energy_Import", 12, "listed twice"),
+        ("0", "Active_Power_Total", 9, "interval"),
+    ],
+)
+def test_check_refuses_bad_trend_log_settings_with_the_line(interval, point, line, words):
+    from meter_gateway.config import ConfigError, parse_config
+
+    text = TREND_CONFIG.replace("INTERVAL", interval).replace("POINT", point)
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, "site/gateway.yaml")
+    assert f"site/gateway.yaml:{line}:" in str(exc.value) and words in str(exc.value), str(exc.value)
+    ok = parse_config(TREND_CONFIG.replace("INTERVAL", "1").replace("POINT", "Voltage_L1_N"), "site/gateway.yaml")
+    assert ok.upstream.bacnet.trend_logs.points == ["Active_Energy_Import", "Voltage_L1_N"]

@@ -369,7 +369,7 @@ class _GatewayApplication(CovGuard, ObjectListCache, Application):
                 return dev.objectIdentifier
             return oid
 
-        if isinstance(apdu, (ReadPropertyRequest, WritePropertyRequest)):
+        if isinstance(apdu, (ReadPropertyRequest, WritePropertyRequest, ReadRangeRequest)):
             apdu.objectIdentifier = resolved(apdu.objectIdentifier)
         elif isinstance(apdu, ReadPropertyMultipleRequest):
             for spec in apdu.listOfReadAccessSpecs:
