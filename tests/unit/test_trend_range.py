@@ -205,3 +205,23 @@ def test_check_refuses_bad_trend_log_settings_with_the_line(interval, point, lin
     assert f"site/gateway.yaml:{line}:" in str(exc.value) and words in str(exc.value), str(exc.value)
     ok = parse_config(TREND_CONFIG.replace("INTERVAL", "1").replace("POINT", "Voltage_L1_N"), "site/gateway.yaml")
     assert ok.upstream.bacnet.trend_logs.points == ["Active_Energy_Import", "Voltage_L1_N"]
+
+
+def test_trend_logs_per_meter_and_in_the_ede(profiles):
+    from meter_gateway.commands.ede import ede_rows
+    from meter_gateway.config import parse_config
+
+    text = TREND_CONFIG.replace("INTERVAL", "60").replace("POINT", "Active_Power_Total")
+    cfg = parse_config(text, profiles=profiles)
+    rows, _ = ede_rows(cfg, profiles)
+    trends = [r for r in rows if r[3] == "20"]
+    # the same instance as the logged object (base 1000 + fixed index), read-only, no COV
+    assert [(r[2], r[4], r[9], r[10], r[15]) for r in trends] == [
+        ("m1.Active_Energy_Import.Trend", "1001", "N", "N", "m1/Active_Energy_Import/trend"),
+        ("m1.Active_Power_Total.Trend", "1005", "N", "N", "m1/Active_Power_Total/trend"),
+    ]
+    assert {r[4] for r in rows if r[2] in ("m1.Active_Energy_Import", "m1.Active_Power_Total")} == {"1001", "1005"}
+    off = parse_config(text.replace("enabled: true", "enabled: false"), profiles=profiles)
+        TREND_CONFIG.replace("enabled: true", "enabled: false").replace("INTERVAL", "60"), profiles=profiles
+    )
+    assert not [r for r in ede_rows(off, profiles)[0] if r[3] == "20"]
