@@ -222,6 +222,4 @@ def test_trend_logs_per_meter_and_in_the_ede(profiles):
     ]
     assert {r[4] for r in rows if r[2] in ("m1.Active_Energy_Import", "m1.Active_Power_Total")} == {"1001", "1005"}
     off = parse_config(text.replace("enabled: true", "enabled: false"), profiles=profiles)
-        TREND_CONFIG.replace("enabled: true", "enabled: false").replace("INTERVAL", "60"), profiles=profiles
-    )
     assert not [r for r in ede_rows(off, profiles)[0] if r[3] == "20"]
