@@ -223,3 +223,27 @@ def test_trend_logs_per_meter_and_in_the_ede(profiles):
     assert {r[4] for r in rows if r[2] in ("m1.Active_Energy_Import", "m1.Active_Power_Total")} == {"1001", "1005"}
     off = parse_config(text.replace("enabled: true", "enabled: false"), profiles=profiles)
     assert not [r for r in ede_rows(off, profiles)[0] if r[3] == "20"]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        Record(1, T0, "real", 2.5, (0, 0, 0, 0)),
+        Record(2, T0, "unsigned", 0, (0, 1, 0, 0)),
+        Record(3, T0, "unsigned", 255, (0, 0, 0, 0)),
+        Record(4, T0, "unsigned", 256, (0, 0, 0, 0)),
+        Record(5, T0, "unsigned", 0xFFFFFFFF, (0, 0, 0, 0)),
+        Record(6, T0, "failure", ("communication", "timeout"), (0, 1, 0, 0)),
+        Record(7, T0, "failure", ("property", "valueNotInitialized"), (0, 1, 0, 0)),
+        Record(8, T0, "status", (0, 0, 1), None),
+        Record(9, T0 + 0.57, "real", -1e-3, (1, 1, 1, 1)),
+        Record(10, T0, "failure", ("device", "operationalProblem"), None),
+    ],
+)
+def test_direct_encoding_and_length_are_what_bacpypes3_encodes(record):
+    """ReadRange sizes and encodes an answer without building bacpypes3 objects for the records."""
+    from meter_gateway.servers.bacnet_trend import encode_record, encoded_length, log_record
+
+    zone = ZoneInfo("Europe/Paris")
+    item = log_record(record, zone).encode().encode().pduData
+    assert encode_record(record, zone) == bytes(item) and encoded_length(record) == len(item)
