@@ -8,16 +8,20 @@ I-Am comes back. bacrr reads a by-time reference date as year/month/day (its --h
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from gwproc import run_tool
+from gwproc import free_udp_port, run_tool
 from rawbacnet import SC_READ_RANGE, RawClient, app, closing, ctx, decode_tags, object_id, opening, unsigned_bytes
 
 from helpers import GatewayRun
+from meter_gateway.core import trend_range as tr
 
 #: the meter `lost` sits on a Modbus TCP bus where nothing listens: its communication fails from the start
 CONFIG = """
@@ -80,8 +84,6 @@ class Device:
         return int(out.stdout.strip())
 
     def wait_records(self, log: str, n: int) -> None:
-        import time
-
         end = time.monotonic() + 30
         while time.monotonic() < end and self.count(log) < n:
             time.sleep(0.5)
@@ -174,3 +176,63 @@ def test_trend_log_read_back_by_position_sequence_and_time_across_a_restart(devi
     assert count.number == 4 and 0 < int.from_bytes(count.data, "big") < device.count(ENERGY_LOG)
     log = device.run.log.read_text()
     assert "records reloaded from the journal" in log and "Traceback" not in log
+
+
+def test_selection_rules_agree_with_the_bacnet_stack_reference_server(bacnet_stack):
+    """The ReadRange rules of core/trend_range.py, applied to a model of bacserv's Trend Log 0, pick the records that
+    bacnet-stack's own server returns to bacrr, for ranges inside, across and outside its buffer."""
+    port = free_udp_port()
+    env = {**os.environ, "BACNET_IFACE": "lo", "BACNET_IP_PORT": str(port)}
+    server = subprocess.Popen(
+        [str(bacnet_stack / "bacserv"), "1234"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+
+        def tool(name: str, *args: str) -> str:
+            extra = {"BACNET_IP_BROADCAST_PORT": str(port)}  # bacrr's Who-Is reaches bacserv's port
+            out = run_tool(bacnet_stack, name, *args, env=extra)
+            assert out.returncode == 0, f"{name} {args}: {out.stdout}{out.stderr}"
+            return out.stdout
+
+        def rr(*range_args: str) -> list[str]:
+            out = tool("bacrr", "1234", "trend-log", "0", "log-buffer", *range_args)
+            return [t for t, _ in RECORD.findall(out)]
+
+        def rp(prop: str) -> int:
+            return int(tool("bacrp", "--mac", f"127.0.0.1:{port}", "--dnet", "0", "1234", "trend-log", "0", prop))
+
+        end = time.monotonic() + 10
+        while True:
+            args = ["--mac", f"127.0.0.1:{port}", "--dnet", "0", "1234", "device", "1234", "object-name"]
+            out = run_tool(bacnet_stack, "bacrp", *args)
+            if out.returncode == 0 or time.monotonic() > end:
+                break
+            time.sleep(0.2)
+        count, total = rp("record-count"), rp("total-record-count")
+        assert 10 < count <= total
+        # the model: consecutive sequence numbers ending at total, one record every `step` seconds
+        stamps = {i: rr("1", str(i), "1")[0] for i in (1, 2, count)}
+        t0 = datetime.strptime(stamps[1][:19], "%Y-%m-%d-%H:%M:%S")
+        step = (datetime.strptime(stamps[2][:19], "%Y-%m-%d-%H:%M:%S") - t0).total_seconds()
+        times = [t0.timestamp() + step * i for i in range(count)]
+        assert datetime.fromtimestamp(times[-1]).strftime("%Y-%m-%d-%H:%M:%S") == stamps[count][:19]
+        seqs = [total - count + 1 + i for i in range(count)]
+
+        def stamp(i: int) -> str:
+            return datetime.fromtimestamp(times[i]).strftime("%Y-%m-%d-%H:%M:%S.00")
+
+        first = seqs[0]
+        for ref, n in ((first, 3), (first + 4, -3), (first - 1, 2), (first - 2, -5), (total, 3), (total + 2, -4)):
+            expected = tr.by_sequence_number(seqs, ref, n)
+            assert rr("2", str(ref), str(n)) == [stamp(i) for i in range(expected.start, expected.stop)], (ref, n)
+        for i, delta, n in ((2, 0, 2), (2, 0, -2), (4, 60, 3), (4, 60, -3), (0, -60, 2), (count - 1, 0, 2)):
+            ref = times[i] + delta
+            expected = tr.by_time(times, ref, n)
+            when = datetime.fromtimestamp(ref).strftime("%Y/%m/%d %H:%M:%S").split()
+            assert rr("3", *when, str(n)) == [stamp(i) for i in range(expected.start, expected.stop)], (i, delta, n)
+        for index, n in ((count - 1, 5), (count + 1, 1), (3, -5)):
+            expected = tr.by_position(count, index, n)
+            assert rr("1", str(index), str(n)) == [stamp(i) for i in range(expected.start, expected.stop)]
+    finally:
+        server.kill()
+        server.wait(timeout=10)

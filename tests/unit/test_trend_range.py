@@ -50,8 +50,10 @@ def test_by_position(index, count, expected):
         (45, -3, [43, 44, 45]),  # ends at it
         (48, 10, [48, 49, 50]),
         (42, -10, [41, 42]),
-        (40, 5, []),  # overwritten already: nothing matches
-        (51, -5, []),  # not recorded yet: nothing matches
+        (40, 5, [41, 42, 43, 44]),  # the range 40..44, as far as the buffer holds it (40 was overwritten)
+        (52, -5, [48, 49, 50]),  # 48..52: 51 and 52 are not recorded yet
+        (30, 5, []),  # 30..34: all overwritten
+        (60, -5, []),  # 56..60: none recorded yet
     ],
 )
 def test_by_sequence_number(ref, count, expected):
@@ -62,6 +64,8 @@ def test_sequence_numbers_wrap_after_2_to_the_32_minus_1():
     seqs = [tr.SEQUENCE_MAX - 2, tr.SEQUENCE_MAX - 1, tr.SEQUENCE_MAX, 1, 2]
     assert items(tr.by_sequence_number(seqs, tr.SEQUENCE_MAX, 3), seqs) == [tr.SEQUENCE_MAX, 1, 2]
     assert items(tr.by_sequence_number(seqs, 1, -2), seqs) == [tr.SEQUENCE_MAX, 1]
+    assert items(tr.by_sequence_number(seqs, tr.SEQUENCE_MAX - 3, 2), seqs) == [tr.SEQUENCE_MAX - 2]
+    assert items(tr.by_sequence_number(seqs, 3, -2), seqs) == [2]
     assert tr.next_sequence(tr.SEQUENCE_MAX) == 1
     buf = TrendBuffer(3)
     buf.last_n = tr.SEQUENCE_MAX - 1

@@ -64,16 +64,21 @@ def by_position(length: int, reference_index: int, count: int) -> Selection:
 
 
 def by_sequence_number(sequences: Sequence[int], reference: int, count: int) -> Selection:
-    """Clause 15.8.1.1.4.2: from (back to) the record of that sequence number; a number not in the list: nothing."""
+    """Clause 15.8.1.1.4.2: the records whose sequence numbers lie from the reference to reference + count - 1 (count
+    > 0) or from reference + count + 1 to the reference (count < 0), as far as the buffer holds them; the sequence
+    numbers of a buffer are consecutive modulo the wrap. bacnet-stack's reference server selects the same way."""
     if count == 0:
         raise ValueError("count must not be zero")
     if not sequences:
         return NOTHING
-    # the sequence numbers of a buffer are consecutive (modulo the wrap): the position follows from the first
-    index = (reference - sequences[0]) % SEQUENCE_MAX
-    if index >= len(sequences) or sequences[index] != reference:
+    offset = (reference - sequences[0]) % SEQUENCE_MAX
+    if offset > SEQUENCE_MAX // 2:  # a reference before the oldest record
+        offset -= SEQUENCE_MAX
+    lo, hi = (offset, offset + count - 1) if count > 0 else (offset + count + 1, offset)
+    lo, hi = max(lo, 0), min(hi, len(sequences) - 1)
+    if lo > hi:
         return NOTHING
-    return _around(index, count, len(sequences))
+    return Selection(lo, hi + 1, backwards=count < 0)
 
 
 def by_time(times: Sequence[float], reference: float, count: int) -> Selection:
