@@ -261,6 +261,17 @@ class BacnetCovSection(_Strict):
     )
 
 
+class BacnetTrendSection(_Strict):
+    """Trend Log objects per meter (docs/bacnet-trend.md): polled at clock-aligned intervals, ring buffers."""
+
+    enabled: bool = Field(False, description="one Trend Log object per listed point of every meter")
+    interval: int = Field(900, ge=1, le=86400, description="log-interval in seconds, aligned to the clock")
+    buffer_size: int = Field(2000, ge=1, le=100000, description="records kept per trend log (the oldest go first)")
+    points: list[str] = Field(
+        ["Active_Energy_Import", "Active_Power_Total"], description="catalogue points logged (analog or energy)"
+    )
+
+
 class BacnetSection(_Strict):
     """The gateway's BACnet/IP device."""
 
@@ -309,6 +320,7 @@ class BacnetSection(_Strict):
         description="device state kept across restarts (database-revision), relative to gateway.state_dir",
     )
     cov: BacnetCovSection = BacnetCovSection()
+    trend_logs: BacnetTrendSection = BacnetTrendSection()
     bbmd_max_foreign_devices: int = Field(
         128, ge=1, le=10000, description="as BBMD: foreign devices registered at once (more are refused)"
     )
@@ -478,6 +490,7 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
                 )
             serial_ports.setdefault(b.port, i)
     errs += _port_clashes(cfg)
+    errs += _trend_log_errors(cfg)
     ids: dict[str, int] = {}
     units: dict[int, int] = {}
     addrs: dict[tuple[str, str], int] = {}
@@ -647,6 +660,30 @@ def _port_clashes(cfg: GatewayConfig) -> list[tuple[tuple[Any, ...], str]]:
             if port and port == oport and (bind == obind or "0.0.0.0" in (bind, obind) or "::" in (bind, obind)):
                 errs.append((path, f"{who} and {owho} both use TCP port {port}: give each its own port"))
                 break
+    return errs
+
+
+def _trend_log_errors(cfg: GatewayConfig) -> list[tuple[tuple[Any, ...], str]]:
+    """upstream.bacnet.trend_logs.points: catalogue points with an analog value (energy or measurement), once each."""
+    tl = cfg.upstream.bacnet.trend_logs
+    if not tl.enabled:
+        return []
+    from .core.catalogue import load_catalogue
+
+    cat = {p.name: p for p in load_catalogue()}
+    loggable = sorted(n for n, p in cat.items() if p.bacnet_type in ("accumulator", "analog-input", "analog-value"))
+    errs: list[tuple[tuple[Any, ...], str]] = []
+    seen: set[str] = set()
+    for i, name in enumerate(tl.points):
+        where = ("upstream", "bacnet", "trend_logs", "points", i)
+        if name in seen:
+            errs.append((where, f"point {name!r} is listed twice: one trend log per point"))
+        elif name not in cat:
+            errs.append((where, f"unknown point {name!r}; e.g. Active_Energy_Import, Active_Power_Total"))
+        elif name not in loggable:
+            kind = cat[name].bacnet_type
+            errs.append((where, f"point {name!r} is a {kind}: only analog and energy points are logged"))
+        seen.add(name)
     return errs
 
 

@@ -87,6 +87,11 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
         ref = str(states.setdefault((g.inactive_text, g.active_text), len(states) + 1))
         row = [g.name, str(dev), g.name, str(OBJECT_TYPE_NUMBER[g.object_type]), str(g.instance), g.description]
         rows.append([*row, "", "", "", "N", "Y", "", "", ref, "", f"gateway/{g.key}"])
+    from ..servers.bacnet_trend import trend_specs  # Trend Logs (upstream.bacnet.trend_logs): type 20, read-only
+
+    for t in trend_specs(cfg.upstream.bacnet.trend_logs, specs):
+        rows.append([t.name, str(dev), t.name, "20", str(t.instance), t.description, *[""] * 3, "N", "N", *[""] * 4])
+        rows[-1].append(f"{t.key}/trend")
     state_rows = [[str(ref), *texts] for texts, ref in states.items()]
     return rows, state_rows
 

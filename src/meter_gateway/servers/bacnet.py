@@ -37,6 +37,7 @@ from bacpypes3.apdu import (
     IHaveRequest,
     ReadPropertyMultipleRequest,
     ReadPropertyRequest,
+    ReadRangeRequest,
     RejectPDU,
     SimpleAckPDU,
     SubscribeCOVRequest,
@@ -99,6 +100,7 @@ from ..writes import Decision, WriteRequest, WriteResult
 from .bacnet_cov import CovGuard, CovLimits
 from .bacnet_net import ForeignDeviceMonitor, announce, host_port, install_guards, quiet_library_logs, resolve_bind
 from .bacnet_segment import ObjectListCache, fit_segments
+from .bacnet_trend import TrendLogger, make_trend_logs, read_range, trend_specs
 from .base import Server, ServerStartError
 
 if TYPE_CHECKING:
@@ -115,6 +117,8 @@ GATEWAY_POLL = 1.0
 MAX_APDU = 1476
 #: properties a Property_List never contains (ASHRAE 135 clause 12.1.1.4.1)
 NOT_IN_PROPERTY_LIST = frozenset({"objectIdentifier", "objectName", "objectType", "propertyList"})
+#: protocol-services-supported bit of ReadRange, offered while the device has Trend Log objects
+READ_RANGE_BIT = 35
 #: confirmed services the device executes (anything else: Reject unrecognized-service)
 CONFIRMED_SERVED = (ReadPropertyRequest, ReadPropertyMultipleRequest, WritePropertyRequest, SubscribeCOVRequest)
 #: unconfirmed services the device executes (I-Am / I-Have from peers feed the address cache)
@@ -345,7 +349,8 @@ class _GatewayApplication(CovGuard, ObjectListCache, Application):
         """Record the requester for write allowlists; reject services that are not offered."""
         source = apdu.pduSource
         peer = str(getattr(source, "addrTuple", (str(source),))[0]) if source is not None else ""
-        if isinstance(apdu, ConfirmedRequestPDU) and not isinstance(apdu, CONFIRMED_SERVED):
+        served = CONFIRMED_SERVED + ((ReadRangeRequest,) if self._trend_logs() else ())
+        if isinstance(apdu, ConfirmedRequestPDU) and not isinstance(apdu, served):
             self._log_unserved(peer, type(apdu).__name__, "rejected (unrecognized-service)")
             await self.response(RejectPDU(reason="unrecognizedService", context=apdu))
             return
@@ -367,7 +372,7 @@ class _GatewayApplication(CovGuard, ObjectListCache, Application):
                 return dev.objectIdentifier
             return oid
 
-        if isinstance(apdu, (ReadPropertyRequest, WritePropertyRequest)):
+        if isinstance(apdu, (ReadPropertyRequest, WritePropertyRequest, ReadRangeRequest)):
             apdu.objectIdentifier = resolved(apdu.objectIdentifier)
         elif isinstance(apdu, ReadPropertyMultipleRequest):
             for spec in apdu.listOfReadAccessSpecs:
@@ -390,7 +395,19 @@ class _GatewayApplication(CovGuard, ObjectListCache, Application):
 
     def get_services_supported(self):
         """The services the device executes or initiates (ASHRAE 135 clause 21 bit numbers)."""
-        return services_supported()
+        ss = services_supported()
+        if self._trend_logs():
+            ss[READ_RANGE_BIT] = 1
+        return ss
+
+    def _trend_logs(self) -> bool:
+        """Whether the device has Trend Log objects (ReadRange is offered with them)."""
+        return self.gw_server is not None and bool(self.gw_server.trend_specs)
+
+    async def do_ReadRangeRequest(self, apdu: ReadRangeRequest) -> None:  # type: ignore[override]
+        """ReadRange (bacpypes3 declares it but does not execute it): servers/bacnet_trend.py."""
+        assert self.gw_server is not None
+        await read_range(self, apdu, self.gw_server.zone)
 
     def get_active_cov_subscriptions(self) -> ListOfCOVSubscription:
         """The device's active-cov-subscriptions: one entry per subscription, with its time remaining."""
@@ -528,6 +545,9 @@ class BacnetServer(Server):
         self.gateway_objects: dict[str, Any] = {}
         self._gateway_active: dict[str, bool] = {}
         self._watch_task: asyncio.Task | None = None
+        #: Trend Log objects (upstream.bacnet.trend_logs) and the task that fills them
+        self.trend_specs = trend_specs(self.cfg.trend_logs, self.specs)
+        self.trend_logger: TrendLogger | None = None
 
     # -- start / stop ---------------------------------------------------------------------------------
     def _address(self) -> str:
@@ -592,6 +612,8 @@ class BacnetServer(Server):
             port_obj.bbmdBroadcastDistributionTable = [BDTEntry(e) for e in self.cfg.bdt]
         objs = [device, port_obj] + [self._make(spec) for spec in self.specs]
         objs += [self._make_gateway(spec) for spec in self.gateway_specs]
+        trend_objs = make_trend_logs(self.trend_specs, self.cfg.trend_logs)
+        objs += trend_objs
         fit_segments()
         quiet_library_logs()
         try:
@@ -610,6 +632,11 @@ class BacnetServer(Server):
             self.fd_monitor.start()
         self.table.add_listener(self._on_change)
         self.table.add_alarm_listener(self._on_alarm)
+        if trend_objs:
+            self.trend_logger = TrendLogger(
+                trend_objs, self.cfg.trend_logs, self.table.get, lambda: self.ports.status.journal
+            )
+            self.trend_logger.start()
         if self.gateway_specs:
             self._watch_task = asyncio.create_task(self._watch_gateway(), name="bacnet-gateway-objects")
         log.info(
@@ -618,7 +645,7 @@ class BacnetServer(Server):
             device.objectName,
             host,
             port,
-            len(self.specs) + len(self.gateway_specs),
+            len(self.specs) + len(self.gateway_specs) + len(trend_objs),
             self.database_revision,
         )
 
@@ -656,6 +683,7 @@ class BacnetServer(Server):
         """The persisted database-revision, raised (and saved) when the object set differs from the last run."""
         items = sorted((s.object_type, s.instance, s.name) for s in [*self.specs, *self.gateway_specs])
         ident = [self.cfg.device_instance, self.cfg.device_name or self.facts.config.gateway.name]
+        items += sorted(("trend-log", t.instance, t.name) for t in self.trend_specs)
         fingerprint = hashlib.sha256(json.dumps([ident, items]).encode()).hexdigest()
         path = self._state_path()
         if path is None:
@@ -713,6 +741,9 @@ class BacnetServer(Server):
         """Stop listening to the table and close the sockets."""
         self.table.remove_listener(self._on_change)
         self.table.remove_alarm_listener(self._on_alarm)
+        if self.trend_logger is not None:
+            await self.trend_logger.stop()
+            self.trend_logger = None
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -746,6 +777,8 @@ class BacnetServer(Server):
         specs = object_specs(facts.config, facts.catalogue, {m: facts.meter_points(m) for m in self.table.meter_ids})
         old = {mid: [x for x in self.specs if x.meter_id == mid] for mid in meter_ids}
         new = {mid: [x for x in specs if x.meter_id == mid] for mid in meter_ids}
+        if [t.identity for t in trend_specs(self.cfg.trend_logs, specs)] != [t.identity for t in self.trend_specs]:
+            return False  # other Trend Logs: the device restarts (their records come back from the journal)
         self.specs = specs
 
         def same(a: list[ObjectSpec], b: list[ObjectSpec]) -> bool:
