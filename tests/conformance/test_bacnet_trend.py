@@ -138,7 +138,10 @@ def test_trend_log_read_back_by_position_sequence_and_time_across_a_restart(devi
     assert around[0] == device.rr(ENERGY_LOG, "1", str(before), "1")[0]  # sequence number = position (not full)
     kinds = [d.split(":")[0] for _, d in around]
     assert kinds.count("status") == 1 and around[kinds.index("status")][1] == "status:{false,false,true}", around
-    assert set(kinds) == {"status", "uint32_t"} and [t for t, _ in around] == sorted(t for t, _ in around)
+    # a boundary right after the restart, before the meter's first poll (a loaded machine), has no value yet
+    assert {d for _, d in around if d.startswith("failure")} <= {"failure:property,value-not-initialized"}, around
+    assert set(kinds) - {"failure", "..."} == {"status", "uint32_t"}, around
+    assert [t for t, _ in around] == sorted(t for t, _ in around)
     # by sequence number, backwards: the records before the reference, oldest first
     assert device.rr(ENERGY_LOG, "2", "3", "-2") == first[1:3]
     # by time: count > 0 starts after the reference time, count < 0 ends before it
