@@ -74,6 +74,10 @@ class Identity:
         return ROLE_RANK.get(self.role, 0) >= ROLE_RANK.get(role, 99)
 
 
+if hasattr(web, "RequestKey"):  # aiohttp >= 3.14 wants typed keys
+    IDENTITY = web.RequestKey("identity", Identity)
+
+
 @dataclass
 class _Failures:
     count: int = 0
@@ -103,6 +107,7 @@ class Auth:
         self._dummy = self.hasher.hash(secrets.token_hex(8))  # unknown users cost as much as known ones
         self.once = OnceLog(log)
         self._control_path: Path | None = None
+        self._verifying: asyncio.Semaphore | None = None  # argon2 costs memory and CPU: two checks at a time
 
     @classmethod
     def from_config(cls, http_cfg: Any, tls: bool, body_timeout: float) -> Auth:
@@ -277,7 +282,12 @@ class Auth:
         if wait > 0:
             return _error(429, f"too many failed logins: try again in {wait:.0f} s", {"Retry-After": f"{wait:.0f}"})
         user = self.users.get(name)
-        ok = await asyncio.to_thread(self._verify, user.password_hash if user is not None else self._dummy, password)
+        if self._verifying is None:
+            self._verifying = asyncio.Semaphore(2)
+        async with self._verifying:
+            ok = await asyncio.to_thread(
+                self._verify, user.password_hash if user is not None else self._dummy, password
+            )
         if not ok or user is None:
             if user is not None:
                 self._fail("u:" + name, now, f"user {name!r}")
