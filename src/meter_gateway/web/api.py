@@ -570,7 +570,10 @@ class WebApi:
         return _json(doc)
 
     async def audit(self, request: web.Request) -> web.StreamResponse:
-        """GET /api/audit?meter=&point=&protocol=&result=&user=&limit=: the newest write-audit records first."""
+        """GET /api/audit?meter=&point=&protocol=&result=&user=&limit=: the newest write attempts first.
+
+        A write that reached the meter has an "intent" record (written before the meter was touched) and its result.
+        """
         from ..writes import audit_path, read_audit
 
         q = request.query
@@ -590,7 +593,9 @@ class WebApi:
             if q.get(f)
         }
         records = await asyncio.to_thread(read_audit, audit_path(self.gw), 100000)
-        out = [r for r in reversed(records) if all(str(r.get(k, "")) == v for k, v in filters.items())]
+        out = [
+            r for r in reversed(records) if "event" not in r and all(str(r.get(k, "")) == v for k, v in filters.items())
+        ]  # journal checkpoints copied into the audit file are not write attempts
         return _json({"records": out[:limit], "total": len(out)})
 
     async def config(self, _request: web.Request) -> web.StreamResponse:
