@@ -256,8 +256,10 @@ class HttpServer:
                 guard._timer.cancel()
                 guard._timer = None
         try:
-            if guard is not None and guard.reserve and request.path != "/health":
-                return _text(503, "too many connections\n")
+            if guard is not None and guard.reserve:  # admitted beyond the limit: one /health answer, then closed
+                resp = await handler(request) if request.path == "/health" else _text(503, "too many connections\n")
+                resp.force_close()
+                return resp
             try:
                 return await handler(request)
             except web.HTTPException as exc:
