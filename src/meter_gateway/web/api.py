@@ -415,6 +415,8 @@ class WebApi:
         elif topic != "overview":
             return _err(400, "topic: overview or meter:{id}")
         resp = await self._sse(request)
+        if request.method == "HEAD":
+            return resp
         with contextlib.suppress(ConnectionError):  # the browser went away
             await self._stream_loop(resp, mid)
         return resp
@@ -469,6 +471,8 @@ class WebApi:
             frames = list(runner.driver.frames)
             after = frames[-1][0] - 1 if frames else 0
         resp = await self._sse(request)
+        if request.method == "HEAD":
+            return resp
         with contextlib.suppress(ConnectionError):  # the browser went away
             await self._trace_loop(resp, bus_id, kind, after)
         return resp
