@@ -129,6 +129,8 @@ async def test_login_cookie_session_and_logout(gw):
         async with s.get(f"{base(gw)}/api/session") as r:
             assert r.status == 401
     async with client() as s:  # a form login redirects to `next`, a failed one back to the form
+        async with s.get(f"{base(gw)}/login") as r:
+            assert "<form" in await r.text() and "script-src 'self'" in r.headers["Content-Security-Policy"]
         form = {"username": "vera", "password": PASSWORDS["vera"], "next": "/api/session"}
         async with s.post(f"{base(gw)}/login", data=form, allow_redirects=False) as r:
             assert r.status == 303 and r.headers["Location"] == "/api/session"
