@@ -2,8 +2,8 @@
 
 The chain is: upstream server -> WriteService.write (policy + audit) -> Gateway.perform_write (handed to the
 write service as its `perform` callable, nowhere else) -> BusRunner.write -> Driver.write. Each link may be called
-only by the link before it; the servers are driven by tests/integration/test_write_matrix.py (Modbus TCP) and
-tests/integration/test_bacnet.py (BACnet)."""
+only by the link before it; the servers are driven by tests/integration/test_write_matrix.py (Modbus TCP),
+tests/integration/test_bacnet.py (BACnet) and tests/integration/test_web_api.py (HTTP)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ ALLOWED = {
     "perform_write": {"app.py"},  # only where the gateway hands it to the write service
     "perform": {"writes.py"},
     "write_service": {"app.py"},  # servers get the write service through their ports, never from the gateway
-    "_writes": {"servers/base.py", "servers/modbus_tcp.py", "servers/bacnet.py"},
+    "_writes": {"servers/base.py", "servers/modbus_tcp.py", "servers/bacnet.py", "web/api.py"},
     "_command": {"drivers/modbus.py"},
 }
 
@@ -49,9 +49,9 @@ def test_each_link_is_used_only_by_the_one_before_it():
 
 
 def test_the_servers_write_only_through_the_write_service():
-    for server in ("servers/modbus_tcp.py", "servers/bacnet.py"):
+    for server in ("servers/modbus_tcp.py", "servers/bacnet.py", "web/api.py"):
         text = (SRC / server).read_text()
-        assert "_writes().write(" in text
+        assert "_writes().write(" in text or "ws.write(req)" in text
         for bypass in ("perform_write", "driver.write", "runner.write", ".write(meter"):
             assert bypass not in text, (server, bypass)
 

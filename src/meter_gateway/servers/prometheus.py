@@ -25,7 +25,7 @@ from .http import HttpServer, Response
 from .model_routes import ModelRoutes
 
 if TYPE_CHECKING:
-    from ..ports import ServerPorts
+    from ..ports import ConfigFacts, ServerPorts
 
 P = "meter_gateway_"
 log = logging.getLogger(__name__)
@@ -252,6 +252,25 @@ class GatewayCollector:
         yield from (sent, busy, hist)
 
 
+def _tls_context(facts: ConfigFacts):
+    """The HTTPS context of upstream.http.tls (paths relative to the configuration's folder), or None."""
+    import ssl
+    from pathlib import Path
+
+    tls = facts.config.upstream.http.tls
+    if tls is None:
+        return None
+    base = Path(facts.config_path).parent if facts.config_path else Path.cwd()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(base / tls.cert, base / tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        from .base import ServerStartError
+
+        raise ServerStartError(f"prometheus: cannot use upstream.http.tls: {exc}") from exc
+    return ctx
+
+
 def health(ports: ServerPorts) -> tuple[int, dict]:
     """Health of buses and meters: 200 when ok or degraded, 503 when failed (see docs/metrics.md)."""
     table, parts = ports.table, ports.status
@@ -302,9 +321,14 @@ class PrometheusServer(Server):
 
     def __init__(self, ports: ServerPorts) -> None:
         super().__init__(ports)
+        from ..web.api import WebApi
+        from ..web.auth import METRICS, Auth
+
         cfg = self.facts.config.upstream.prometheus
+        http_cfg = self.facts.config.upstream.http
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(ports))
+        self.auth = Auth.from_config(http_cfg, tls=http_cfg.tls is not None, body_timeout=cfg.idle_timeout)
         self.http = HttpServer(
             cfg.bind,
             cfg.port,
@@ -312,15 +336,19 @@ class PrometheusServer(Server):
             max_connections=cfg.max_connections,
             max_per_address=cfg.max_connections_per_address,
             idle_timeout=cfg.idle_timeout,
+            max_body=http_cfg.max_body,
+            ssl_context=_tls_context(self.facts),
+            authorize=self.auth.authorize,
         )
-        self.http.route("/metrics", self._metrics)
+        self.http.route("/metrics", self._metrics, METRICS)
         self.http.route("/health", self._health)
-        self.http.route("/export", self._export)
-        self.http.route("/values", self._values)
-        self.http.route("/trace", self._trace)
-        self.http.route("/scan", self._scan)
-        self.http.route("/", self._index)
+        self.http.route("/export", self._export, "viewer")
+        self.http.route("/values", self._values, "viewer")
+        self.http.route("/trace", self._trace, "admin")
+        self.http.route("/scan", self._scan, "admin")
         ModelRoutes(self.facts).add_to(self.http)  # /model/brick.ttl, /model/haystack.json|zinc, /openapi.json
+        self.web = WebApi(ports, self.http, self.auth)  # /, /login, /logout, /api/*, /ui/
+        self.web.add_routes()
         self._bound: tuple[str, int] | None = None
         self._scrape_lock = asyncio.Lock()
         self._exports = 0  # exports running
@@ -365,16 +393,9 @@ class PrometheusServer(Server):
         return Response(200, (json.dumps(doc) + "\n").encode(), "application/json")
 
     async def _scan(self, query) -> Response:
-        """Scan a bus between polls: ?bus=ID[&first=N&last=N&secondary=0]; served only on a loopback bind."""
-        import ipaddress
-
+        """Scan a bus between polls: ?bus=ID[&first=N&last=N&secondary=0] (admin)."""
         from ..live import scan_document
 
-        bind = self.facts.config.upstream.prometheus.bind
-        if not ipaddress.ip_address(bind).is_loopback:
-            return Response(
-                403, b"scanning over HTTP is served only when upstream.prometheus binds a loopback address\n"
-            )
         lines = self.ports.lines
         bus_id = query.get("bus", [""])[0]
         if bus_id not in lines.bus_ids():
@@ -490,16 +511,19 @@ class PrometheusServer(Server):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(worker), 10)
 
-    def _index(self, _query) -> Response:
-        paths = "\n".join(sorted(self.http.routes))
-        return Response(200, f"meter-gateway {__version__}\n{paths}\n".encode())
-
     async def start(self) -> None:
-        """Bind and serve."""
+        """Bind and serve; write the control token for the local CLI."""
         self._bound = await self.http.start()
+        if self.facts.config.upstream.http.control_token and self.facts.config_path is not None:
+            self.auth.write_control_token(self.facts.state_dir)
+        else:  # a gateway built in a program (tests, `read`): the token stays in memory (self.auth.control_token)
+            self.auth.new_control_token()
+        await self.web.start()
 
     async def stop(self) -> None:
-        """Stop serving."""
+        """Stop serving; remove the control token."""
+        await self.web.stop()
+        self.auth.remove_control_token()
         await self.http.stop()
 
     def address(self) -> tuple[str, int] | None:
