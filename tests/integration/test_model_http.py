@@ -89,7 +89,8 @@ async def test_xml_export_over_http_validates(tmp_path, profiles):
     xmlschema = pytest.importorskip("xmlschema", reason="xmlschema is not installed (the dev extra)")
     from meter_gateway.journal.xml import NS, xsd_text
 
-    gw = Gateway(parse_config(XML_YAML, str(tmp_path / "gateway.yaml"), profiles), profiles)
+    cfg_path = tmp_path / "gateway.yaml"  # state files (journal, key) go beside it, never into the working folder
+    gw = Gateway(parse_config(XML_YAML, str(cfg_path), profiles), profiles, config_path=cfg_path)
     path = journal_path(gw.facts)
     store = JournalStore(path, load_or_create_key(side_paths(path)[0])[0])
     start = int(datetime(2026, 11, 2, tzinfo=ZoneInfo("Europe/Paris")).timestamp())
