@@ -97,6 +97,9 @@ from ..config import state_path
 from ..core.quality import PointValue, Quality
 from ..writes import Decision, WriteRequest, WriteResult
 from .bacnet_cov import CovGuard, CovLimits
+from .bacnet_events import REQUESTS as EVENT_REQUESTS
+from .bacnet_events import SERVICES as EVENT_SERVICES
+from .bacnet_events import EventReporting, EventServices
 from .bacnet_net import ForeignDeviceMonitor, announce, host_port, install_guards, quiet_library_logs, resolve_bind
 from .bacnet_segment import ObjectListCache, fit_segments
 from .base import Server, ServerStartError
@@ -332,7 +335,7 @@ def services_supported() -> ServicesSupported:
     return ss
 
 
-class _GatewayApplication(CovGuard, ObjectListCache, Application):
+class _GatewayApplication(EventServices, CovGuard, ObjectListCache, Application):
     """The bacpypes3 application: only the offered services, writes answered by the gateway's own rules."""
 
     gw_server: BacnetServer | None = None
@@ -342,7 +345,10 @@ class _GatewayApplication(CovGuard, ObjectListCache, Application):
         """Record the requester for write allowlists; reject services that are not offered."""
         source = apdu.pduSource
         peer = str(getattr(source, "addrTuple", (str(source),))[0]) if source is not None else ""
-        if isinstance(apdu, ConfirmedRequestPDU) and not isinstance(apdu, CONFIRMED_SERVED):
+        events = self.gw_server is not None and self.gw_server.events.enabled
+        if isinstance(apdu, ConfirmedRequestPDU) and not isinstance(
+            apdu, CONFIRMED_SERVED + (EVENT_REQUESTS if events else ())
+        ):
             self._log_unserved(peer, type(apdu).__name__, "rejected (unrecognized-service)")
             await self.response(RejectPDU(reason="unrecognizedService", context=apdu))
             return
@@ -387,7 +393,11 @@ class _GatewayApplication(CovGuard, ObjectListCache, Application):
 
     def get_services_supported(self):
         """The services the device executes or initiates (ASHRAE 135 clause 21 bit numbers)."""
-        return services_supported()
+        ss = services_supported()
+        if self.gw_server is not None and self.gw_server.events.enabled:
+            for bit in EVENT_SERVICES.values():
+                ss[bit] = 1
+        return ss
 
     def get_active_cov_subscriptions(self) -> ListOfCOVSubscription:
         """The device's active-cov-subscriptions: one entry per subscription, with its time remaining."""
@@ -501,6 +511,8 @@ class BacnetServer(Server):
         self.gateway_objects: dict[str, Any] = {}
         self._gateway_active: dict[str, bool] = {}
         self._watch_task: asyncio.Task | None = None
+        #: intrinsic reporting (notification classes, alarm services): docs/bacnet.md, Alarms
+        self.events = EventReporting(self.cfg.events, self.zone, gateway.table)
 
     # -- start / stop ---------------------------------------------------------------------------------
     def _address(self) -> str:
@@ -565,6 +577,7 @@ class BacnetServer(Server):
             port_obj.bbmdBroadcastDistributionTable = [BDTEntry(e) for e in self.cfg.bdt]
         objs = [device, port_obj] + [self._make(spec) for spec in self.specs]
         objs += [self._make_gateway(spec) for spec in self.gateway_specs]
+        objs += self.events.class_objects()
         fit_segments()
         quiet_library_logs()
         try:
@@ -572,6 +585,7 @@ class BacnetServer(Server):
         except Exception as exc:
             raise ServerStartError(f"BACnet/IP device cannot start: {exc}") from exc
         self.app.gw_server = self
+        self.events.start(self.app)
         self.app.cov_limits = CovLimits(**self.cfg.cov.model_dump())
         self.bvll_guards = install_guards(self.app, self._trusted_bbmds(), self.bind_info.network)
         await self._verify_bound(host, port)
@@ -694,6 +708,7 @@ class BacnetServer(Server):
         if self.fd_monitor is not None:
             self.fd_monitor.close()
             self.fd_monitor = None
+        await self.events.stop()
         if self.app is not None:
             self.app.close()
             self.app = None
@@ -724,7 +739,7 @@ class BacnetServer(Server):
             ]
 
         for mid in meter_ids:
-            if old[mid] and same(old[mid], new[mid]):
+            if old[mid] and same(old[mid], new[mid]) and all(self._same_events(s) for s in new[mid]):
                 for spec in new[mid]:  # same objects: new description, the table's current values
                     obj = self.objects[(mid, spec.point.name, spec.object_type)]
                     obj._gw_spec = spec
@@ -734,6 +749,7 @@ class BacnetServer(Server):
                 continue
             for key in [k for k in self.objects if k[0] == mid]:
                 obj = self.objects.pop(key)
+                self.events.deleted(obj)
                 with contextlib.suppress(Exception):
                     self.app.delete_object(obj)
             for key in [k for k in self._by_point if k[0] == mid]:
@@ -747,9 +763,18 @@ class BacnetServer(Server):
         return True
 
     # -- objects ---------------------------------------------------------------------------------------
+    def _meter_config(self, meter_id: str):
+        return next((m for m in self.gateway.config.meters if m.id == meter_id), None)
+
+    def _same_events(self, spec: ObjectSpec) -> bool:
+        """Whether an existing object already has the intrinsic reporting the configuration asks for."""
+        obj = self.objects.get((spec.meter_id, spec.point.name, spec.object_type))
+        cls, extra = self.events.enroll(spec, CLASSES[spec.object_type], self._meter_config(spec.meter_id))
+        return obj is not None and type(obj) is cls and self.events.unchanged(obj, extra)
+
     def _make(self, spec: ObjectSpec):
         p = spec.point
-        cls = CLASSES[spec.object_type]
+        cls, events = self.events.enroll(spec, CLASSES[spec.object_type], self._meter_config(spec.meter_id))
         v = self.gateway.table.get(spec.meter_id, p.name)
         t = spec.object_type
         common: dict[str, Any] = {
@@ -788,9 +813,10 @@ class BacnetServer(Server):
         elif t == "multi-state-value":
             states = p.states or ()
             common |= {"numberOfStates": len(states), "stateText": list(states)}
-        obj = cls(**common)
+        obj = cls(**common, **events)
         obj._gw_spec = spec
         obj._gw_server = self
+        self.events.created(obj, spec)
         if t == "binary-output":
             obj._gw_slots = [None] * 16
         self.objects[(spec.meter_id, p.name, t)] = obj

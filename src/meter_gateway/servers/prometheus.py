@@ -208,6 +208,11 @@ class GatewayCollector:
             )
             reg.add_metric([fd], 1.0 if fd == "registered" else 0.0)
             yield reg
+        events = getattr(_bacnet_server(gw), "events", None)
+        if events is not None:
+            from .bacnet_events import event_metrics
+
+            yield from event_metrics(events, P)
         info = GaugeMetricFamily(P + "build_info", "Gateway version and name", labels=["version", "gateway"])
         info.add_metric([__version__, gw.config.gateway.name], 1.0)
         yield info
@@ -246,6 +251,11 @@ class GatewayCollector:
             hist.add_metric([bus_id], buckets, st.cycle_sum)
         yield from fams.values()
         yield from (sent, busy, hist)
+
+
+def _bacnet_server(gw):
+    """The running BACnet server, None without one."""
+    return next((s for s in getattr(gw, "servers", ()) if s.name == "bacnet"), None)
 
 
 def _foreign_registration(gw) -> str | None:
