@@ -323,6 +323,7 @@ class EventReporting:
         self.notifications: Counter[tuple[str, str]] = Counter()  # (kind, outcome)
         self._tasks: set[asyncio.Task] = set()
         self._logged_recipients: set[str] = set()
+        self._fault_batch: dict[tuple[str, str, str], list[str]] = {}
 
     # -- objects --
     def class_objects(self) -> list[GwNotificationClass]:
@@ -442,12 +443,12 @@ class EventReporting:
         meter = obj._gw_meter
         self.transitions[(meter, str(to_state))] += 1
         what = self._describe(obj, params)
-        line = "BACnet event: %s %s -> %s (%s)%s"
-        args = (obj.objectName, from_state, to_state, what, "" if enabled else ", not notified (event-enable)")
-        if to_state == EventState.normal:
-            log.info(line, *args)
+        if params.get("eventType") == EventType.changeOfReliability:
+            self._batch_log(meter, from_state, to_state, obj)  # a meter's outage: one line, not one per object
         else:
-            log.warning(line, *args)
+            line = "BACnet event: %s %s -> %s (%s)%s"
+            args = (obj.objectName, from_state, to_state, what, "" if enabled else ", not notified (event-enable)")
+            (log.info if to_state == EventState.normal else log.warning)(line, *args)
         if not enabled or nc is None:
             return
         params["timeStamp"] = stamp
@@ -456,6 +457,29 @@ class EventReporting:
         params["messageText"] = f"{obj.objectName}: {what}"
         params["notificationClass"] = int(obj.notificationClass)
         await self.notify(nc, params, to_state)
+
+    def _batch_log(self, meter: str, from_state: Any, to_state: Any, obj: Any) -> None:
+        """Gather the fault transitions of a meter's objects (they come together) into one log line."""
+        change = "to fault" if to_state == EventState.fault else "out of fault"
+        key = (meter, change, str(obj.reliability))
+        names = self._fault_batch.setdefault(key, [])
+        names.append(obj.objectName.split(".", 1)[-1])
+        if len(names) == 1:
+            asyncio.get_running_loop().call_later(0.2, self._flush_batch, key)
+
+    def _flush_batch(self, key: tuple[str, str, str]) -> None:
+        names = self._fault_batch.pop(key, [])
+        meter, change, reliability = key
+        level = logging.WARNING if change == "to fault" else logging.INFO
+        log.log(
+            level,
+            "BACnet event: meter %s: %d objects %s (reliability %s): %s",
+            meter,
+            len(names),
+            change,
+            reliability,
+            ", ".join(sorted(names)),
+        )
 
     @staticmethod
     def _describe(obj: Any, params: dict[str, Any]) -> str:
