@@ -70,6 +70,7 @@ class Recipient(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.events: list[dict] = []
+        self.acks: dict[int, tuple[int, bytes]] = {}  # invoke id -> (service, Complex-ACK parameters)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -87,6 +88,13 @@ class Recipient(asyncio.DatagramProtocol):
             self.transport.sendto(bytes([0x81, 0x0A, 0, 9, 1, 0, 0x20, apdu[2], 2]), addr)
         elif apdu[0] >> 4 == 1 and apdu[1] == 3:  # UnconfirmedEventNotification
             self.events.append(decode_event(apdu[2:]) | {"confirmed": False})
+        elif apdu[0] >> 4 == 3:  # Complex-ACK
+            self.acks[apdu[1]] = (apdu[2], apdu[3:])
+
+    def request(self, target: tuple[str, int], invoke: int, service: int, params: bytes = b"") -> None:
+        """Send a confirmed request (NPDU expecting a reply, max APDU 1476, no segmentation)."""
+        apdu = bytes([0x00, 0x05, invoke, service]) + params
+        self.transport.sendto(bytes([0x81, 0x0A, 0, 6 + len(apdu), 0x01, 0x04]) + apdu, target)
 
     def find(self, **want) -> list[dict]:
         """The notifications received whose fields equal `want`."""
@@ -241,6 +249,14 @@ async def test_alarms_faults_limits_ack_and_event_information(gateways, tmp_path
         listing = await tool("bacge", str(DEVICE), cwd=tmp_path)
         listed = {int(line.split()[2]) for line in listing.splitlines() if line.startswith(str(DEVICE))}
         assert {phase, comm} <= listed, listing
+        rec.request(("127.0.0.1", port), 0x55, 3)  # GetAlarmSummary: object id, alarm state, acked transitions
+        assert await wait_for(lambda: 0x55 in rec.acks, 5)
+        service, params = rec.acks[0x55]
+        tags = [t for t in decode_tags(params) if t.kind == "app"]
+        alarms = {
+            struct.unpack(">I", t.data)[0] & 0x3FFFFF: tags[k + 1].data for k, t in enumerate(tags) if t.number == 12
+        }
+        assert service == 3 and alarms[phase] == bytes([FAULT]) and alarms[comm] == bytes([OFFNORMAL])
         summary = gw.servers[0].events.summary()["gen"]
         assert summary["active"] >= 2 and summary["unacked"] >= 2
 
