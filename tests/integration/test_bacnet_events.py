@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from bacnet_raw import bacnet_stack_tool
-from conformance.rawbacnet import decode_tags
+from conformance.rawbacnet import a_enumerated, a_unsigned, app, decode_tags, object_id
 from helpers import FAST, free_udp_port, wait_for
 
 DEVICE = 4720
+RECIPIENT = 4801  # the recipient's own device instance (a device recipient, bound by its I-Am)
 BASE = 1000
 # event types, states and notify types (ASHRAE 135 clause 21)
 CHANGE_OF_STATE, OUT_OF_RANGE, CHANGE_OF_RELIABILITY = 1, 5, 19
@@ -141,6 +142,7 @@ upstream:
           recipients:
             - {{address: "127.0.0.1:{port}", process_id: 7}}
             - {{address: "127.0.0.1:{port}", process_id: 8, confirmed: true, transitions: [offnormal, fault]}}
+            - {{device: {RECIPIENT}, process_id: 11, transitions: [offnormal]}}
         - number: 2
           ack_required: []
           recipients:
@@ -178,13 +180,18 @@ async def test_alarms_faults_limits_ack_and_event_information(gateways, tmp_path
         assert await rp("binary-input", phase, "event-enable") == "{true,true,true}"
         assert await rp("notification-class", 1, "priority") == "{20,30,120}"
 
-        # 1. the meter raises phase loss: CHANGE_OF_STATE to both recipients of class 1
+        # the recipient announces itself (I-Am, unicast): the device recipient of class 1 is bound to its address
+        iam = app(12, object_id(8, RECIPIENT)) + a_unsigned(1476) + a_enumerated(3) + a_unsigned(999)
+        transport.sendto(bytes([0x81, 0x0A, 0, 8 + len(iam), 0x01, 0x00, 0x10, 0x00]) + iam, ("127.0.0.1", port))
+        await asyncio.sleep(0.3)
+
+        # 1. the meter raises phase loss: CHANGE_OF_STATE to the three recipients of class 1
         sim = gw.simulators["gen"]
         sim.model.values["Phase_Loss_L1"] = True
-        assert await wait_for(lambda: len(rec.find(object=(3, phase))) >= 2, 10), rec.events
-        for confirmed, pid in ((False, 7), (True, 8)):
-            (ev,) = rec.find(object=(3, phase), confirmed=confirmed)
-            assert ev["process"] == pid and ev["type"] == CHANGE_OF_STATE and ev["notify"] == ALARM
+        assert await wait_for(lambda: len(rec.find(object=(3, phase))) >= 3, 10), rec.events
+        for confirmed, pid in ((False, 7), (True, 8), (False, 11)):
+            (ev,) = rec.find(object=(3, phase), process=pid)
+            assert ev["confirmed"] is confirmed and ev["type"] == CHANGE_OF_STATE and ev["notify"] == ALARM
             assert (ev["from"], ev["to"], ev["class"], ev["priority"], ev["ack_required"]) == (
                 NORMAL,
                 OFFNORMAL,
@@ -238,7 +245,7 @@ async def test_alarms_faults_limits_ack_and_event_information(gateways, tmp_path
         # 5. the meter stops answering: CHANGE_OF_RELIABILITY to fault; Communication_Status goes off-normal
         sim.online = False
         assert await wait_for(lambda: rec.find(object=(3, phase), to=FAULT, confirmed=True), 15), rec.events
-        (ev,) = rec.find(object=(3, phase), to=FAULT, confirmed=False)
+        (ev,) = rec.find(object=(3, phase), to=FAULT, process=7)
         assert ev["type"] == CHANGE_OF_RELIABILITY and ev["priority"] == 30 and ev["from"] == OFFNORMAL
         values = ev["values"]  # change-of-reliability [19] { reliability [0] communication-failure (12), ... }
         assert (values[0].kind, values[0].number) == ("open", 19)
@@ -263,7 +270,8 @@ async def test_alarms_faults_limits_ack_and_event_information(gateways, tmp_path
         # 6. it answers again: back to normal through the fault (phase loss still there: off-normal again)
         sim.online = True
         assert await wait_for(lambda: rec.find(object=(3, comm), to=NORMAL), 15)
-        assert await wait_for(lambda: len(rec.find(object=(3, phase), to=OFFNORMAL, confirmed=False)) == 2, 10)
+        assert await wait_for(lambda: len(rec.find(object=(3, phase), to=OFFNORMAL, process=7)) == 2, 10)
+        assert not rec.find(process=11, to=FAULT)  # the device recipient takes to-offnormal transitions only
 
         # every transition logged once; a meter's fault transitions in one line
         lines = [r.getMessage() for r in caplog.records]

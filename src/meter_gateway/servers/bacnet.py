@@ -641,6 +641,7 @@ class BacnetServer(Server):
     def _database_revision(self) -> int:
         """The persisted database-revision, raised (and saved) when the object set differs from the last run."""
         items = sorted((s.object_type, s.instance, s.name) for s in [*self.specs, *self.gateway_specs])
+        items = sorted([*items, *self.events.identities()])
         ident = [self.cfg.device_instance, self.cfg.device_name or self.gateway.config.gateway.name]
         fingerprint = hashlib.sha256(json.dumps([ident, items]).encode()).hexdigest()
         path = self._state_path()

@@ -545,10 +545,23 @@ class EventReporting:
 
     async def _device_address(self, instance: int) -> Any:
         info = await self.app.device_info_cache.get_device_info(instance)
-        if info is not None and getattr(info, "address", None) is not None:
-            return info.address
+        if info is not None and getattr(info, "device_address", None) is not None:
+            return info.device_address
         i_ams = await self.app.who_is(instance, instance, timeout=3)
         return i_ams[0].pduSource if i_ams else None
+
+    def device_recipients(self) -> set[int]:
+        """Device instances named as recipients in the notification classes."""
+        return {r.device for nc in self.cfg.notification_classes for r in nc.recipients if r.device is not None}
+
+    def identities(self) -> list[tuple[str, int, str]]:
+        """(object type, instance, name) of the notification class objects (for database-revision)."""
+        if not self.enabled:
+            return []
+        return [
+            ("notification-class", nc.number, nc.name or f"NotificationClass-{nc.number}")
+            for nc in self.cfg.notification_classes
+        ]
 
     # -- services --
     async def acknowledge(self, apdu: AcknowledgeAlarmRequest, source: str) -> None:
@@ -648,6 +661,14 @@ class EventServices:
         if reporting is None or not reporting.enabled:
             raise ExecutionError(errorClass="services", errorCode="serviceRequestDenied")
         return reporting
+
+    async def do_IAmRequest(self, apdu) -> None:
+        """I-Am: also binds a device recipient of a notification class that announces itself (unsolicited I-Am)."""
+        await super().do_IAmRequest(apdu)  # type: ignore[misc]
+        reporting = getattr(getattr(self, "gw_server", None), "events", None)
+        oid = apdu.iAmDeviceIdentifier
+        if reporting is not None and reporting.enabled and oid is not None and oid[1] in reporting.device_recipients():
+            await self.device_info_cache.set_device_info(apdu)  # type: ignore[attr-defined]
 
     async def do_AcknowledgeAlarmRequest(self, apdu: AcknowledgeAlarmRequest) -> None:
         """AcknowledgeAlarm (ASHRAE 135 clause 13.5)."""
