@@ -280,3 +280,27 @@ async def test_alarms_faults_limits_ack_and_event_information(gateways, tmp_path
         assert len(faults) == 1 and "(reliability communication-failure)" in faults[0] and "Phase_Loss_L1" in faults[0]
     finally:
         transport.close()
+
+
+async def test_reload_applies_new_limits_to_the_meter_objects_only(gateways, tmp_path):
+    from meter_gateway.config import parse_config
+    from meter_gateway.profiles import load_profiles
+
+    text = config(free_udp_port()).replace(
+        "meters:\n",
+        f"meters:\n  - {{id: other, bus: rtu, address: 2, profile: generic, bacnet_instance_base: 2000,"
+        f" poll_intervals: {FAST}}}\n",
+    )
+    gw = await gateways(text)
+    server = gw.servers[0]
+    app = server.app
+    volt = ("gen", "Voltage_L1_N", "analog-input")
+    other = server.objects[("other", "Phase_Loss_L1", "binary-input")]
+    assert float(server.objects[volt].highLimit) == 245.0
+    assert server.events.objects[other.objectIdentifier] is other
+    new = text.replace("high: 245", "high: 260")
+    await gw.apply(parse_config(new, str(tmp_path / "new.yaml")), load_profiles())
+    assert server.app is app  # the device kept running (COV subscribers, sockets)
+    assert float(server.objects[volt].highLimit) == 260.0
+    assert server.events.objects[server.objects[volt].objectIdentifier] is server.objects[volt]
+    assert server.objects[("other", "Phase_Loss_L1", "binary-input")] is other  # the other meter's objects stay
