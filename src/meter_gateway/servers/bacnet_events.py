@@ -246,8 +246,14 @@ class _GatewayEventAlgorithm:
     async def send_notifications(self, notification_parameters: dict[str, Any]) -> None:
         obj = self.monitored_object  # type: ignore[attr-defined]
         reporting: EventReporting | None = getattr(obj, "_gw_events", None)
-        if reporting is not None:
+        if reporting is None:
+            return
+        try:
             await reporting.transition(obj, notification_parameters)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a task of the library: never a stack trace, never a lost device
+            reporting_log_once(f"send:{obj.objectName}", "BACnet events: %s not notified: %r", obj.objectName, exc)
 
 
 class GwChangeOfState(_GatewayEventAlgorithm, ChangeOfStateEventAlgorithm):
