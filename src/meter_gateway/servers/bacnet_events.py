@@ -452,6 +452,8 @@ class EventReporting:
         if params.get("eventType") == EventType.changeOfReliability:
             self._batch_log(meter, from_state, to_state, obj)  # a meter's outage: one line, not one per object
         else:
+            for key in [k for k in self._fault_batch if k[0] == meter]:
+                self._flush_batch(key)  # the log keeps the order of the transitions
             line = "BACnet event: %s %s -> %s (%s)%s"
             args = (obj.objectName, from_state, to_state, what, "" if enabled else ", not notified (event-enable)")
             (log.info if to_state == EventState.normal else log.warning)(line, *args)
