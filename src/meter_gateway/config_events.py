@@ -125,6 +125,16 @@ class BacnetEventsSection(_Strict):
     limits: dict[str, BacnetLimit] = Field({}, description="limits for every meter, by point name")
 
 
+def limit_for(cfg: Any, meter_id: str, point: str) -> BacnetLimit | None:
+    """The limits of a meter's analog point while events are enabled: its own, else the defaults (None: none)."""
+    ev: BacnetEventsSection = cfg.upstream.bacnet.events
+    if not ev.enabled:
+        return None
+    meter = next((m for m in cfg.meters if m.id == meter_id), None)
+    own = meter.bacnet_limits.get(point) if meter is not None else None
+    return own or ev.limits.get(point)
+
+
 def events_errors(cfg: Any, catalogue: Any) -> list[tuple[tuple[Any, ...], str]]:
     """Cross-checks of the events configuration: classes exist and are unique, limits name analog points."""
     errs: list[tuple[tuple[Any, ...], str]] = []
