@@ -123,7 +123,7 @@ async def tool(name: str, *args: str, cwd: Path | None = None) -> str:
     return out.decode(errors="replace")
 
 
-def config(port: int, limits: str = "") -> str:
+def config(port: int, limits: str = "", journal: str = "{enabled: false}") -> str:
     return f"""
 gateway: {{name: events-test}}
 buses:
@@ -153,6 +153,7 @@ upstream:
             - {{address: "127.0.0.1:{port}", process_id: 9, days: [mon, tue, wed, thu, fri, sat, sun]}}
   modbus_tcp: {{enabled: false}}
   prometheus: {{enabled: false}}
+journal: {journal}
 """
 
 
@@ -221,7 +222,7 @@ async def test_alarms_faults_limits_ack_and_event_information(gateways, tmp_path
     pcap = tmp_path / "events.pcapng"
     capture = await start_tshark(rport, pcap)
     try:
-        gw = await gateways(config(rport))
+        gw = await gateways(config(rport, journal=f"{{enabled: true, path: {tmp_path / 'journal.sqlite'}}}"))
         port = gw.servers[0].address()[1]
         mac = ["--mac", f"127.0.0.1:{port}", "--dnet", "0"]
         cat = gw.catalogue
@@ -273,7 +274,7 @@ async def test_alarms_faults_limits_ack_and_event_information(gateways, tmp_path
         (tmp_path / "address_cache").write_text(f"{DEVICE} 127.0.0.1:{port} 0 0 1476\n")
         listing = await tool("bacge", str(DEVICE), cwd=tmp_path)
         rows = [line.split() for line in listing.splitlines() if line.startswith(str(DEVICE))]
-        assert [r[1:3] for r in rows] == [["3", str(phase)]], listing
+        assert [r[1:4] for r in rows] == [["3", str(phase), "ON"]], listing
 
         # 3. AcknowledgeAlarm with the transition's time stamp (a wrong one is refused)
         stamp = (await rp("binary-input", phase, "event-time-stamps")).split(",")[0].strip("{")
@@ -284,6 +285,14 @@ async def test_alarms_faults_limits_ack_and_event_information(gateways, tmp_path
         assert "AcknowledgeAlarm Acknowledged" in out, out
         assert await rp("binary-input", phase, "acked-transitions") == "{true,true,true}"
         assert await wait_for(lambda: rec.find(object=(3, phase), notify=ACK_NOTIFICATION), 5)
+
+        # the gateway's own journal alarm reports too (the journal's disk-full state set as the recorder does)
+        journal_alarm = ("binary-input", 4194000)
+        gw.journal.disk_full = True
+        assert await wait_for(lambda: rec.find(object=(3, 4194000), to=OFFNORMAL, process=7), 10), rec.events
+        assert await rp(*journal_alarm, "event-state") == "offnormal"
+        gw.journal.disk_full = False
+        assert await wait_for(lambda: rec.find(object=(3, 4194000), to=NORMAL, process=7), 10), rec.events
 
         # 4. an analog limit: OUT_OF_RANGE to class 2, no acknowledgement required
         sim.model.frozen = True

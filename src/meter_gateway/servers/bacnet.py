@@ -834,7 +834,9 @@ class BacnetServer(Server):
     def _make_gateway(self, spec: GatewayObjectSpec) -> GwGatewayBinaryInput:
         """A Binary Input of the gateway itself, showing its current state."""
         active = self._gateway_value(spec)
-        obj = GwGatewayBinaryInput(
+        cls, events = self.events.enroll_gateway(GwGatewayBinaryInput)
+        obj = cls(
+            **events,
             objectIdentifier=(spec.object_type, spec.instance),
             objectName=spec.name,
             description=spec.description,
@@ -847,6 +849,7 @@ class BacnetServer(Server):
             activeText=spec.active_text,
         )
         obj._gw_server = self
+        self.events.created_gateway(obj)
         self.gateway_objects[spec.key] = obj
         self._gateway_active[spec.key] = active
         return obj

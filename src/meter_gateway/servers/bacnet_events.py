@@ -86,6 +86,8 @@ OFFNORMAL, FAULT, NORMAL = 0, 1, 2
 EVENT_INFO_PAGE = 20
 #: confirmed event notifications: seconds to wait for the recipient's acknowledgement
 CONFIRM_TIMEOUT = 10.0
+#: the gateway's own alarm objects are evaluated this long after start (the journal opens meanwhile)
+GATEWAY_GRACE = 5.0
 
 #: ASHRAE 135 clause 21 BACnetServicesSupported bits of the services this module executes or initiates
 SERVICES = {
@@ -187,6 +189,8 @@ def event_properties(events: BacnetEventsSection, meter: Any, point: str, object
         "eventTimeStamps": [_unspecified(), _unspecified(), _unspecified()],
         "eventDetectionEnable": True,
     }
+    if object_type == "gateway-alarm":  # the gateway's own alarm Binary Input (journal): active is the alarm
+        return common | {"notificationClass": events.alarm_class, "alarmValue": 1, "timeDelay": events.time_delay}
     if object_type == "binary-input" and point in ALARM_VALUES:
         return common | {
             "notificationClass": events.alarm_class,
@@ -330,6 +334,7 @@ class EventReporting:
         self._tasks: set[asyncio.Task] = set()
         self._logged_recipients: set[str] = set()
         self._fault_batch: dict[tuple[str, str, str], list[str]] = {}
+        self._started = 0.0
 
     # -- objects --
     def class_objects(self) -> list[GwNotificationClass]:
@@ -358,6 +363,21 @@ class EventReporting:
         self.objects[obj.objectIdentifier] = obj
         if self.app is not None:  # added after start (reload): evaluate its current state once
             asyncio.get_running_loop().call_soon(obj._event_algorithm._execute)
+
+    def enroll_gateway(self, base: type) -> tuple[type, dict[str, Any]]:
+        """The class and extra properties of one of the gateway's own alarm Binary Inputs (the journal alarm)."""
+        props = event_properties(self.cfg, None, "", "gateway-alarm")
+        return (base, {}) if props is None else (reporting_class(base), props)
+
+    def created_gateway(self, obj: Any) -> None:
+        """Register a gateway alarm object (no meter behind it: evaluated from the start)."""
+        if getattr(obj, "_event_algorithm", None) is None:
+            return
+        obj._gw_events = self
+        obj._gw_meter = "gateway"
+        obj._gw_point = None
+        obj._notification_class_object = self.classes.get(int(obj.notificationClass))
+        self.objects[obj.objectIdentifier] = obj
 
     @staticmethod
     def unchanged(obj: Any, props: dict[str, Any]) -> bool:
@@ -388,8 +408,12 @@ class EventReporting:
         """The application exists: evaluate every object once (an alarm present at start-up is reported)."""
         self.app = app
         loop = asyncio.get_running_loop()
+        self._started = loop.time()
         for obj in self.objects.values():
-            loop.call_soon(obj._event_algorithm._execute)
+            if obj._gw_point is None:
+                loop.call_later(GATEWAY_GRACE, obj._event_algorithm._execute)
+            else:
+                loop.call_soon(obj._event_algorithm._execute)
         if self.enabled:
             log.info(
                 "BACnet events: %d objects with intrinsic reporting, notification classes %s",
@@ -412,6 +436,8 @@ class EventReporting:
         """Whether an object's point has been read at least once (start-up values are not evaluated)."""
         if self.app is None:
             return False
+        if obj._gw_point is None:  # a gateway object: evaluated once the gateway had time to start
+            return asyncio.get_running_loop().time() - self._started >= GATEWAY_GRACE - 0.01
         try:
             return self.table.get(obj._gw_meter, obj._gw_point).quality.value != "unknown"
         except KeyError:
@@ -493,7 +519,7 @@ class EventReporting:
     def _describe(obj: Any, params: dict[str, Any]) -> str:
         if params.get("eventType") == EventType.changeOfReliability:
             return f"reliability {obj.reliability}"
-        if obj._gw_point in ALARM_VALUES:
+        if obj._gw_point in ALARM_VALUES or obj._gw_point is None:
             return f"{obj.objectName.split('.', 1)[-1]} {obj.presentValue}"
         return f"present-value {float(obj.presentValue):g}"
 
