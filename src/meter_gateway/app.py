@@ -182,6 +182,7 @@ class Gateway:
                 journal=lambda: self.journal,
                 foreign_registration=self._foreign_registration,
                 meter_bus=lambda meter_id: self.config.meter(meter_id).bus,
+                bacnet_events=lambda: getattr(self.server("bacnet"), "events", None),
             ),
             lines=BusControl(self.buses, lambda bus_id: self.config.bus(bus_id).type, self.scan_bus),
         )

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .config_events import BacnetEventsSection, BacnetLimit, events_errors
 from .core.catalogue import DEFAULT_INTERVALS, PollClass
 from .yamlutil import LineLoader, TextEncodingError, decode_utf8, format_validation_error, line_of
 
@@ -134,6 +135,7 @@ class MeterConfig(_Strict):
     allow_config_writes: bool = False
     allow_energy_reset: bool = False
     max_power_kw: float | None = Field(None, gt=0, description="overrides the profile's maximum (energy sanity)")
+    bacnet_limits: dict[str, BacnetLimit] = Field({}, description="BACnet high/low limits by point (events)")
     enabled: bool = True
 
     @field_validator("poll_intervals", mode="before")
@@ -321,6 +323,7 @@ class BacnetSection(_Strict):
     )
     cov: BacnetCovSection = BacnetCovSection()
     trend_logs: BacnetTrendSection = BacnetTrendSection()
+    events: BacnetEventsSection = BacnetEventsSection()
     bbmd_max_foreign_devices: int = Field(
         128, ge=1, le=10000, description="as BBMD: foreign devices registered at once (more are refused)"
     )
@@ -676,7 +679,14 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
         if u.name in users:
             errs.append((("upstream", "http", "users", i, "name"), f"user {u.name!r} is already defined: rename one"))
         users.setdefault(u.name, i)
+    errs += events_errors(cfg, _catalogue())
     return errs
+
+
+def _catalogue() -> Any:
+    from .core.catalogue import load_catalogue
+
+    return load_catalogue()
 
 
 def _hierarchy_errors(cfg: GatewayConfig, ids: dict[str, int]) -> list[tuple[tuple[Any, ...], str]]:

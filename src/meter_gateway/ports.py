@@ -107,12 +107,14 @@ class GatewayStatus:
         journal: Callable[[], Recorder | None],
         foreign_registration: Callable[[], str | None],
         meter_bus: Callable[[str], str],
+        bacnet_events: Callable[[], Any] = lambda: None,
     ) -> None:
         self._started = started
         self.buses = buses  # the gateway's live mapping: bus id -> runner (statistics, meters, schedules)
         self._journal = journal
         self._foreign = foreign_registration
         self._meter_bus = meter_bus
+        self._bacnet_events = bacnet_events
 
     @property
     def started(self) -> bool:
@@ -127,6 +129,10 @@ class GatewayStatus:
     def foreign_registration(self) -> str | None:
         """The BACnet foreign-device registration state, None when the device does not register."""
         return self._foreign()
+
+    def bacnet_events(self) -> Any:
+        """The BACnet device's intrinsic reporting (alarm counts for the metrics), None when it does not report."""
+        return self._bacnet_events()
 
     def runner_of(self, meter_id: str) -> BusRunner | None:
         """The runner polling a meter (its schedule and statistics), None while its bus is not polled."""

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..bacnet_model import gateway_objects, object_specs
+from ..config_events import limit_for
 from ..core.catalogue import load_catalogue
 from ._common import add_config_arg, load_or_exit
 
@@ -63,6 +64,8 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
             ref = str(states.setdefault(tuple(p.states), len(states) + 1))
         has_units = s.object_type in ("accumulator", "analog-input", "analog-value")
         lo, hi = (f"{p.range[0]:g}", f"{p.range[1]:g}") if p.range and has_units else ("", "")
+        lim = limit_for(cfg, s.meter_id, p.name) if s.object_type in ("analog-input", "analog-value") else None
+        hl, ll = ("" if x is None else f"{x:g}" for x in ((lim.high, lim.low) if lim else (None, None)))
         rows.append(
             [
                 s.name,
@@ -76,8 +79,8 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
                 hi,
                 "Y" if s.writable else "N",
                 "Y",
-                "",
-                "",
+                hl,
+                ll,
                 ref,
                 str(UNIT_NUMBER.get(p.bacnet_unit or "", "")) if p.bacnet_unit and has_units else "",
                 f"{s.meter_id}/{p.name}",

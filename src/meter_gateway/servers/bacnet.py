@@ -98,6 +98,9 @@ from ..core.quality import PointValue, Quality
 from ..core.table import COMM_STATUS, Alarm
 from ..writes import Decision, WriteRequest, WriteResult
 from .bacnet_cov import CovGuard, CovLimits
+from .bacnet_events import REQUESTS as EVENT_REQUESTS
+from .bacnet_events import SERVICES as EVENT_SERVICES
+from .bacnet_events import EventReporting, EventServices
 from .bacnet_net import ForeignDeviceMonitor, announce, host_port, install_guards, quiet_library_logs, resolve_bind
 from .bacnet_segment import ObjectListCache, fit_segments
 from .bacnet_trend import TrendLogger, make_trend_logs, read_range, trend_specs
@@ -339,7 +342,7 @@ def services_supported() -> ServicesSupported:
     return ss
 
 
-class _GatewayApplication(CovGuard, ObjectListCache, Application):
+class _GatewayApplication(EventServices, CovGuard, ObjectListCache, Application):
     """The bacpypes3 application: only the offered services, writes answered by the gateway's own rules."""
 
     gw_server: BacnetServer | None = None
@@ -349,7 +352,10 @@ class _GatewayApplication(CovGuard, ObjectListCache, Application):
         """Record the requester for write allowlists; reject services that are not offered."""
         source = apdu.pduSource
         peer = str(getattr(source, "addrTuple", (str(source),))[0]) if source is not None else ""
-        served = CONFIRMED_SERVED + ((ReadRangeRequest,) if self._trend_logs() else ())
+        events = self.gw_server is not None and self.gw_server.events.enabled
+        served = (
+            CONFIRMED_SERVED + ((ReadRangeRequest,) if self._trend_logs() else ()) + (EVENT_REQUESTS if events else ())
+        )
         if isinstance(apdu, ConfirmedRequestPDU) and not isinstance(apdu, served):
             self._log_unserved(peer, type(apdu).__name__, "rejected (unrecognized-service)")
             await self.response(RejectPDU(reason="unrecognizedService", context=apdu))
@@ -398,6 +404,9 @@ class _GatewayApplication(CovGuard, ObjectListCache, Application):
         ss = services_supported()
         if self._trend_logs():
             ss[READ_RANGE_BIT] = 1
+        if self.gw_server is not None and self.gw_server.events.enabled:
+            for bit in EVENT_SERVICES.values():
+                ss[bit] = 1
         return ss
 
     def _trend_logs(self) -> bool:
@@ -548,6 +557,8 @@ class BacnetServer(Server):
         #: Trend Log objects (upstream.bacnet.trend_logs) and the task that fills them
         self.trend_specs = trend_specs(self.cfg.trend_logs, self.specs)
         self.trend_logger: TrendLogger | None = None
+        #: intrinsic reporting (notification classes, alarm services): docs/bacnet.md, Alarms
+        self.events = EventReporting(self.cfg.events, self.zone, self.table)
 
     # -- start / stop ---------------------------------------------------------------------------------
     def _address(self) -> str:
@@ -614,6 +625,7 @@ class BacnetServer(Server):
         objs += [self._make_gateway(spec) for spec in self.gateway_specs]
         trend_objs = make_trend_logs(self.trend_specs, self.cfg.trend_logs)
         objs += trend_objs
+        objs += self.events.class_objects()
         fit_segments()
         quiet_library_logs()
         try:
@@ -621,6 +633,7 @@ class BacnetServer(Server):
         except Exception as exc:
             raise ServerStartError(f"BACnet/IP device cannot start: {exc}") from exc
         self.app.gw_server = self
+        self.events.start(self.app)
         self.app.cov_limits = CovLimits(**self.cfg.cov.model_dump())
         self.bvll_guards = install_guards(self.app, self._trusted_bbmds(), self.bind_info.network)
         await self._verify_bound(host, port)
@@ -684,6 +697,7 @@ class BacnetServer(Server):
         items = sorted((s.object_type, s.instance, s.name) for s in [*self.specs, *self.gateway_specs])
         ident = [self.cfg.device_instance, self.cfg.device_name or self.facts.config.gateway.name]
         items += sorted(("trend-log", t.instance, t.name) for t in self.trend_specs)
+        items = sorted([*items, *self.events.identities()])
         fingerprint = hashlib.sha256(json.dumps([ident, items]).encode()).hexdigest()
         path = self._state_path()
         if path is None:
@@ -755,6 +769,7 @@ class BacnetServer(Server):
         if self.fd_monitor is not None:
             self.fd_monitor.close()
             self.fd_monitor = None
+        await self.events.stop()
         if self.app is not None:
             self.app.close()
             self.app = None
@@ -787,7 +802,7 @@ class BacnetServer(Server):
             ]
 
         for mid in meter_ids:
-            if old[mid] and same(old[mid], new[mid]):
+            if old[mid] and same(old[mid], new[mid]) and all(self._same_events(s) for s in new[mid]):
                 for spec in new[mid]:  # same objects: new description, the table's current values
                     obj = self.objects[(mid, spec.point.name, spec.object_type)]
                     obj._gw_spec = spec
@@ -797,6 +812,7 @@ class BacnetServer(Server):
                 continue
             for key in [k for k in self.objects if k[0] == mid]:
                 obj = self.objects.pop(key)
+                self.events.deleted(obj)
                 with contextlib.suppress(Exception):
                     self.app.delete_object(obj)
             for key in [k for k in self._by_point if k[0] == mid]:
@@ -810,9 +826,18 @@ class BacnetServer(Server):
         return True
 
     # -- objects ---------------------------------------------------------------------------------------
+    def _meter_config(self, meter_id: str):
+        return next((m for m in self.facts.config.meters if m.id == meter_id), None)
+
+    def _same_events(self, spec: ObjectSpec) -> bool:
+        """Whether an existing object already has the intrinsic reporting the configuration asks for."""
+        obj = self.objects.get((spec.meter_id, spec.point.name, spec.object_type))
+        cls, extra = self.events.enroll(spec, CLASSES[spec.object_type], self._meter_config(spec.meter_id))
+        return obj is not None and type(obj) is cls and self.events.unchanged(obj, extra)
+
     def _make(self, spec: ObjectSpec):
         p = spec.point
-        cls = CLASSES[spec.object_type]
+        cls, events = self.events.enroll(spec, CLASSES[spec.object_type], self._meter_config(spec.meter_id))
         v = self.table.get(spec.meter_id, p.name)
         t = spec.object_type
         common: dict[str, Any] = {
@@ -851,9 +876,10 @@ class BacnetServer(Server):
         elif t == "multi-state-value":
             states = p.states or ()
             common |= {"numberOfStates": len(states), "stateText": list(states)}
-        obj = cls(**common)
+        obj = cls(**common, **events)
         obj._gw_spec = spec
         obj._gw_server = self
+        self.events.created(obj, spec)
         if t == "binary-output":
             obj._gw_slots = [None] * 16
         self.objects[(spec.meter_id, p.name, t)] = obj
@@ -870,7 +896,9 @@ class BacnetServer(Server):
     def _make_gateway(self, spec: GatewayObjectSpec) -> GwGatewayBinaryInput:
         """A Binary Input of the gateway itself, showing its current state."""
         active = self._gateway_value(spec)
-        obj = GwGatewayBinaryInput(
+        cls, events = self.events.enroll_gateway(GwGatewayBinaryInput)
+        obj = cls(
+            **events,
             objectIdentifier=(spec.object_type, spec.instance),
             objectName=spec.name,
             description=spec.description,
@@ -883,6 +911,7 @@ class BacnetServer(Server):
             activeText=spec.active_text,
         )
         obj._gw_server = self
+        self.events.created_gateway(obj)
         self.gateway_objects[spec.key] = obj
         self._gateway_active[spec.key] = active
         return obj

@@ -212,6 +212,11 @@ class GatewayCollector:
             )
             reg.add_metric([fd], 1.0 if fd == "registered" else 0.0)
             yield reg
+        events = ports.status.bacnet_events()
+        if events is not None:
+            from .bacnet_events import event_metrics
+
+            yield from event_metrics(events, P)
         info = GaugeMetricFamily(P + "build_info", "Gateway version and name", labels=["version", "gateway"])
         info.add_metric([__version__, facts.config.gateway.name], 1.0)
         yield info
