@@ -88,6 +88,7 @@ from ..bacnet_model import (
     ObjectSpec,
     gateway_objects,
     journal_alarm,
+    meter_devices,
     object_specs,
     present_value,
     state_valid,
@@ -340,8 +341,7 @@ class _GatewayApplication(CovGuard, ObjectListCache, Application):
 
     async def indication(self, apdu) -> None:  # type: ignore[override]
         """Record the requester for write allowlists; reject services that are not offered."""
-        source = apdu.pduSource
-        peer = str(getattr(source, "addrTuple", (str(source),))[0]) if source is not None else ""
+        peer = self._peer(apdu.pduSource)
         if isinstance(apdu, ConfirmedRequestPDU) and not isinstance(apdu, CONFIRMED_SERVED):
             self._log_unserved(peer, type(apdu).__name__, "rejected (unrecognized-service)")
             await self.response(RejectPDU(reason="unrecognizedService", context=apdu))
@@ -352,6 +352,10 @@ class _GatewayApplication(CovGuard, ObjectListCache, Application):
         _source.set(peer)
         self._resolve_wildcard(apdu)
         await super().indication(apdu)
+
+    def _peer(self, source) -> str:
+        """The requester's address as the write allowlists and the audit log see it."""
+        return str(getattr(source, "addrTuple", (str(source),))[0]) if source is not None else ""
 
     def _resolve_wildcard(self, apdu) -> None:
         """Device instance 4194303 names this device (ASHRAE 135 clause 15.5.1.1.1 and others)."""
@@ -501,6 +505,8 @@ class BacnetServer(Server):
         self.gateway_objects: dict[str, Any] = {}
         self._gateway_active: dict[str, bool] = {}
         self._watch_task: asyncio.Task | None = None
+        #: per-meter devices: the router and its meter devices (servers/bacnet_router.py), None in single mode
+        self.router: Any = None
 
     # -- start / stop ---------------------------------------------------------------------------------
     def _address(self) -> str:
@@ -563,7 +569,13 @@ class BacnetServer(Server):
             port_obj.bbmdAcceptFDRegistrations = True
             port_obj.bbmdForeignDeviceTable = []
             port_obj.bbmdBroadcastDistributionTable = [BDTEntry(e) for e in self.cfg.bdt]
-        objs = [device, port_obj] + [self._make(spec) for spec in self.specs]
+        router_objs: list[Any] = []
+        if self.cfg.devices == "per-meter":
+            from .bacnet_router import MeterRouter
+
+            self.router = MeterRouter(self)
+            router_objs = self.router.prepare(port_obj)
+        objs = [device, port_obj, *router_objs] + [self._make(spec) for spec in self.specs if self.router is None]
         objs += [self._make_gateway(spec) for spec in self.gateway_specs]
         fit_segments()
         quiet_library_logs()
@@ -573,6 +585,8 @@ class BacnetServer(Server):
             raise ServerStartError(f"BACnet/IP device cannot start: {exc}") from exc
         self.app.gw_server = self
         self.app.cov_limits = CovLimits(**self.cfg.cov.model_dump())
+        if self.router is not None:
+            self.router.attach(self.app, port_obj)
         self.bvll_guards = install_guards(self.app, self._trusted_bbmds(), self.bind_info.network)
         await self._verify_bound(host, port)
         self._broadcast_listener = await announce(self.app, self.bind_info, port)
@@ -582,6 +596,8 @@ class BacnetServer(Server):
             )
             self.fd_monitor.start()
         gw.table.add_listener(self._on_change)
+        if self.router is not None:
+            self.router.start(self.app)
         if self.gateway_specs:
             self._watch_task = asyncio.create_task(self._watch_gateway(), name="bacnet-gateway-objects")
         log.info(
@@ -627,7 +643,9 @@ class BacnetServer(Server):
     def _database_revision(self) -> int:
         """The persisted database-revision, raised (and saved) when the object set differs from the last run."""
         items = sorted((s.object_type, s.instance, s.name) for s in [*self.specs, *self.gateway_specs])
-        ident = [self.cfg.device_instance, self.cfg.device_name or self.gateway.config.gateway.name]
+        ident: list[Any] = [self.cfg.device_instance, self.cfg.device_name or self.gateway.config.gateway.name]
+        if self.cfg.devices == "per-meter":  # the meter devices' identities and the network numbers too
+            ident += [self.cfg.virtual_network, [(d.instance, d.name) for d in meter_devices(self.gateway.config)]]
         fingerprint = hashlib.sha256(json.dumps([ident, items]).encode()).hexdigest()
         path = self._state_path()
         if path is None:
@@ -694,6 +712,9 @@ class BacnetServer(Server):
         if self.fd_monitor is not None:
             self.fd_monitor.close()
             self.fd_monitor = None
+        if self.router is not None:
+            self.router.stop()
+            self.router = None
         if self.app is not None:
             self.app.close()
             self.app = None
@@ -717,6 +738,12 @@ class BacnetServer(Server):
         old = {mid: [x for x in self.specs if x.meter_id == mid] for mid in meter_ids}
         new = {mid: [x for x in specs if x.meter_id == mid] for mid in meter_ids}
         self.specs = specs
+        if self.router is not None:  # per-meter devices: those meters' devices are replaced
+            self.database_revision = self._database_revision()
+            if self.device is not None:
+                self.device.databaseRevision = self.database_revision
+            self.router.meters_changed(meter_ids)
+            return True
 
         def same(a: list[ObjectSpec], b: list[ObjectSpec]) -> bool:
             return [(x.point.name, x.object_type, x.instance, x.name) for x in a] == [

@@ -1,0 +1,275 @@
+"""Per-meter BACnet devices: the gateway routes between its BACnet/IP network and a virtual network of meter devices.
+
+With `upstream.bacnet.devices: per-meter` the gateway's own device stays on the BACnet/IP network and becomes a
+router (a second, virtual Network Port, number `upstream.bacnet.virtual_network`). Each enabled meter is a bacpypes3
+Application of its own on that virtual network (bacpypes3.vlan): device instance from `bacnet_device_instance` (else
+`bacnet_instance_base`), device name the meter's name, its point objects at the point's fixed catalogue index (the
+same instances in every meter device). Network-layer services (Who-Is-Router-To-Network, I-Am-Router-To-Network,
+routed confirmed and unconfirmed requests) are bacpypes3's router; the meter devices' objects are built by the
+BACnet server (`BacnetServer._make`), so present values, reliability, COV and writes (write service, audit) are the
+same as in single mode. A meter out of communication shows system-status non-operational on its device.
+
+The devices' MAC addresses on the virtual network are their device instances in three octets (stable across
+restarts and reloads); the router's is 0x3FFFFF (the wildcard instance, which no device has).
+
+Without `upstream.bacnet.network_number` the router still needs a number for the BACnet/IP side inside its routing
+table (it writes it as SNET into the NPDUs it forwards to the meter devices, which never leave the gateway): it uses
+PLACEHOLDER_NET (65534, or 65533 when that is the virtual network), marks it learned (a Network-Number-Is from a
+router on the IP network replaces it) and never announces it (no answer to What-Is-Network-Number).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from bacpypes3.basetypes import DeviceStatus, NetworkNumberQuality, Reliability
+from bacpypes3.pdu import Address, LocalStation
+from bacpypes3.vlan import VirtualNetwork
+
+from .. import __version__
+from ..bacnet_model import ROUTER_MAC, MeterDeviceSpec, ObjectSpec, meter_devices
+from ..core.quality import PointValue, Quality
+from ..core.table import COMM_STATUS
+from .bacnet import MAX_APDU, GwDevice, GwNetworkPort, _GatewayApplication, utc_offset_minutes
+from .bacnet_cov import CovLimits
+
+log = logging.getLogger(__name__)
+
+#: the IP side's number inside the routing table when upstream.bacnet.network_number is not configured
+PLACEHOLDER_NET = 65534
+#: object identifier of the router's virtual Network Port in the gateway's device
+ROUTER_PORT = ("network-port", 2)
+
+
+def placeholder_net(vnet: int) -> int:
+    """The routing table's number for the IP side when none is configured (never the virtual network's)."""
+    return PLACEHOLDER_NET if vnet != PLACEHOLDER_NET else PLACEHOLDER_NET - 1
+
+
+def system_status(v: PointValue) -> DeviceStatus:
+    """A meter device's system-status from its Communication_Status point: operational only while it answers."""
+    if v.quality is Quality.GOOD and v.value:
+        return DeviceStatus.operational
+    return DeviceStatus.nonOperational
+
+
+def routed_peer(source: Any, ip_net: int | None) -> str:
+    """The requester of a routed request as the write policy sees it.
+
+    The router puts the UDP source of a request into SADR with SNET = its IP network (and drops an NPDU that claims
+    to come from a network it is directly connected to), so that pair is the transport-level IP address. A source
+    behind another router (another SNET) is named `net<N>:<mac>`, which no IP allowlist matches.
+    """
+    if source is None:
+        return ""
+    net = getattr(source, "addrNet", None)
+    mac = bytes(getattr(source, "addrAddr", b"") or b"")
+    if net is not None and net == ip_net and len(mac) == 6:
+        return socket.inet_ntoa(mac[:4])
+    if net is None and hasattr(source, "addrTuple"):
+        return str(source.addrTuple[0])
+    return f"net{net}:{mac.hex()}"
+
+
+def _virtual_port(instance: int, name: str, mac: bytes, vnet: int, vlan: str):
+    """A Network Port object on the virtual network (the router's, or a meter device's)."""
+    return GwNetworkPort(
+        objectIdentifier=("network-port", instance),
+        objectName=name,
+        networkType="virtual",
+        protocolLevel="bacnet-application",
+        macAddress=mac,
+        networkNumber=vnet,
+        networkNumberQuality=NetworkNumberQuality.configured,
+        networkInterfaceName=vlan,
+        statusFlags=[0, 0, 0, 0],
+        reliability=Reliability.noFaultDetected,
+        outOfService=False,
+        changesPending=False,
+        linkSpeed=0.0,
+        apduLength=MAX_APDU,
+    )
+
+
+def meter_device_objects(server, dev: MeterDeviceSpec, specs: list[ObjectSpec], vnet: int, vlan: str) -> list[Any]:
+    """Every object of one meter device: its Device, its virtual Network Port, its point objects.
+
+    The one place a meter device's object list is built: event enrolment, notification class or trend log objects
+    of a meter go here (after the point objects), and then they are in the device, its object-list and the EDE.
+    """
+    cfg = server.cfg
+    device = GwDevice(
+        objectIdentifier=("device", dev.instance),
+        objectName=dev.name,
+        vendorName=cfg.vendor_name,
+        vendorIdentifier=cfg.vendor_id,
+        modelName=dev.model_name or "meter",
+        firmwareRevision=__version__,
+        applicationSoftwareVersion=__version__,
+        location=dev.location,
+        description=dev.description,
+        serialNumber=dev.serial_number,
+        maxApduLengthAccepted=MAX_APDU,
+        segmentationSupported="segmentedBoth",
+        databaseRevision=server.database_revision,
+        utcOffset=utc_offset_minutes(server.zone),
+        systemStatus=system_status(server.gateway.table.get(dev.meter_id, COMM_STATUS)),
+    )
+    device._gw_zone = server.zone
+    port = _virtual_port(1, "NetworkPort-1", dev.mac, vnet, vlan)
+    return [device, port, *(server._make(spec) for spec in specs)]
+
+
+class MeterRouter:
+    """The router part of the BACnet server in per-meter mode (see the module doc)."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+        cfg = server.cfg
+        self.vnet: int = cfg.virtual_network
+        self.ip_net: int = cfg.network_number or placeholder_net(self.vnet)
+        self.ip_net_configured = cfg.network_number is not None
+        self.vlan_name = f"meter-gateway-{id(self):x}"
+        self.network: VirtualNetwork | None = None
+        #: meter id -> its running device application
+        self.apps: dict[str, Any] = {}
+        self.devices: dict[str, MeterDeviceSpec] = {}
+        self._listening = False
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- the router side (the gateway's own device) ----------------------------------------------------------
+    def prepare(self, ip_port) -> list[Any]:
+        """Before the gateway's application exists: number the IP port, create the virtual network and its port."""
+        ip_port.networkNumber = self.ip_net
+        ip_port.networkNumberQuality = NetworkNumberQuality.configured
+        self.network = VirtualNetwork(self.vlan_name)
+        return [_virtual_port(ROUTER_PORT[1], "NetworkPort-2", ROUTER_MAC, self.vnet, self.vlan_name)]
+
+    def attach(self, app, ip_port) -> None:
+        """After the gateway's application exists: an unconfigured IP network number is learned, never announced."""
+        if self.ip_net_configured:
+            return
+        adapter = app.nsap.adapters.get(self.ip_net)
+        if adapter is not None:
+            adapter.adapterNetConfigured = NetworkNumberQuality.learned
+        ip_port.networkNumber = 0
+        ip_port.networkNumberQuality = NetworkNumberQuality.unknown
+        inner = app.nse.WhatIsNetworkNumber
+
+        async def what_is_network_number(adapter, npdu) -> None:
+            if adapter is app.nsap.adapters.get(self.vnet) or adapter.adapterNetConfigured != (
+                NetworkNumberQuality.learned
+            ):
+                await inner(adapter, npdu)
+
+        app.nse.WhatIsNetworkNumber = what_is_network_number
+
+    def start(self, app) -> None:
+        """Start one device per meter on the virtual network and announce the route on the IP network."""
+        for dev in meter_devices(self.server.gateway.config):
+            self._add(dev)
+        self.server.gateway.table.add_listener(self._on_change)
+        self._listening = True
+        # I-Am-Router-To-Network at start-up (ASHRAE 135 clause 6.6.3.3), broadcast on the IP network
+        self._spawn(app.nse.i_am_router_to_network(adapter=app.nsap.local_adapter))
+        log.info(
+            "BACnet router: IP network %s, virtual network %d with %d meter devices (%s)",
+            self.ip_net if self.ip_net_configured else "number unknown",
+            self.vnet,
+            len(self.apps),
+            ", ".join(f"{d.instance} {d.name}" for d in self.devices.values()),
+        )
+
+    def _spawn(self, coro) -> None:
+        """Run a coroutine of the router's in the background; a failure is logged, never raised."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception as exc:
+                log.warning("BACnet router: %s", exc or type(exc).__name__)
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def stop(self) -> None:
+        """Stop every meter device and remove the virtual network."""
+        if self._listening:
+            self.server.gateway.table.remove_listener(self._on_change)
+            self._listening = False
+        for task in list(self._tasks):
+            task.cancel()
+        for mid in list(self.apps):
+            self._remove(mid)
+        if self.network is not None:
+            VirtualNetwork._networks.pop(self.vlan_name, None)
+            self.network = None
+
+    # -- meter devices --------------------------------------------------------------------------------------
+    def _specs(self, meter_id: str) -> list[ObjectSpec]:
+        return [s for s in self.server.specs if s.meter_id == meter_id]
+
+    def _add(self, dev: MeterDeviceSpec) -> None:
+        """Build one meter device and put it on the virtual network."""
+        objs = meter_device_objects(self.server, dev, self._specs(dev.meter_id), self.vnet, self.vlan_name)
+        app = MeterDeviceApplication.from_object_list(objs)
+        app.gw_server = self.server
+        app.router_ip_net = self.ip_net
+        app.cov_limits = CovLimits(**self.server.cfg.cov.model_dump())
+        # the way back to the IP network is through the router: no Who-Is-Router-To-Network needed
+        self._spawn(app.nsap.update_router_references(self.vnet, LocalStation(ROUTER_MAC), [self.ip_net]))
+        self.apps[dev.meter_id] = app
+        self.devices[dev.meter_id] = dev
+
+    def _remove(self, meter_id: str) -> None:
+        """Take one meter device off the virtual network and forget its objects."""
+        app = self.apps.pop(meter_id, None)
+        self.devices.pop(meter_id, None)
+        server = self.server
+        for key in [k for k in server.objects if k[0] == meter_id]:
+            del server.objects[key]
+        for key in [k for k in server._by_point if k[0] == meter_id]:
+            del server._by_point[key]
+        if app is None:
+            return
+        for ll in app.link_layers.values():
+            node = getattr(ll, "node", None)
+            if node is not None and node.lan is not None:
+                node.lan.remove_node(node)
+        app.close()
+
+    def meters_changed(self, meter_ids: set[str]) -> None:
+        """Reload: replace the devices of the meters added, removed or changed; the others keep running."""
+        wanted = {d.meter_id: d for d in meter_devices(self.server.gateway.config)}
+        for mid in meter_ids:
+            self._remove(mid)
+        for mid in meter_ids:
+            if mid in wanted:
+                self._add(wanted[mid])
+        for app in self.apps.values():
+            app.device_object.databaseRevision = self.server.database_revision
+
+    def _on_change(self, meter_id: str, point: str, old: PointValue, new: PointValue) -> None:
+        """A meter's communication status drives its device's system-status."""
+        if point != COMM_STATUS:
+            return
+        app = self.apps.get(meter_id)
+        if app is None:
+            return
+        status = system_status(new)
+        if app.device_object.systemStatus != status:
+            app.device_object.systemStatus = status
+
+
+class MeterDeviceApplication(_GatewayApplication):
+    """A meter's device on the virtual network: the gateway's services, requesters named through the router."""
+
+    router_ip_net: int | None = None
+
+    def _peer(self, source: Address | None) -> str:
+        """The requester as the write policy sees it (see routed_peer)."""
+        return routed_peer(source, self.router_ip_net)
