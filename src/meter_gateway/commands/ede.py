@@ -6,7 +6,7 @@ import csv
 import time
 from pathlib import Path
 
-from ..bacnet_model import gateway_objects, object_specs
+from ..bacnet_model import gateway_objects, meter_devices, object_specs
 from ..core.catalogue import load_catalogue
 from ._common import add_config_arg, load_or_exit
 
@@ -19,6 +19,7 @@ OBJECT_TYPE_NUMBER = {
     "multi-state-value": 19,
     "accumulator": 23,
     "datetime-value": 44,
+    "device": 8,
 }
 # BACnet engineering unit numbers of the units the catalogue uses
 UNIT_NUMBER = {
@@ -56,8 +57,17 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
     dev = cfg.upstream.bacnet.device_instance
     states: dict[tuple[str, ...], int] = {}
     rows = []
+    # per-meter devices: the router (the gateway's device) and one device per meter, each meter's objects in it
+    devices = {d.meter_id: d for d in meter_devices(cfg)}
+    if devices:
+        name = cfg.upstream.bacnet.device_name or cfg.gateway.name
+        rows.append(_device_row(name, dev, "BACnet router to the meters' virtual network", "gateway"))
+        for d in devices.values():
+            rows.append(_device_row(d.name, d.instance, d.description, f"{d.meter_id}/device"))
     for s in specs:
         p = s.point
+        in_device = devices[s.meter_id].instance if s.meter_id in devices else dev
+        key = f"{s.meter_id}.{s.name}" if s.meter_id in devices else s.name
         ref = ""
         if p.states and s.object_type in ("binary-input", "binary-output", "multi-state-value"):
             ref = str(states.setdefault(tuple(p.states), len(states) + 1))
@@ -65,8 +75,8 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
         lo, hi = (f"{p.range[0]:g}", f"{p.range[1]:g}") if p.range and has_units else ("", "")
         rows.append(
             [
-                s.name,
-                str(dev),
+                key,
+                str(in_device),
                 s.name,
                 str(OBJECT_TYPE_NUMBER[s.object_type]),
                 str(s.instance),
@@ -89,6 +99,12 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
         rows.append([*row, "", "", "", "N", "Y", "", "", ref, "", f"gateway/{g.key}"])
     state_rows = [[str(ref), *texts] for texts, ref in states.items()]
     return rows, state_rows
+
+
+def _device_row(name: str, instance: int, description: str, address: str) -> list[str]:
+    """The EDE row of a device object (per-meter mode lists every device)."""
+    row = [f"device.{instance}", str(instance), name, str(OBJECT_TYPE_NUMBER["device"]), str(instance), description]
+    return [*row, "", "", "", "N", "N", "", "", "", "", address]
 
 
 def _main(args) -> int:
