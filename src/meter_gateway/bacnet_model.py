@@ -135,6 +135,17 @@ class MeterDeviceSpec:
         return self.instance.to_bytes(3, "big")
 
 
+def device_of(config: GatewayConfig, meter_id: str) -> tuple[int, str]:
+    """(instance, name) of the device holding a meter's objects: its own in per-meter mode, else the gateway's."""
+    bac = config.upstream.bacnet
+    if bac.devices == "per-meter":
+        m = config.meter(meter_id)
+        dev = meter_device_instance(m)
+        if dev is not None:
+            return dev, m.name or m.id
+    return bac.device_instance, bac.device_name or config.gateway.name
+
+
 #: the router's own address on the virtual network (the wildcard instance, which no device has)
 ROUTER_MAC = (4194303).to_bytes(3, "big")
 

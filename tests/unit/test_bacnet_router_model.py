@@ -124,3 +124,26 @@ def test_requester_of_a_routed_request():
     assert routed_peer(RemoteStation(9, ip.addrAddr), 7).startswith("net9:")  # behind another router: no IP
     assert routed_peer(ip, 7) == "127.0.0.1"
     assert placeholder_net(65534) != 65534 and placeholder_net(2001) == 65534
+
+
+def test_brick_and_haystack_point_at_each_meter_device(profiles):
+    from rdflib.namespace import Namespace
+
+    from meter_gateway.models.brick import build_graph
+    from meter_gateway.models.common import gateway_meter_points
+    from meter_gateway.models.haystack import entities
+
+    cfg = parse_config(text(), "gw.yaml", profiles=profiles)
+    catalogue, points = gateway_meter_points(cfg, profiles)
+    recs = entities(cfg, catalogue, points)
+    ids = [r["id"].val for r in recs]
+    assert len(ids) == len(set(ids))  # the same object names in every device, distinct Haystack ids
+    energy = {r["equipRef"].val: r for r in recs if r.get("navName") == "Active_Energy_Import"}
+    conns = {r["id"].val: r["bacnetDeviceId"].val for r in recs if "bacnetConn" in r}
+    assert {e: conns[r["bacnetConnRef"].val] for e, r in energy.items()} == {"meter.a": 1000, "meter.b": 70002}
+    assert {r["bacnetCur"] for r in energy.values()} == {"ACC1"}  # the same instance in every device
+    g = build_graph(cfg, catalogue, points)
+    ref = Namespace("https://brickschema.org/schema/Brick/ref#")
+    uris = {str(o) for o in g.objects(None, ref.BACnetURI)}
+    assert {"bacnet://1000/accumulator,1/present-value", "bacnet://70002/accumulator,1/present-value"} <= uris
+    assert not any(u.startswith("bacnet://599/") for u in uris)  # no point of a meter in the router's device
