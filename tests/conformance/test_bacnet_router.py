@@ -100,6 +100,15 @@ def test_bacwi_with_dnet_discovers_every_meter_device(gateway, bacnet_stack):
     assert re.findall(r"^\s*(\d+)\s+7F", out.stdout, re.M) == [str(ROUTER)], out.stdout
 
 
+def test_global_who_is_reaches_the_router_and_every_meter_device(gateway, client):
+    client.route = (0xFFFF, b"")  # DNET 65535: every network (bacwi cannot broadcast on loopback)
+    client.sources.clear()
+    found = {d[0] for d in client.who_is(wait=1.5)}
+    assert found == {ROUTER, *DEVICES.values()}, found
+    routed_from = {s for s in client.sources if s is not None}
+    assert routed_from == {(VNET, dev.to_bytes(3, "big")) for dev in DEVICES.values()}
+
+
 def test_bacrp_and_bacrpm_read_each_meter_through_the_router(gateway, bacnet_stack):
     for mid in ("gen", "mid"):
         dev = DEVICES[mid]
@@ -154,6 +163,7 @@ def test_cov_subscription_through_the_router(gateway, client):
     client.route = (VNET, dev.to_bytes(3, "big"))
     ai = (0, 5)  # Active_Power_Total, moves every poll in the simulator
     client.notifications.clear()
+    client.sources.clear()
     assert client.subscribe(21, ai, confirmed=False, lifetime=60).kind == "ack"
     assert client.subscribe(22, ai, confirmed=True, lifetime=60).kind == "ack"  # the client ACKs them, routed
     client.listen(1.5)
