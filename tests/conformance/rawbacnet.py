@@ -495,7 +495,7 @@ class RawClient:
         """Who-Has by object name or identifier; the I-Have answers as (device, object, name)."""
         params = ctx(3, b"\x00" + name.encode()) if name is not None else ctx(2, object_id(*obj))
         self.unconfirmed = []
-        self.send(bytes([0x01, 0x00, 0x10, UC_WHO_HAS]) + params)
+        self.send(self.npci(False) + bytes([0x10, UC_WHO_HAS]) + params)
         until = time.monotonic() + wait
         while not any(s == UC_I_HAVE for s, _, _ in self.unconfirmed) and (got := self._recv(until)) is not None:
             self._dispatch_unsolicited(*got)

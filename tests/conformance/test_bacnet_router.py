@@ -107,6 +107,9 @@ def test_global_who_is_reaches_the_router_and_every_meter_device(gateway, client
     assert found == {ROUTER, *DEVICES.values()}, found
     routed_from = {s for s in client.sources if s is not None}
     assert routed_from == {(VNET, dev.to_bytes(3, "big")) for dev in DEVICES.values()}
+    # Who-Has through the router: the meter device has its objects under their point names
+    client.route = (VNET, DEVICES["mid"].to_bytes(3, "big"))
+    assert client.who_has(name="Active_Energy_Import") == [((8, DEVICES["mid"]), (23, 1), "Active_Energy_Import")]
 
 
 def test_bacrp_and_bacrpm_read_each_meter_through_the_router(gateway, bacnet_stack):
