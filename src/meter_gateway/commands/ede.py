@@ -19,8 +19,9 @@ OBJECT_TYPE_NUMBER = {
     "multi-state-value": 19,
     "accumulator": 23,
     "datetime-value": 44,
-    "device": 8,
 }
+#: EDE object type number of a device (per-meter mode lists the router and every meter device)
+DEVICE_TYPE = 8
 # BACnet engineering unit numbers of the units the catalogue uses
 UNIT_NUMBER = {
     "kilowattHours": 19,
@@ -103,7 +104,7 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
 
 def _device_row(name: str, instance: int, description: str, address: str) -> list[str]:
     """The EDE row of a device object (per-meter mode lists every device)."""
-    row = [f"device.{instance}", str(instance), name, str(OBJECT_TYPE_NUMBER["device"]), str(instance), description]
+    row = [f"device.{instance}", str(instance), name, str(DEVICE_TYPE), str(instance), description]
     return [*row, "", "", "", "N", "N", "", "", "", "", address]
 
 
