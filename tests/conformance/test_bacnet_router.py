@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import time
 
@@ -88,6 +89,20 @@ def test_bacwir_finds_the_router_and_its_network(gateway, bacnet_stack):
     out = run_tool(bacnet_stack, "bacwir", "-1", mac, env={"BACNET_APDU_TIMEOUT": "1000"})
     assert re.search(rf"I-Am Router to Network from 7F000001{gateway.port:04X}", out.stdout), out.stdout
     assert re.findall(r"^Networks: (.*?)\s*$", out.stdout, re.M) == [str(VNET)], out.stdout
+
+
+def test_routing_table_and_network_number_do_not_leak_the_ip_side(gateway, bacnet_stack):
+    # no network_number configured: Initialize-Routing-Table-Ack (bacinitr) lists the virtual network only
+    out = run_tool(bacnet_stack, "bacinitr", f"127.0.0.1:{gateway.port}", env={"BACNET_APDU_TIMEOUT": "500"})
+    assert re.findall(r"DNET=(\d+)", out.stdout) == [str(VNET)], out.stdout
+    # and What-Is-Network-Number gets no Network-Number-Is: sent before a Who-Is, only the I-Am comes back
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(5)
+        s.sendto(bytes.fromhex("810a0007018012"), gateway.address)  # What-Is-Network-Number (clause 6.4.19)
+        s.sendto(bytes.fromhex("810a000801001008"), gateway.address)  # Who-Is
+        first = s.recv(1500)
+    assert first[4:6] == b"\x01\x00" and first[6:8] == b"\x10\x00", first.hex()  # an APDU: I-Am, not an NPDU
 
 
 def test_bacwi_with_dnet_discovers_every_meter_device(gateway, bacnet_stack):

@@ -589,6 +589,14 @@ class BacnetServer(Server):
             self.router.attach(self.app, port_obj)
         self.bvll_guards = install_guards(self.app, self._trusted_bbmds(), self.bind_info.network)
         await self._verify_bound(host, port)
+        if self.router is not None:
+            try:
+                self.router.start(self.app)
+            except Exception as exc:
+                self.router.stop()
+                self.router = None
+                self.app.close()
+                raise ServerStartError(f"BACnet meter devices cannot start: {exc}") from exc
         self._broadcast_listener = await announce(self.app, self.bind_info, port)
         if self.cfg.foreign_bbmd or self.cfg.bbmd:
             self.fd_monitor = ForeignDeviceMonitor(
@@ -596,8 +604,6 @@ class BacnetServer(Server):
             )
             self.fd_monitor.start()
         gw.table.add_listener(self._on_change)
-        if self.router is not None:
-            self.router.start(self.app)
         if self.gateway_specs:
             self._watch_task = asyncio.create_task(self._watch_gateway(), name="bacnet-gateway-objects")
         log.info(
@@ -606,7 +612,7 @@ class BacnetServer(Server):
             device.objectName,
             host,
             port,
-            len(self.specs) + len(self.gateway_specs),
+            (len(self.specs) if self.router is None else 0) + len(self.gateway_specs),  # the meters: their devices
             self.database_revision,
         )
 

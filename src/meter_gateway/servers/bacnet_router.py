@@ -14,18 +14,22 @@ restarts and reloads); the router's is 0x3FFFFF (the wildcard instance, which no
 
 Without `upstream.bacnet.network_number` the router still needs a number for the BACnet/IP side inside its routing
 table (it writes it as SNET into the NPDUs it forwards to the meter devices, which never leave the gateway): it uses
-PLACEHOLDER_NET (65534, or 65533 when that is the virtual network), marks it learned (a Network-Number-Is from a
-router on the IP network replaces it) and never announces it (no answer to What-Is-Network-Number).
+PLACEHOLDER_NET (65534, or 65533 when that is the virtual network) and never announces it (no answer to
+What-Is-Network-Number on the IP side, not in Initialize-Routing-Table-Ack). It is kept as configured: a
+Network-Number-Is heard on the IP network changes nothing (bacpypes3 would otherwise re-key its routing table, even
+onto the virtual network's number).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from typing import Any
 
 from bacpypes3.basetypes import DeviceStatus, NetworkNumberQuality, Reliability
+from bacpypes3.npdu import InitializeRoutingTableAck, RoutingTableEntry
 from bacpypes3.pdu import Address, LocalStation
 from bacpypes3.vlan import VirtualNetwork
 
@@ -149,23 +153,27 @@ class MeterRouter:
         return [_virtual_port(ROUTER_PORT[1], "NetworkPort-2", ROUTER_MAC, self.vnet, self.vlan_name)]
 
     def attach(self, app, ip_port) -> None:
-        """After the gateway's application exists: an unconfigured IP network number is learned, never announced."""
+        """After the gateway's application exists: an unconfigured IP network number is never announced."""
         if self.ip_net_configured:
             return
-        adapter = app.nsap.adapters.get(self.ip_net)
-        if adapter is not None:
-            adapter.adapterNetConfigured = NetworkNumberQuality.learned
+        ip_adapter = app.nsap.local_adapter
         ip_port.networkNumber = 0
         ip_port.networkNumberQuality = NetworkNumberQuality.unknown
         inner = app.nse.WhatIsNetworkNumber
 
         async def what_is_network_number(adapter, npdu) -> None:
-            if adapter is app.nsap.adapters.get(self.vnet) or adapter.adapterNetConfigured != (
-                NetworkNumberQuality.learned
-            ):
+            """Answered for the virtual network only: the IP side's number is not known."""
+            if adapter is not ip_adapter:
                 await inner(adapter, npdu)
 
+        async def initialize_routing_table(adapter, npdu) -> None:
+            """Initialize-Routing-Table (a query: bacpypes3 changes nothing): the ack lists the virtual network."""
+            ack = InitializeRoutingTableAck([RoutingTableEntry(self.vnet, 1, b"")], user_data=npdu.pduUserData)
+            ack.pduDestination = npdu.pduSource
+            await app.nse.response(adapter, ack)
+
         app.nse.WhatIsNetworkNumber = what_is_network_number
+        app.nse.InitializeRoutingTable = initialize_routing_table
 
     def start(self, app) -> None:
         """Start one device per meter on the virtual network and announce the route on the IP network."""
@@ -236,6 +244,9 @@ class MeterRouter:
             del server._by_point[key]
         if app is None:
             return
+        for cov in app.cov_subscriptions():  # their lifetime timers would outlive the device
+            with contextlib.suppress(Exception):
+                app.cancel_subscription(cov)
         for ll in app.link_layers.values():
             node = getattr(ll, "node", None)
             if node is not None and node.lan is not None:
