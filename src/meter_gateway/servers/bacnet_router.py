@@ -98,7 +98,9 @@ def _virtual_port(instance: int, name: str, mac: bytes, vnet: int, vlan: str):
     )
 
 
-def meter_device_objects(server, dev: MeterDeviceSpec, specs: list[ObjectSpec], vnet: int, vlan: str) -> list[Any]:
+def meter_device_objects(
+    server, dev: MeterDeviceSpec, specs: list[ObjectSpec], status: DeviceStatus, vnet: int, vlan: str
+) -> list[Any]:
     """Every object of one meter device: its Device, its virtual Network Port, its point objects.
 
     The one place a meter device's object list is built: event enrolment, notification class or trend log objects
@@ -120,7 +122,7 @@ def meter_device_objects(server, dev: MeterDeviceSpec, specs: list[ObjectSpec], 
         segmentationSupported="segmentedBoth",
         databaseRevision=server.database_revision,
         utcOffset=utc_offset_minutes(server.zone),
-        systemStatus=system_status(server.gateway.table.get(dev.meter_id, COMM_STATUS)),
+        systemStatus=status,
     )
     device._gw_zone = server.zone
     port = _virtual_port(1, "NetworkPort-1", dev.mac, vnet, vlan)
@@ -132,6 +134,8 @@ class MeterRouter:
 
     def __init__(self, server) -> None:
         self.server = server
+        #: the point table (the router's only other way into the gateway is `_config`)
+        self.table = server.gateway.table
         cfg = server.cfg
         self.vnet: int = cfg.virtual_network
         self.ip_net: int = cfg.network_number or placeholder_net(self.vnet)
@@ -143,6 +147,10 @@ class MeterRouter:
         self.devices: dict[str, MeterDeviceSpec] = {}
         self._listening = False
         self._tasks: set[asyncio.Task] = set()
+
+    def _config(self):
+        """The gateway's current configuration (it changes on reload)."""
+        return self.server.gateway.config
 
     # -- the router side (the gateway's own device) ----------------------------------------------------------
     def prepare(self, ip_port) -> list[Any]:
@@ -177,9 +185,9 @@ class MeterRouter:
 
     def start(self, app) -> None:
         """Start one device per meter on the virtual network and announce the route on the IP network."""
-        for dev in meter_devices(self.server.gateway.config):
+        for dev in meter_devices(self._config()):
             self._add(dev)
-        self.server.gateway.table.add_listener(self._on_change)
+        self.table.add_listener(self._on_change)
         self._listening = True
         # I-Am-Router-To-Network at start-up (ASHRAE 135 clause 6.6.3.3), broadcast on the IP network
         self._spawn(app.nse.i_am_router_to_network(adapter=app.nsap.local_adapter))
@@ -207,7 +215,7 @@ class MeterRouter:
     def stop(self) -> None:
         """Stop every meter device and remove the virtual network."""
         if self._listening:
-            self.server.gateway.table.remove_listener(self._on_change)
+            self.table.remove_listener(self._on_change)
             self._listening = False
         for task in list(self._tasks):
             task.cancel()
@@ -223,7 +231,8 @@ class MeterRouter:
 
     def _add(self, dev: MeterDeviceSpec) -> None:
         """Build one meter device and put it on the virtual network."""
-        objs = meter_device_objects(self.server, dev, self._specs(dev.meter_id), self.vnet, self.vlan_name)
+        status = system_status(self.table.get(dev.meter_id, COMM_STATUS))
+        objs = meter_device_objects(self.server, dev, self._specs(dev.meter_id), status, self.vnet, self.vlan_name)
         app = MeterDeviceApplication.from_object_list(objs)
         app.gw_server = self.server
         app.router_ip_net = self.ip_net
@@ -255,7 +264,7 @@ class MeterRouter:
 
     def meters_changed(self, meter_ids: set[str]) -> None:
         """Reload: replace the devices of the meters added, removed or changed; the others keep running."""
-        wanted = {d.meter_id: d for d in meter_devices(self.server.gateway.config)}
+        wanted = {d.meter_id: d for d in meter_devices(self._config())}
         for mid in meter_ids:
             self._remove(mid)
         for mid in meter_ids:
