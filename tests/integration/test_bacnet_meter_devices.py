@@ -98,8 +98,15 @@ async def test_communication_failure_and_reload_of_meter_devices(gateways, bacrp
     assert await read(bacrp, port, 50003, "accumulator 1", "object-name") == '"Active_Energy_Import"'
     assert await read(bacrp, port, 1000, "device 1000", "object-name") == '"Bakery"'
     assert gw.servers[0].router.apps["mid"] is before  # untouched by the reload
-    # a meter removed: its device is gone from the virtual network, the others answer
-    await gw.apply(parse_config(config(GEN, NEW), profiles=profiles), profiles)
+    # a meter removed: its device is gone from the virtual network, the others answer; a new tenant on a meter keeps
+    # its device (and its COV subscribers) with the new description
+    gen_app = gw.servers[0].router.apps["gen"]
+    await gw.apply(
+        parse_config(config(GEN.replace("name: Bakery,", "name: Bakery, tenant: T2,"), NEW), profiles=profiles),
+        profiles,
+    )
+    assert gw.servers[0].router.apps["gen"] is gen_app
+    assert await read(bacrp, port, 1000, "device 1000", "description") == '"Submeter gen (generic), tenant T2"'
     gone = await read(bacrp, port, 50002, "device 50002", "object-name", timeout_ms=300)
     assert "Timeout" in gone or "timeout" in gone, gone
     assert await read(bacrp, port, 50003, "device 50003", "object-name") == '"Kiosk"'

@@ -31,6 +31,7 @@ from typing import Any
 from bacpypes3.basetypes import DeviceStatus, NetworkNumberQuality, Reliability
 from bacpypes3.npdu import InitializeRoutingTableAck, RoutingTableEntry
 from bacpypes3.pdu import Address, LocalStation
+from bacpypes3.primitivedata import ObjectType
 from bacpypes3.vlan import VirtualNetwork
 
 from .. import __version__
@@ -263,15 +264,50 @@ class MeterRouter:
         app.close()
 
     def meters_changed(self, meter_ids: set[str]) -> None:
-        """Reload: replace the devices of the meters added, removed or changed; the others keep running."""
+        """Reload: the devices of meters added, removed or changed; the other devices keep running.
+
+        A meter whose device keeps its instance, name and object set (a new tenant, serial number or location) keeps
+        its device and COV subscribers, with the new texts; any other change replaces its device.
+        """
         wanted = {d.meter_id: d for d in meter_devices(self._config())}
         for mid in meter_ids:
+            dev, old = wanted.get(mid), self.devices.get(mid)
+            specs = self._specs(mid)
+            if dev is not None and old is not None and mid in self.apps and self._same(mid, dev, old, specs):
+                self._refresh(mid, dev, specs)
+                continue
             self._remove(mid)
-        for mid in meter_ids:
-            if mid in wanted:
-                self._add(wanted[mid])
+            if dev is not None:
+                self._add(dev)
         for app in self.apps.values():
             app.device_object.databaseRevision = self.server.database_revision
+
+    def _same(self, mid: str, dev: MeterDeviceSpec, old: MeterDeviceSpec, specs: list[ObjectSpec]) -> bool:
+        """Whether a meter's device can stay: same instance, name and objects."""
+        keys = {(s.meter_id, s.point.name, s.object_type) for s in specs}
+        ids = {(s.object_type, s.instance, s.name) for s in specs}
+        have = {k: o for k, o in self.server.objects.items() if k[0] == mid}
+        now = {(str(ObjectType(o.objectIdentifier[0])), o.objectIdentifier[1], o.objectName) for o in have.values()}
+        return (dev.instance, dev.name) == (old.instance, old.name) and keys == set(have) and ids == now
+
+    def _refresh(self, mid: str, dev: MeterDeviceSpec, specs: list[ObjectSpec]) -> None:
+        """New texts on a meter's device and objects, the table's current values on its objects."""
+        device = self.apps[mid].device_object
+        for attr, value in (
+            ("description", dev.description),
+            ("location", dev.location),
+            ("serialNumber", dev.serial_number),
+            ("modelName", dev.model_name or "meter"),
+        ):
+            if getattr(device, attr) != value:
+                setattr(device, attr, value)
+        for spec in specs:
+            obj = self.server.objects[(mid, spec.point.name, spec.object_type)]
+            obj._gw_spec = spec
+            if obj.description != spec.description:
+                obj.description = spec.description
+            self.server._on_change(mid, spec.point.name, None, self.table.get(mid, spec.point.name))
+        self.devices[mid] = dev
 
     def _on_change(self, meter_id: str, point: str, old: PointValue, new: PointValue) -> None:
         """A meter's communication status drives its device's system-status."""
