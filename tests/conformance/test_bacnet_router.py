@@ -197,6 +197,42 @@ def test_cov_subscription_through_the_router(gateway, client):
     assert client.notifications == []
 
 
+#: hostile or broken NPDUs for the router (clause 6.2, 6.4): each is dropped or answered, none stops it
+HOSTILE = [
+    "0120 07d1 00 ff 10 08",  # remote broadcast Who-Is to the virtual network (answered by every meter device)
+    "0120 07d1 00 ff ffff",  # an undecodable APDU broadcast to the virtual network
+    "0120 07d1 00 ff ffff",  # the same again (logged once)
+    "0124 07d1 03 0003e8 00 0005 01 0c 0c00000005 1955",  # hop count 0
+    "0124 07d1 03 abcdef ff 0005 01 0c 0c00000005 1955",  # a MAC nobody has
+    "0124 07d1 07 0003e8000000ff ff 0005 01 0c 0c00000005 1955",  # a 7-octet DADR
+    "0128 07d1 03 0003e8 10 08",  # SNET = the virtual network (a spoofed source)
+    "0180 01 07d1",  # I-Am-Router-To-Network for the virtual network, from a client
+    "0180 04 07d1",  # Router-Busy-To-Network
+    "0180 06 01 07d1 01 00",  # Initialize-Routing-Table with an entry (never applied)
+    "0180 13 07d1 01",  # Network-Number-Is naming the virtual network
+    "0180 7f",  # a reserved message type
+    "01a0 07d1",  # truncated after DNET
+    "0120 07d1 03 0003e8",  # no hop count
+]
+
+
+def test_hostile_npdus_are_dropped_logged_once_and_routing_goes_on(gateway, client):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        for text in HOSTILE:
+            npdu = bytes.fromhex(text)
+            s.sendto(bytes([0x81, 0x0A]) + (len(npdu) + 4).to_bytes(2, "big") + npdu, gateway.address)
+    dev = DEVICES["gen"]
+    client.route = (VNET, dev.to_bytes(3, "big"))
+    assert client.read_values((8, dev), PROP["object-name"]) == [NAMES["gen"]]
+    client.route = None
+    assert client.read_values((8, ROUTER), PROP["object-name"]) == ["router-test"]
+    time.sleep(0.3)
+    log = gateway.log_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert log.count("routed to a meter device that it cannot handle") == 1, log[-3000:]
+
+
 def test_zzz_npdus_through_the_router(gateway, client):
     """Last of the module: Wireshark's dissector reads every routed frame cleanly, SNET/SADR name the meter."""
     if gateway.tshark_path is None or gateway.capture is None:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from copy import deepcopy
 from typing import Any
 
 from bacpypes3.basetypes import DeviceStatus, NetworkNumberQuality, Reliability
@@ -40,6 +41,7 @@ from ..core.quality import PointValue, Quality
 from ..core.table import COMM_STATUS
 from .bacnet import MAX_APDU, GwDevice, GwNetworkPort, _GatewayApplication, utc_offset_minutes
 from .bacnet_cov import CovLimits
+from .bacnet_net import OncePerSource
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,28 @@ log = logging.getLogger(__name__)
 PLACEHOLDER_NET = 65534
 #: object identifier of the router's virtual Network Port in the gateway's device
 ROUTER_PORT = ("network-port", 2)
+
+
+class GuardedVirtualNetwork(VirtualNetwork):
+    """bacpypes3's virtual network, delivering to each node on its own: a request a meter device cannot decode (the
+    router forwards the bytes it was given) is logged once per kind, one line, and reaches the other nodes."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.note = OncePerSource()
+
+    async def process_pdu(self, pdu) -> None:
+        """Deliver a copy to every node the destination names (all but the sender for a broadcast)."""
+        if pdu.pduDestination == self.broadcast_address:
+            nodes = [n for n in self.nodes if pdu.pduSource != n.address]
+        else:
+            nodes = [n for n in self.nodes if n.promiscuous or pdu.pduDestination == n.address]
+        for node in nodes:
+            try:
+                await node.response(deepcopy(pdu))
+            except Exception as exc:
+                kind = f"request routed to a meter device that it cannot handle ({type(exc).__name__})"
+                self.note("the virtual network", kind, f": {exc}")
 
 
 def placeholder_net(vnet: int) -> int:
@@ -158,7 +182,7 @@ class MeterRouter:
         """Before the gateway's application exists: number the IP port, create the virtual network and its port."""
         ip_port.networkNumber = self.ip_net
         ip_port.networkNumberQuality = NetworkNumberQuality.configured
-        self.network = VirtualNetwork(self.vlan_name)
+        self.network = GuardedVirtualNetwork(self.vlan_name)
         return [_virtual_port(ROUTER_PORT[1], "NetworkPort-2", ROUTER_MAC, self.vnet, self.vlan_name)]
 
     def attach(self, app, ip_port) -> None:
