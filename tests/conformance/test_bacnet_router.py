@@ -147,6 +147,47 @@ def test_bacrp_and_bacrpm_read_each_meter_through_the_router(gateway, bacnet_sta
     assert 'description: "Submeter gen (generic)"' in out.stdout, out.stdout
 
 
+#: required properties of a virtual Network Port (ASHRAE 135-2020 clause 12.56, no BACnet/IP ones)
+VIRTUAL_PORT = {
+    "object-identifier",
+    "object-name",
+    "object-type",
+    "status-flags",
+    "reliability",
+    "out-of-service",
+    "network-type",
+    "protocol-level",
+    "network-number",
+    "network-number-quality",
+    "changes-pending",
+    "apdu-length",
+    "link-speed",
+    "mac-address",
+}
+
+
+def test_bacepics_of_a_meter_device_through_the_router(gateway, client, bacnet_stack):
+    from test_bacnet_device import REQUIRED, SERVICES, bits, parse_epics
+
+    dev = DEVICES["gen"]
+    args = ["-v", "-t", f"127.0.0.1:{gateway.port}", "-n", str(VNET), str(dev)]
+    out = run_tool(bacnet_stack, "bacepics", *args, timeout=120)
+    assert out.returncode == 0 and "End of BACnet Protocol" in out.stdout, out.stdout[-2000:] + out.stderr
+    objs = parse_epics(out.stdout)
+    client.route = (VNET, dev.to_bytes(3, "big"))
+    assert len(objs) == len(client.read_values((8, dev), PROP["object-list"])) > 50
+    for obj in objs:
+        otype = re.match(r"\(([a-z-]+), \d+\)", obj["object-identifier"]).group(1)
+        required = VIRTUAL_PORT if otype == "network-port" else REQUIRED[otype]
+        assert not required - set(obj), (obj["object-identifier"], required - set(obj))
+        assert "?" not in "".join(obj.values()), obj  # every listed property is readable through the router
+    device = next(o for o in objs if o["object-type"] == "device")
+    assert bits(device["protocol-services-supported"]) == set(SERVICES.values())
+    assert (device["object-name"], device["serial-number"]) == (f'"{NAMES["gen"]}"', '"SN-0001"')
+    port = next(o for o in objs if o["object-type"] == "network-port")
+    assert (port["network-type"], port["network-number"]) == ("virtual", str(VNET))
+
+
 def test_meter_in_communication_failure_shows_it_at_device_level(gateway, bacnet_stack):
     dev = DEVICES["plant"]
     out = run_tool(bacnet_stack, "bacrp", *routed(gateway, dev), str(dev), "device", str(dev), "system-status")
