@@ -60,14 +60,14 @@ class GuardedVirtualNetwork(VirtualNetwork):
         self.note = OncePerSource()
 
     async def process_pdu(self, pdu) -> None:
-        """Deliver a copy to every node the destination names (all but the sender for a broadcast)."""
+        """Deliver the PDU to every node the destination names (all but the sender for a broadcast)."""
         if pdu.pduDestination == self.broadcast_address:
             nodes = [n for n in self.nodes if pdu.pduSource != n.address]
         else:
             nodes = [n for n in self.nodes if n.promiscuous or pdu.pduDestination == n.address]
         for node in nodes:
-            try:
-                await node.response(deepcopy(pdu))
+            try:  # one receiver (a unicast): the sender keeps no reference to the PDU, no copy needed
+                await node.response(pdu if len(nodes) == 1 else deepcopy(pdu))
             except Exception as exc:
                 kind = f"request routed to a meter device that it cannot handle ({type(exc).__name__})"
                 self.note("the virtual network", kind, f": {exc}")
