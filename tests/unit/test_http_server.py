@@ -9,7 +9,7 @@ from meter_gateway.servers.http import HEALTH_RESERVE, HttpServer, Response
 
 async def get(addr, path: str) -> bytes:
     reader, writer = await asyncio.open_connection(*addr)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
     try:
         async with asyncio.timeout(5):
             return await reader.read()
