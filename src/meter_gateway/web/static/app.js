@@ -529,7 +529,7 @@ async function viewAudit(main) {
   const out = el("div", { "aria-live": "polite" });
   main.append(el("h1", {}, "Write audit log"), el("section", { class: "card" }, form), out,
     el("table", { id: "audit" }, el("thead", {}, el("tr", {},
-      ["Time", "Protocol", "Source", "Meter", "Point", "Value", "Decision", "Reason"].map((h) => el("th", { scope: "col" }, h)))), body));
+      ["Time", "Protocol", "User @ source", "Meter", "Point", "Value", "Decision", "Reason"].map((h) => el("th", { scope: "col" }, h)))), body));
   const load = async () => {
     const p = new URLSearchParams();
     for (const [k, e] of Object.entries(f)) if (e.value) p.set(k, e.value);
@@ -539,7 +539,7 @@ async function viewAudit(main) {
       const recs = asList(r, "records").length ? asList(r, "records") : asList(r, "entries");
       out.replaceChildren(el("p", { class: "muted" }, recs.length + " record(s)"));
       body.replaceChildren(...recs.map((x) => el("tr", { "data-decision": x.decision || "" },
-        el("td", { class: "mono" }, x.time || ""), el("td", {}, x.protocol || ""), el("td", {}, x.source || x.user || ""),
+        el("td", { class: "mono" }, x.time || ""), el("td", {}, x.protocol || ""), el("td", {}, x.user ? x.user + " @ " + (x.source || "?") : x.source || ""),
         el("td", {}, x.meter || ""), el("td", {}, x.point || ""), el("td", { class: "num" }, fmtValue(x.value)),
         el("td", { class: "decision" }, decisionBadge(x.decision)),
         el("td", {}, [x.reason, x.meter_reply].filter(Boolean).join(" · ")),

@@ -2,8 +2,8 @@
 "use strict";
 (function () {
   const params = new URLSearchParams(location.search);
-  let next = params.get("next") || "/ui/";
-  if (!next.startsWith("/") || next.startsWith("//")) next = "/ui/";
+  let next = params.get("next") || "/ui/index.html";
+  if (!next.startsWith("/") || next.startsWith("//")) next = "/ui/index.html";
   document.getElementById("next").value = next;
   const form = document.getElementById("login");
   const err = document.getElementById("error");
