@@ -76,7 +76,10 @@ class WebGateway:
             f"  - {{id: {m}, name: {n}, tenant: {t}, bus: rtu, address: {a}, profile: generic, poll_intervals: {FAST}}}"
             for m, n, t, a in rtu
         )
-        meters += f"\n  - {{id: t1, name: Office, tenant: T2, bus: tcp, address: 1, profile: generic, poll_intervals: {FAST}}}"
+        meters += (
+            f"\n  - {{id: t1, name: Office, tenant: T2, bus: tcp, address: 1, profile: generic,"
+            f" poll_intervals: {FAST}}}"
+        )
         cfg = tmp / "gateway.yaml"
         cfg.write_text(f"""
 gateway: {{name: web-demo, state_dir: {tmp / "state"}}}
