@@ -55,7 +55,7 @@ class WebGateway:
     Modbus TCP meter in its own process, `sim`, which a test may kill to cut the meter off).
     """
 
-    def __init__(self, tmp: Path, extra_rtu_meters: int = 0) -> None:
+    def __init__(self, tmp: Path, tcp_units: int = 1, sim_log: Path | None = None) -> None:
         from argon2 import PasswordHasher
 
         self.tmp = tmp
@@ -63,23 +63,24 @@ class WebGateway:
         self.metrics_token = secrets.token_hex(16)
         ph = PasswordHasher()
         users = ", ".join(f"{{name: {u}, role: {u}, password_hash: '{ph.hash(self.passwords[u])}'}}" for u in USERS)
-        self.sim = subprocess.Popen(
-            [sys.executable, str(SIM_TCP)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
+        cmd = [sys.executable, str(SIM_TCP), "--units", str(tcp_units)]
+        cmd += ["--log", str(sim_log)] if sim_log else []
+        self.sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         sim_port = int(self.sim.stdout.readline())
         self.port = free_tcp_port()
         self.base = f"http://127.0.0.1:{self.port}"
         common = "timeout: 0.3, retries: 0, fail_after: 2, backoff_max: 2"
         rtu = [("r1", "Shop 1", "T1", 1), ("r2", "Shop 2", "T1", 2)]
-        rtu += [(f"x{i}", f"Unit {i}", "T3", 10 + i) for i in range(extra_rtu_meters)]
         meters = "\n".join(
             f"  - {{id: {m}, name: {n}, tenant: {t}, bus: rtu, address: {a}, profile: generic, poll_intervals: {FAST}}}"
             for m, n, t, a in rtu
         )
-        meters += (
-            f"\n  - {{id: t1, name: Office, tenant: T2, bus: tcp, address: 1, profile: generic,"
-            f" poll_intervals: {FAST}}}"
-        )
+        for u in range(1, tcp_units + 1):
+            name = "Office" if u == 1 else f"Unit {u}"
+            meters += (
+                f"\n  - {{id: t{u}, name: {name}, tenant: T2, bus: tcp, address: {u}, profile: generic,"
+                f" poll_intervals: {FAST}}}"
+            )
         cfg = tmp / "gateway.yaml"
         cfg.write_text(f"""
 gateway: {{name: web-demo, state_dir: {tmp / "state"}}}
