@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from webgw import WebGateway  # noqa: E402
+from webgw import WebGateway
 
 SECONDS = float(os.environ.get("WEB_LOAD_SECONDS", "30"))
 UNITS = int(os.environ.get("WEB_LOAD_UNITS", "5"))
