@@ -77,7 +77,7 @@ def test_login_and_live_value(gw, page):
     login(page, gw.base, "viewer", gw.passwords["viewer"])
     assert page.text_content("#who").startswith("viewer")
     row = page.locator('#meters tr[data-meter="r1"]')
-    assert row.locator(".comm .badge").get_attribute("data-value") == "good"
+    assert row.locator(".comm .badge").get_attribute("data-value") == "ok"
     page.click('#meters a[href="#/meter/r1"]')
     cell = page.locator('#points tr[data-point="Active_Power_Total"] .value')
     cell.wait_for()
@@ -188,11 +188,11 @@ def test_meter_turns_to_comm_failure_when_its_simulator_stops(gw, page):
     """Last: it cuts meter t1 off for good."""
     login(page, gw.base, "viewer", gw.passwords["viewer"])
     badge = page.locator('#meters tr[data-meter="t1"] .comm .badge')
-    assert badge.get_attribute("data-value") == "good"
+    assert badge.get_attribute("data-value") == "ok"
     page.evaluate("window.__sameDocument = true")
     gw.kill_sim()
-    page.wait_for_selector('#meters tr[data-meter="t1"] .comm .badge[data-value="comm-failure"]', timeout=30000)
+    page.wait_for_selector('#meters tr[data-meter="t1"] .comm .badge[data-value="failed"]', timeout=30000)
     assert badge.text_content() == "comm failure" and "q-comm-failure" in badge.get_attribute("class")
     assert page.evaluate("window.__sameDocument") is True
     # the other meters keep good communication
-    assert page.locator('#meters tr[data-meter="r1"] .comm .badge').get_attribute("data-value") == "good"
+    assert page.locator('#meters tr[data-meter="r1"] .comm .badge').get_attribute("data-value") == "ok"

@@ -103,6 +103,14 @@ function badge(kind, value, title) {
   return el("span", { class: "badge " + cls, title: title || null, "data-value": v }, text);
 }
 
+// A meter's communication state (ok / starting / failed from the gateway) as colour and text.
+const COMM = { ok: ["q-good", "ok"], good: ["q-good", "ok"], failed: ["q-comm-failure", "comm failure"],
+  "comm-failure": ["q-comm-failure", "comm failure"], starting: ["q-unknown", "starting"] };
+function commBadge(v, reason) {
+  const [cls, text] = COMM[v] || ["q-unknown", String(v || "unknown")];
+  return el("span", { class: "badge " + cls, title: reason || null, "data-value": String(v || "") }, text);
+}
+
 function busyBar(frac) {
   const f = typeof frac === "number" && isFinite(frac) ? Math.max(0, Math.min(1, frac)) : null;
   const pct = f === null ? "—" : Math.round(f * 100) + " %";
@@ -225,7 +233,7 @@ async function viewOverview(main) {
         el("td", {}, m.name || ""),
         el("td", {}, m.bus ? el("a", { href: "#/bus/" + encodeURIComponent(m.bus) }, m.bus) : ""),
         el("td", {}, m.profile || ""),
-        el("td", { class: "comm" }, badge("q", m.comm)),
+        el("td", { class: "comm" }, commBadge(m.comm, m.comm_reason), m.comm_reason && m.comm !== "ok" ? el("span", { class: "muted" }, " " + m.comm_reason) : ""),
         el("td", { class: "lastgood" }, fmtTime(m.last_good_read)),
         el("td", { class: "alarms" }, alarms.length
           ? alarms.map((a) => el("span", { class: "badge q-stale" }, typeof a === "string" ? a : (a.name || JSON.stringify(a))))
@@ -522,7 +530,8 @@ async function viewAudit(main) {
   const form = el("form", { class: "inline" },
     field("meter", "Meter"), field("point", "Point"),
     field("protocol", "Protocol", ["", "http", "bacnet", "modbus", "cli"]),
-    field("result", "Result", ["", "accepted", "refused", "failed"]),
+    field("result", "Result", ["", "accepted", "denied", "out-of-range", "failed"]),
+    field("user", "User"),
     field("limit", "Limit", ["200", "50", "1000"]),
     el("button", { type: "submit" }, "Filter"));
   const body = el("tbody");
@@ -537,7 +546,7 @@ async function viewAudit(main) {
     try {
       const r = await api("/api/audit?" + p);
       const recs = asList(r, "records").length ? asList(r, "records") : asList(r, "entries");
-      out.replaceChildren(el("p", { class: "muted" }, recs.length + " record(s)"));
+      out.replaceChildren(el("p", { class: "muted" }, recs.length + " record(s)" + (r && r.total > recs.length ? " of " + r.total : "")));
       body.replaceChildren(...recs.map((x) => el("tr", { "data-decision": x.decision || "" },
         el("td", { class: "mono" }, x.time || ""), el("td", {}, x.protocol || ""), el("td", {}, x.user ? x.user + " @ " + (x.source || "?") : x.source || ""),
         el("td", {}, x.meter || ""), el("td", {}, x.point || ""), el("td", { class: "num" }, fmtValue(x.value)),
@@ -553,7 +562,7 @@ async function viewAudit(main) {
 }
 
 function decisionBadge(d) {
-  const cls = d === "accepted" ? "q-good" : d === "refused" ? "q-comm-failure" : "q-stale";
+  const cls = d === "accepted" ? "q-good" : d === "failed" ? "q-comm-failure" : "q-stale";
   return el("span", { class: "badge " + cls }, d || "?");
 }
 
@@ -592,23 +601,55 @@ async function viewExports(main) {
 // ---------- configuration ----------
 async function viewConfig(main) {
   const r = await api("/api/config");
-  const cfg = r.config ?? r.running ?? r;
-  const checks = r.check ?? r.checks ?? r.check_results ?? [];
-  const checkList = Array.isArray(checks) ? checks : typeof checks === "object" ? Object.entries(checks).map(([k, v]) => k + ": " + JSON.stringify(v)) : [String(checks)];
+  const cfg = r.config ?? r;
+  const check = r.check || {};
+  const errors = Array.isArray(check.errors) ? check.errors : [];
+  let checkBox;
+  if (check.ok === true) checkBox = message("ok", "check: no problems found in " + (r.path || "the configuration file") + ".");
+  else if (check.ok === false) checkBox = el("div", {}, message("err", "check found problems in " + (r.path || "the configuration file") + ":"),
+    el("pre", { class: "config", id: "check-errors" }, errors.join("\n")));
+  else checkBox = message("info", check.note || "check was not run.");
+  const dl = (href, text) => el("a", { href, download: "", class: "button" }, text);
   main.append(el("h1", {}, "Configuration"),
     el("section", { class: "card" }, el("h2", {}, "Downloads"),
-      el("p", {}, el("a", { href: "/api/ede", download: "", id: "dl-ede" }, "BACnet EDE (CSV)"), " · ",
-        el("a", { href: "/api/registers.csv", download: "", id: "dl-registers" }, "Modbus register map (CSV)"))),
-    el("section", { class: "card", id: "check" }, el("h2", {}, "Check"),
-      checkList.length
-        ? el("ul", {}, checkList.map((c) => el("li", {}, typeof c === "string" ? c : [c.level || c.severity || "", " ", c.where || c.location || "", " ", c.message || c.text || JSON.stringify(c)].join(""))))
-        : message("ok", "No problems found.")),
+      el("p", { class: "stats" }, dl("/api/downloads/ede.csv", "BACnet EDE (CSV)"),
+        dl("/api/downloads/ede-state-texts.csv", "EDE state texts (CSV)"),
+        dl("/api/downloads/registers.csv", "Modbus register map (CSV)"))),
+    el("section", { class: "card", id: "check" }, el("h2", {}, "Check"), checkBox),
     el("section", { class: "card" }, el("h2", {}, "Running configuration (secrets hidden)"),
-      el("pre", { class: "config", id: "config-text" }, typeof cfg === "string" ? cfg : JSON.stringify(cfg, null, 2))));
-  // the server may name the download URLs itself
-  const dl = r.downloads || {};
-  if (dl.ede) document.getElementById("dl-ede").href = dl.ede;
-  if (dl.registers || dl.register_map) document.getElementById("dl-registers").href = dl.registers || dl.register_map;
+      el("pre", { class: "config", id: "config-text" }, typeof cfg === "string" ? cfg : toYaml(cfg))));
+}
+
+// A small YAML rendering of the configuration document (read-only display; strings quoted when needed).
+function toYaml(v, indent) {
+  indent = indent || "";
+  const scalar = (x) => {
+    if (x === null || x === undefined) return "null";
+    if (typeof x === "string") return x === "" || /[:#{}\[\],&*!|>'"%@`]|^\s|\s$|^(true|false|null|yes|no|[-+.\d].*)$/i.test(x) ? JSON.stringify(x) : x;
+    return String(x);
+  };
+  if (Array.isArray(v)) {
+    if (!v.length) return "[]";
+    return v.map((x) => {
+      if (x && typeof x === "object") {
+        const inner = toYaml(x, indent + "  ");
+        return indent + "- " + inner.slice(indent.length + 2);
+      }
+      return indent + "- " + scalar(x);
+    }).join("\n");
+  }
+  if (v && typeof v === "object") {
+    const keys = Object.keys(v);
+    if (!keys.length) return "{}";
+    return keys.map((k) => {
+      const x = v[k];
+      if (x && typeof x === "object" && (Array.isArray(x) ? x.length : Object.keys(x).length)) {
+        return indent + k + ":\n" + toYaml(x, indent + "  ");
+      }
+      return indent + k + ": " + (x && typeof x === "object" ? (Array.isArray(x) ? "[]" : "{}") : scalar(x));
+    }).join("\n");
+  }
+  return indent + scalar(v);
 }
 
 // ---------- router ----------
