@@ -133,7 +133,7 @@ async def run() -> dict:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         log = tmp / "sim.log"
-        gw = WebGateway(tmp, tcp_units=UNITS, sim_log=log)
+        gw = WebGateway(tmp, tcp_units=UNITS, sim_log=log, cheap_hashes=False)
         try:
             await asyncio.to_thread(gw.wait_ready)
             await asyncio.sleep(5)  # the start-up reads (identification, configuration class) are over

@@ -55,13 +55,15 @@ class WebGateway:
     Modbus TCP meter in its own process, `sim`, which a test may kill to cut the meter off).
     """
 
-    def __init__(self, tmp: Path, tcp_units: int = 1, sim_log: Path | None = None) -> None:
+    def __init__(self, tmp: Path, tcp_units: int = 1, sim_log: Path | None = None, cheap_hashes: bool = True) -> None:
         from argon2 import PasswordHasher
 
         self.tmp = tmp
         self.passwords = {u: secrets.token_urlsafe(12) for u in USERS}
         self.metrics_token = secrets.token_hex(16)
-        ph = PasswordHasher()
+        # tests: argon2 at its smallest cost (the gateway verifies with the parameters inside each hash); the load
+        # bench keeps the library's defaults, as `meter-gateway hash-password` makes them
+        ph = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1) if cheap_hashes else PasswordHasher()
         users = ", ".join(f"{{name: {u}, role: {u}, password_hash: '{ph.hash(self.passwords[u])}'}}" for u in USERS)
         cmd = [sys.executable, str(SIM_TCP), "--units", str(tcp_units)]
         cmd += ["--log", str(sim_log)] if sim_log else []
