@@ -80,7 +80,8 @@ async def session(
     pages, hold two SSE streams, reload a page every 5 s."""
     conn = aiohttp.TCPConnector(local_addr=(source, 0))
     timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
-    async with aiohttp.ClientSession(base_url=base, timeout=timeout, connector=conn) as s:
+    jar = aiohttp.CookieJar(unsafe=True)  # the session cookie of a gateway addressed by IP
+    async with aiohttp.ClientSession(base_url=base, timeout=timeout, connector=conn, cookie_jar=jar) as s:
         async with s.post("/login", json={"username": user, "password": password}, allow_redirects=False) as r:
             if r.status not in (200, 303):
                 stats["login_failures"] += 1

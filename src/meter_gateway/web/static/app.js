@@ -360,7 +360,7 @@ async function drawCharts(box, id, points) {
 
 // A line chart of [t, value, quality] samples as SVG; samples that are not good are drawn as gaps and marked.
 function chart(title, unit, samples, colour) {
-  const W = 560, H = 240, L = 58, R = 12, T = 26, B = 30;
+  const W = 560, H = 240, L = 72, R = 14, T = 26, B = 30;
   const svg = svgEl("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${title} (${unit}), last hours` });
   const t = svgEl("text", { x: L, y: 16, "font-weight": "600" });
   t.textContent = `${title} (${unit})`;
@@ -377,19 +377,22 @@ function chart(title, unit, samples, colour) {
   let lo = Math.min(...good.map((s) => s[1])), hi = Math.max(...good.map((s) => s[1]));
   if (hi === lo) { hi += Math.abs(hi) * 0.05 || 1; lo -= Math.abs(lo) * 0.05 || 1; }
   const pad = (hi - lo) * 0.08; lo -= pad; hi += pad;
+  const decimals = Math.max(0, Math.min(6, Math.ceil(-Math.log10((hi - lo) / 4)) + 1));
   const x = (v) => L + ((v - t0) / (t1 - t0)) * (W - L - R);
   const y = (v) => T + (1 - (v - lo) / (hi - lo)) * (H - T - B);
   for (let i = 0; i <= 4; i++) {
     const v = lo + ((hi - lo) * i) / 4;
     svg.append(svgEl("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
     const lab = svgEl("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" });
-    lab.textContent = fmtValue(Math.abs(hi - lo) > 20 ? Math.round(v) : Number(v.toFixed(2)));
+    lab.textContent = v.toFixed(decimals);
     svg.append(lab);
   }
   for (let i = 0; i <= 4; i++) {
     const tv = t0 + ((t1 - t0) * i) / 4;
     const lab = svgEl("text", { x: x(tv), y: H - 10, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" });
-    lab.textContent = new Date(tv * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+    const opts = { hour: "2-digit", minute: "2-digit", hour12: false };
+    if (t1 - t0 < 600) opts.second = "2-digit";
+    lab.textContent = new Date(tv * 1000).toLocaleTimeString([], opts);
     svg.append(lab);
   }
   svg.append(svgEl("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }));
