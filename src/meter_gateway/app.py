@@ -130,6 +130,8 @@ def _server_key(cfg: GatewayConfig, key: str) -> Any:
     g = cfg.gateway
     if key == "bacnet":  # the device carries the gateway's name, location, description; the journal alarm object
         return (cfg.upstream.bacnet, g.name, g.location, g.description, cfg.journal.enabled)
+    if key == "prometheus":  # the HTTP server also carries the logins, tokens and HTTPS of upstream.http
+        return (cfg.upstream.prometheus, cfg.upstream.http)
     return getattr(cfg.upstream, key)
 
 

@@ -364,12 +364,72 @@ class PrometheusSection(_Strict):
         return check_bind(v)
 
 
+class HttpUser(_Strict):
+    """A person who may log in to the HTTP side."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]+$", max_length=64)
+    role: Literal["viewer", "operator", "admin"] = Field(
+        description="viewer: read; operator: also writes through the write policy; admin: also scan, trace, config"
+    )
+    password_hash: str = Field(description="argon2 hash made by `meter-gateway hash-password` (never the password)")
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash(cls, v: str) -> str:
+        from argon2 import extract_parameters
+        from argon2.exceptions import InvalidHashError
+
+        try:
+            extract_parameters(v)
+        except (InvalidHashError, ValueError, TypeError):
+            raise ValueError(
+                "password_hash is not an argon2 hash ($argon2id$v=19$m=...): make one with "
+                "`meter-gateway hash-password` and paste its output"
+            ) from None
+        return v
+
+
+class HttpTls(_Strict):
+    """HTTPS: certificate chain and private key (PEM files; relative paths from the configuration's folder)."""
+
+    cert: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+
+class HttpSection(_Strict):
+    """Who may use the HTTP server of upstream.prometheus (pages, API, exports) and how: users, tokens, HTTPS."""
+
+    users: list[HttpUser] = Field([], description="logins; none: only /health, /metrics and the local CLI work")
+    metrics_token: str = Field(
+        "", description="bearer token /metrics then requires (empty: /metrics stays open); at least 16 characters"
+    )
+    metrics_token_sha256: str = Field(
+        "", pattern=r"^([0-9a-fA-F]{64})?$", description="or its SHA-256 (hex), to keep the token out of the file"
+    )
+    tls: HttpTls | None = Field(None, description="serve HTTPS with this certificate and key")
+    session_timeout: float = Field(1800.0, ge=60, le=86400, description="seconds of inactivity ending a login")
+    lockout_after: int = Field(5, ge=1, le=100, description="failed logins in a row (per user, per address) locking")
+    lockout_seconds: float = Field(300.0, ge=5, le=86400, description="how long a lock-out lasts")
+    max_body: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="largest request body in bytes")
+    control_token: bool = Field(
+        True, description="write <state_dir>/control.token (0600): the local CLI's admin access to the running gateway"
+    )
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _token(cls, v: str) -> str:
+        if v and len(v) < 16:
+            raise ValueError("metrics_token must be at least 16 characters (e.g. `openssl rand -hex 16`)")
+        return v
+
+
 class UpstreamSection(_Strict):
     """Servers the gateway offers to the building's systems."""
 
     bacnet: BacnetSection = BacnetSection()
     modbus_tcp: ModbusTcpSection = ModbusTcpSection()
     prometheus: PrometheusSection = PrometheusSection()
+    http: HttpSection = HttpSection()
 
 
 class TariffSection(_Strict):
@@ -422,11 +482,15 @@ class WritesSection(_Strict):
     allow_modbus: list[str] = Field(
         [], description="source networks allowed to write over Modbus TCP (empty: none; 0.0.0.0/0 for any)"
     )
+    allow_http: list[str] = Field(
+        ["0.0.0.0/0", "::/0"],
+        description="source networks from which logged-in operators may write over HTTP (default: any)",
+    )
     audit_log: str = Field(
         "audit.jsonl", description="JSON-lines audit file of every write attempt, relative to gateway.state_dir"
     )
 
-    _nets = field_validator("allow_bacnet", "allow_modbus")(classmethod(lambda cls, v: _check_net(v)))
+    _nets = field_validator("allow_bacnet", "allow_modbus", "allow_http")(classmethod(lambda cls, v: _check_net(v)))
 
 
 class GatewayConfig(_Strict):
@@ -594,6 +658,11 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
             known = ", ".join(sorted(tenants)) or "none (set `tenant:` on meters)"
             errs.append(((*where, "tenant"), f"alert for tenant {rule.tenant!r}, which no meter has; tenants: {known}"))
     errs += _hierarchy_errors(cfg, ids)
+    users: dict[str, int] = {}
+    for i, u in enumerate(cfg.upstream.http.users):
+        if u.name in users:
+            errs.append((("upstream", "http", "users", i, "name"), f"user {u.name!r} is already defined: rename one"))
+        users.setdefault(u.name, i)
     return errs
 
 
@@ -836,6 +905,9 @@ def environment_errors(cfg: GatewayConfig, config_path: str | Path | None) -> li
             problem_f = _file_problem(f, user)
             if problem_f:
                 errs.append((key, f"{what}: {problem_f}; {fix}, or give a path in a writable folder"))
+    tls = up.http.tls
+    if "prometheus" in servers and tls is not None:
+        errs += _tls_errors(tls, config_path)
     for key, sec in servers.items():
         if key == "bacnet":
             from .servers.bacnet_net import resolve_bind
@@ -866,6 +938,26 @@ def environment_errors(cfg: GatewayConfig, config_path: str | Path | None) -> li
                     "grants it) or root; or use a port above 1023 such as 5020",
                 )
             )
+    return errs
+
+
+def _tls_errors(tls: HttpTls, config_path: str | Path | None) -> list[tuple[tuple[Any, ...], str]]:
+    """The HTTPS certificate and key exist, are readable and belong together."""
+    import ssl
+
+    base = Path(config_path).parent if config_path is not None else Path.cwd()
+    errs: list[tuple[tuple[Any, ...], str]] = []
+    for key in ("cert", "key"):
+        f = base / getattr(tls, key)
+        if not f.is_file():
+            errs.append((("upstream", "http", "tls", key), f"{key} file {f} does not exist"))
+        elif not os.access(f, os.R_OK):
+            errs.append((("upstream", "http", "tls", key), f"{key} file {f} is not readable by user {_user()!r}"))
+    if not errs:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(base / tls.cert, base / tls.key)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            errs.append((("upstream", "http", "tls"), f"cannot use the certificate and key: {exc}"))
     return errs
 
 

@@ -40,12 +40,13 @@ class Decision(StrEnum):
 class WriteRequest:
     """One write attempt from an upstream client."""
 
-    protocol: str  # "modbus" | "bacnet"
+    protocol: str  # "modbus" | "bacnet" | "http"
     source: str  # client IP address
     meter_id: str
     point: str
     value: float | int | bool | str
     detail: str = ""  # e.g. the BACnet priority of a command, or what was refused before the policy
+    user: str = ""  # the logged-in user (HTTP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +264,7 @@ class WriteService:
             return result
         pdef = cat.get(req.point)
         w = self.gw.config.writes
-        allow = w.allow_modbus if req.protocol == "modbus" else w.allow_bacnet
+        allow = {"modbus": w.allow_modbus, "http": w.allow_http}.get(req.protocol, w.allow_bacnet)
         policy = decide(
             pdef, req.value, self.rights(req.meter_id), writes_enabled=w.enabled, source=req.source, allowlist=allow
         )
@@ -304,7 +305,7 @@ class WriteService:
         value = req.value
         if isinstance(value, float) and not math.isfinite(value):
             value = str(value)  # JSON has no NaN or Infinity: keep the line valid
-        return {
+        doc = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "protocol": req.protocol,
             "source": req.source,
@@ -312,6 +313,9 @@ class WriteService:
             "point": req.point,
             "value": value,
         }
+        if req.user:
+            doc["user"] = req.user
+        return doc
 
     def _durable(self, record: dict[str, Any]) -> None:
         """Append a record durably, after any kept from a failed attempt; raises OSError (the record is then kept)."""

@@ -27,7 +27,9 @@ async def fetch(server: PrometheusServer, path: str) -> tuple[int, str, bytes]:
 
     def get():
         try:
-            with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=30) as r:
+            req = urllib.request.Request(f"http://{host}:{port}{path}")
+            req.add_header("Authorization", f"Bearer {server.auth.control_token}")  # the local CLI's admin token
+            with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, r.headers["Content-Type"], r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.headers["Content-Type"], e.read()

@@ -91,14 +91,10 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
     return rows, state_rows
 
 
-def _main(args) -> int:
-    cfg, profiles = load_or_exit(args.config)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    name = args.project or cfg.gateway.name
-    rows, state_rows = ede_rows(cfg, profiles)
-    stamp = time.strftime("%d.%m.%Y")
-    header = [
+def ede_header(name: str, stamp: str | None = None) -> list[list[str]]:
+    """The header lines of an EDE file (layout 2.3)."""
+    stamp = stamp or time.strftime("%d.%m.%Y")
+    return [
         ["#Engineering-Data-Exchange - B.I.G.-EU"],
         ["PROJECT_NAME", name],
         ["VERSION_OF_REFERENCEFILE", "1"],
@@ -142,6 +138,16 @@ def _main(args) -> int:
             "vendor-specific-address",
         ],
     ]
+
+
+def _main(args) -> int:
+    cfg, profiles = load_or_exit(args.config)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    name = args.project or cfg.gateway.name
+    rows, state_rows = ede_rows(cfg, profiles)
+    stamp = time.strftime("%d.%m.%Y")
+    header = ede_header(name, stamp)
     base = out / f"{name}_EDE.csv"
     with open(base, "w", newline="", encoding="utf-8") as fh:
         csv.writer(fh, delimiter=";").writerows(header + rows)

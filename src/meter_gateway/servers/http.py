@@ -222,7 +222,7 @@ class HttpServer:
     def add_static(self, prefix: str, directory: Any, role: str | None = None) -> None:
         """Serve the files of a folder under a URL prefix."""
         self.app.router.add_static(prefix, directory, name=None, append_version=False)
-        self.routes.setdefault(prefix + "/", role)
+        self.routes.setdefault(prefix + "/{path}", role)
 
     @staticmethod
     async def send(request: web.Request, resp: Response) -> web.StreamResponse:

@@ -26,10 +26,10 @@ class ModelRoutes:
 
     def add_to(self, http: HttpServer) -> None:
         """Register the routes on an HTTP server."""
-        http.route("/model/brick.ttl", self._brick)
-        http.route("/model/haystack.json", self._haystack_json)
-        http.route("/model/haystack.zinc", self._haystack_zinc)
-        http.route("/openapi.json", self._openapi)
+        http.route("/model/brick.ttl", self._brick, "viewer")
+        http.route("/model/haystack.json", self._haystack_json, "viewer")
+        http.route("/model/haystack.zinc", self._haystack_zinc, "viewer")
+        http.route("/openapi.json", self._openapi)  # the API description is public
 
     def _inputs(self):
         gw = self.gateway

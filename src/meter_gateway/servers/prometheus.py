@@ -254,6 +254,25 @@ def _foreign_registration(gw) -> str | None:
     return server.foreign_registration() if server is not None else None
 
 
+def _tls_context(gw):
+    """The HTTPS context of upstream.http.tls (paths relative to the configuration's folder), or None."""
+    import ssl
+    from pathlib import Path
+
+    tls = gw.config.upstream.http.tls
+    if tls is None:
+        return None
+    base = Path(gw.config_path).parent if gw.config_path else Path.cwd()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(base / tls.cert, base / tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        from .base import ServerStartError
+
+        raise ServerStartError(f"prometheus: cannot use upstream.http.tls: {exc}") from exc
+    return ctx
+
+
 def health(gw) -> tuple[int, dict]:
     """Health of buses and meters: 200 when ok or degraded, 503 when failed (see docs/metrics.md)."""
     meters = {}
@@ -303,9 +322,14 @@ class PrometheusServer(Server):
 
     def __init__(self, gateway) -> None:
         super().__init__(gateway)
+        from ..web.api import WebApi
+        from ..web.auth import METRICS, Auth
+
         cfg = gateway.config.upstream.prometheus
+        http_cfg = gateway.config.upstream.http
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(gateway))
+        self.auth = Auth.from_config(http_cfg, tls=http_cfg.tls is not None, body_timeout=cfg.idle_timeout)
         self.http = HttpServer(
             cfg.bind,
             cfg.port,
@@ -313,15 +337,19 @@ class PrometheusServer(Server):
             max_connections=cfg.max_connections,
             max_per_address=cfg.max_connections_per_address,
             idle_timeout=cfg.idle_timeout,
+            max_body=http_cfg.max_body,
+            ssl_context=_tls_context(gateway),
+            authorize=self.auth.authorize,
         )
-        self.http.route("/metrics", self._metrics)
+        self.http.route("/metrics", self._metrics, METRICS)
         self.http.route("/health", self._health)
-        self.http.route("/export", self._export)
-        self.http.route("/values", self._values)
-        self.http.route("/trace", self._trace)
-        self.http.route("/scan", self._scan)
-        self.http.route("/", self._index)
+        self.http.route("/export", self._export, "viewer")
+        self.http.route("/values", self._values, "viewer")
+        self.http.route("/trace", self._trace, "admin")
+        self.http.route("/scan", self._scan, "admin")
         ModelRoutes(gateway).add_to(self.http)  # /model/brick.ttl, /model/haystack.json|zinc, /openapi.json
+        self.web = WebApi(gateway, self.http, self.auth)  # /, /login, /logout, /api/*, /ui/
+        self.web.add_routes()
         self._bound: tuple[str, int] | None = None
         self._scrape_lock = asyncio.Lock()
         self._exports = 0  # exports running
@@ -368,16 +396,9 @@ class PrometheusServer(Server):
         return Response(200, (json.dumps(doc) + "\n").encode(), "application/json")
 
     async def _scan(self, query) -> Response:
-        """Scan a bus between polls: ?bus=ID[&first=N&last=N&secondary=0]; served only on a loopback bind."""
-        import ipaddress
-
+        """Scan a bus between polls: ?bus=ID[&first=N&last=N&secondary=0] (admin)."""
         from ..live import scan_document
 
-        bind = self.gateway.config.upstream.prometheus.bind
-        if not ipaddress.ip_address(bind).is_loopback:
-            return Response(
-                403, b"scanning over HTTP is served only when upstream.prometheus binds a loopback address\n"
-            )
         gw = self.gateway
         bus_id = query.get("bus", [""])[0]
         if bus_id not in gw.buses:
@@ -493,16 +514,19 @@ class PrometheusServer(Server):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(worker), 10)
 
-    def _index(self, _query) -> Response:
-        paths = "\n".join(sorted(self.http.routes))
-        return Response(200, f"meter-gateway {__version__}\n{paths}\n".encode())
-
     async def start(self) -> None:
-        """Bind and serve."""
+        """Bind and serve; write the control token for the local CLI."""
         self._bound = await self.http.start()
+        if self.gateway.config.upstream.http.control_token and self.gateway.config_path is not None:
+            self.auth.write_control_token(self.gateway.state_dir)
+        else:  # a gateway built in a program (tests, `read`): the token stays in memory (self.auth.control_token)
+            self.auth.new_control_token()
+        await self.web.start()
 
     async def stop(self) -> None:
-        """Stop serving."""
+        """Stop serving; remove the control token."""
+        await self.web.stop()
+        self.auth.remove_control_token()
         await self.http.stop()
 
     def address(self) -> tuple[str, int] | None:
