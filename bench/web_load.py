@@ -58,6 +58,12 @@ def periods(log: Path, t0: float, t1: float) -> list[float]:
     return [p for key, ps in out.items() if counts[key] >= 10 for p in ps]
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summary(ps: list[float]) -> dict:
     """Mean, p50, p99 and max of a list of periods, in milliseconds."""
     if not ps:
@@ -139,9 +145,12 @@ async def run() -> dict:
             await asyncio.to_thread(gw.wait_ready)
             await asyncio.sleep(5)  # the start-up reads (identification, configuration class) are over
             stats = defaultdict(int)
+            pid = gw.run.p.pid
+            cpu = [cpu_s(pid)]
             t_base = time.monotonic()
             await asyncio.sleep(SECONDS)
             t_ramp = time.monotonic()
+            cpu.append(cpu_s(pid))
             ready, stop = asyncio.Event(), asyncio.Event()
             tasks = [
                 asyncio.create_task(
@@ -162,8 +171,10 @@ async def run() -> dict:
             ready.set()
             tasks.append(asyncio.create_task(scraper(gw.base, gw.metrics_token, stop, stats)))
             t_load = time.monotonic()
+            cpu.append(cpu_s(pid))
             await asyncio.sleep(SECONDS)
             t_end = time.monotonic()
+            cpu.append(cpu_s(pid))
             stop.set()
             await asyncio.wait(tasks, timeout=10)
             for t in tasks:
@@ -177,6 +188,14 @@ async def run() -> dict:
             "poll_period_baseline": summary(periods(log, t_base, t_ramp)),
             "poll_period_logins_and_page_loads": summary(periods(log, t_ramp, t_load)),
             "poll_period_20_sessions_live_plus_scrape": summary(periods(log, t_load, t_end)),
+            "gateway_cpu_percent": {
+                name: round(100 * (cpu[i + 1] - cpu[i]) / span, 1)
+                for i, (name, span) in enumerate(
+                    (("baseline", t_ramp - t_base), ("logins", t_load - t_ramp), ("live", t_end - t_load))
+                )
+            },
+            "cores": os.cpu_count(),
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
             "sse_events_received": stats["events"],
             "http_requests": stats["requests"],
             "scrapes": stats["scrapes"],
