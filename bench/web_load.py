@@ -33,13 +33,13 @@ from webgw import WebGateway
 SECONDS = float(os.environ.get("WEB_LOAD_SECONDS", "30"))
 UNITS = int(os.environ.get("WEB_LOAD_UNITS", "5"))
 SESSIONS = int(os.environ.get("WEB_LOAD_SESSIONS", "20"))
+FAST_PERIOD = 0.5  # tests/helpers.FAST: every poll class but configuration
 PAGE = ("/ui/index.html", "/ui/app.js", "/ui/app.css", "/api/session", "/api/overview")
 
 
 def periods(log: Path, t0: float, t1: float) -> list[float]:
     """Poll periods (s) of requests received in [t0, t1]: gaps between requests with the same unit and PDU head."""
     seen: dict[tuple[str, str], float] = {}
-    counts: dict[tuple[str, str], int] = defaultdict(int)
     out: dict[tuple[str, str], list[float]] = defaultdict(list)
     for line in log.read_text().splitlines():
         try:
@@ -50,12 +50,11 @@ def periods(log: Path, t0: float, t1: float) -> list[float]:
         if not t0 <= t <= t1:
             continue
         key = (unit, head)
-        counts[key] += 1
         if key in seen:
             out[key].append(t - seen[key])
         seen[key] = t
-    # the fast classes only (polled every 0.5 s): the configuration class reads are rare and not a rhythm
-    return [p for key, ps in out.items() if counts[key] >= 10 for p in ps]
+    # the fast classes only (polled every 0.5 s): not the configuration class (every 5 s) nor one-off reads
+    return [p for ps in out.values() if len(ps) >= 10 and statistics.median(ps) < 2 * FAST_PERIOD for p in ps]
 
 
 def cpu_s(pid: int) -> float:
