@@ -5,10 +5,12 @@ A real gateway process (tests/webgw.py: users, journal, a simulated RTU bus and 
 meters in another process) is measured from OUTSIDE: the simulated TCP meters log the monotonic time of every
 request they receive, and the poll period is the time between two requests for the same registers of the same meter.
 
-Phases (WEB_LOAD_SECONDS each, default 30): baseline (no web client), ramp (20 sessions log in and load their
-pages; reported apart, since argon2 makes each login deliberately costly), load (the 20 sessions each hold the
-overview stream and one meter's stream, reload a page every 5 s, and /metrics is scraped once a second with the
-bearer token). Prints JSON: mean, p50, p99 and max of the poll periods per phase, events received, scrapes made.
+First the 20 sessions log in (argon2 with the library's default cost, as `hash-password` makes) and load their
+pages: reported apart. Then WEB_LOAD_ROUNDS (4) x an idle window and a load window of WEB_LOAD_WINDOW (20) s each,
+alternating so that the drifting load of a shared machine falls on both alike. Idle: the sessions are logged in
+but hold nothing. Load: each session holds the overview stream and one meter's stream and reloads a page every
+5 s, and /metrics is scraped once a second with the bearer token. Prints JSON: mean, p50, p99 and max of the poll
+periods per condition and per round, the gateway's CPU, the machine's load average, events received, scrapes.
 
 Run: .venv/bin/python bench/web_load.py
 """
@@ -30,7 +32,8 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from webgw import WebGateway
 
-SECONDS = float(os.environ.get("WEB_LOAD_SECONDS", "30"))
+WINDOW = float(os.environ.get("WEB_LOAD_WINDOW", "20"))  # seconds of one idle or load window
+ROUNDS = int(os.environ.get("WEB_LOAD_ROUNDS", "4"))
 UNITS = int(os.environ.get("WEB_LOAD_UNITS", "5"))
 SESSIONS = int(os.environ.get("WEB_LOAD_SESSIONS", "20"))
 FAST_PERIOD = 0.5  # tests/helpers.FAST: every poll class but configuration
@@ -78,54 +81,69 @@ def summary(ps: list[float]) -> dict:
     }
 
 
-async def session(
-    base: str, user: str, password: str, meter: str, ready: asyncio.Event, stop: asyncio.Event, stats: dict, source: str
-) -> None:
-    """One browser-like session from its own loopback address (a person at their own machine): log in, load the
-    pages, hold two SSE streams, reload a page every 5 s."""
+class Phase:
+    """Which web load runs now: `active` set = live sessions and scrapes, cleared = sessions idle; `done` ends."""
+
+    def __init__(self) -> None:
+        self.active = asyncio.Event()
+        self.done = asyncio.Event()
+
+    async def until_idle(self) -> None:
+        """Return once the load window is over (active cleared) or the run is done."""
+        while self.active.is_set() and not self.done.is_set():
+            await asyncio.sleep(0.1)
+
+
+async def session(base: str, user: str, password: str, meter: str, ph: Phase, stats: dict, source: str) -> None:
+    """One browser-like session from its own loopback address (a person at their own machine): log in and load the
+    pages once; then in every load window hold the overview and meter streams and reload a page every 5 s."""
     conn = aiohttp.TCPConnector(local_addr=(source, 0))
     timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
     jar = aiohttp.CookieJar(unsafe=True)  # the session cookie of a gateway addressed by IP
     async with aiohttp.ClientSession(base_url=base, timeout=timeout, connector=conn, cookie_jar=jar) as s:
+
+        async def get(path: str) -> None:
+            async with s.get(path) as r:
+                await r.read()
+                stats["requests"] += 1
+                stats["errors"] += r.status >= 400
+
+        async def stream(topic: str) -> None:
+            async with s.get("/api/stream", params={"topic": topic}) as r:
+                stats["errors"] += r.status >= 400
+                async for line in r.content:
+                    stats["events"] += line.startswith(b"data:")
+
         async with s.post("/login", json={"username": user, "password": password}, allow_redirects=False) as r:
             if r.status not in (200, 303):
                 stats["login_failures"] += 1
                 return
         for path in (*PAGE, f"/api/meters/{meter}", f"/api/meters/{meter}/history?point=Active_Power_Total&hours=6"):
-            async with s.get(path) as r:
-                await r.read()
-                stats["requests"] += 1
-                stats["errors"] += r.status >= 400
-        await ready.wait()
-
-        async def stream(topic: str) -> None:
-            async with s.get("/api/stream", params={"topic": topic}) as r:
-                async for line in r.content:
-                    if line.startswith(b"data:"):
-                        stats["events"] += 1
-                    if stop.is_set():
-                        return
-
-        tasks = [asyncio.create_task(stream("overview")), asyncio.create_task(stream(f"meter:{meter}"))]
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), 5)
-            except TimeoutError:
-                for path in PAGE:
-                    async with s.get(path) as r:
-                        await r.read()
-                        stats["requests"] += 1
-                        stats["errors"] += r.status >= 400
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            await get(path)
+        stats["ready"] += 1
+        while not ph.done.is_set():
+            await ph.active.wait()
+            if ph.done.is_set():
+                break
+            tasks = [asyncio.create_task(stream("overview")), asyncio.create_task(stream(f"meter:{meter}"))]
+            t = time.monotonic()
+            while ph.active.is_set() and not ph.done.is_set():
+                await asyncio.sleep(0.1)
+                if time.monotonic() - t >= 5:
+                    t = time.monotonic()
+                    for path in PAGE:
+                        await get(path)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def scraper(base: str, token: str, stop: asyncio.Event, stats: dict) -> None:
-    """GET /metrics with the bearer token once a second."""
+async def scraper(base: str, token: str, ph: Phase, stats: dict) -> None:
+    """In every load window, GET /metrics with the bearer token once a second."""
     conn = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
     async with aiohttp.ClientSession(base_url=base, connector=conn) as s:
-        while not stop.is_set():
+        while not ph.done.is_set():
+            await ph.active.wait()
             t = time.monotonic()
             async with s.get("/metrics", headers={"Authorization": f"Bearer {token}"}) as r:
                 await r.read()
@@ -135,66 +153,85 @@ async def scraper(base: str, token: str, stop: asyncio.Event, stats: dict) -> No
 
 
 async def run() -> dict:
-    """The three phases; the report."""
+    """Logins, then ROUNDS x (idle window, load window); the report."""
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         log = tmp / "sim.log"
         gw = WebGateway(tmp, tcp_units=UNITS, sim_log=log, cheap_hashes=False)
+        stats: dict[str, int] = defaultdict(int)
+        windows: dict[str, list[tuple[float, float]]] = {"idle": [], "load": [], "logins": []}
+        cpu: dict[str, float] = defaultdict(float)
+        loads: dict[str, list[float]] = defaultdict(list)
+        ph = Phase()
         try:
             await asyncio.to_thread(gw.wait_ready)
             await asyncio.sleep(5)  # the start-up reads (identification, configuration class) are over
-            stats = defaultdict(int)
             pid = gw.run.p.pid
-            cpu = [cpu_s(pid)]
-            t_base = time.monotonic()
-            await asyncio.sleep(SECONDS)
-            t_ramp = time.monotonic()
-            cpu.append(cpu_s(pid))
-            ready, stop = asyncio.Event(), asyncio.Event()
+
+            async def window(name: str, seconds: float) -> None:
+                c0, t0 = cpu_s(pid), time.monotonic()
+                await asyncio.sleep(seconds)
+                t1 = time.monotonic()
+                windows[name].append((t0, t1))
+                cpu[name] += cpu_s(pid) - c0
+                loads[name].append(os.getloadavg()[0])
+
             tasks = [
                 asyncio.create_task(
                     session(
-                        gw.base,
-                        "viewer",
-                        gw.passwords["viewer"],
-                        f"t{1 + i % UNITS}",
-                        ready,
-                        stop,
-                        stats,
-                        f"127.0.0.{10 + i}",
+                        gw.base, "viewer", gw.passwords["viewer"], f"t{1 + i % UNITS}", ph, stats, f"127.0.0.{10 + i}"
                     )
                 )
                 for i in range(SESSIONS)
             ]
-            await asyncio.sleep(SECONDS)
-            ready.set()
-            tasks.append(asyncio.create_task(scraper(gw.base, gw.metrics_token, stop, stats)))
-            t_load = time.monotonic()
-            cpu.append(cpu_s(pid))
-            await asyncio.sleep(SECONDS)
-            t_end = time.monotonic()
-            cpu.append(cpu_s(pid))
-            stop.set()
+            tasks.append(asyncio.create_task(scraper(gw.base, gw.metrics_token, ph, stats)))
+            t0, c0 = time.monotonic(), cpu_s(pid)
+            while stats["ready"] + stats["login_failures"] < SESSIONS and time.monotonic() - t0 < 180:
+                await asyncio.sleep(0.1)
+            windows["logins"].append((t0, time.monotonic()))
+            cpu["logins"] += cpu_s(pid) - c0
+            loads["logins"].append(os.getloadavg()[0])
+            await asyncio.sleep(2)
+            for _ in range(ROUNDS):
+                await window("idle", WINDOW)
+                ph.active.set()
+                await window("load", WINDOW)
+                ph.active.clear()
+            ph.done.set()
+            ph.active.set()  # wake the waiting ones so that they see `done`
             await asyncio.wait(tasks, timeout=10)
             for t in tasks:
                 t.cancel()
         finally:
             rc = await asyncio.to_thread(gw.stop)
+
+        def of(name: str) -> list[float]:
+            return [p for t0, t1 in windows[name] for p in periods(log, t0, t1)]
+
+        def cpu_pct(name: str) -> float:
+            return round(100 * cpu[name] / sum(t1 - t0 for t0, t1 in windows[name]), 1)
+
         return {
             "sessions": SESSIONS,
             "tcp_meters": UNITS,
-            "phase_s": SECONDS,
-            "poll_period_baseline": summary(periods(log, t_base, t_ramp)),
-            "poll_period_logins_and_page_loads": summary(periods(log, t_ramp, t_load)),
-            "poll_period_20_sessions_live_plus_scrape": summary(periods(log, t_load, t_end)),
-            "gateway_cpu_percent": {
-                name: round(100 * (cpu[i + 1] - cpu[i]) / span, 1)
-                for i, (name, span) in enumerate(
-                    (("baseline", t_ramp - t_base), ("logins", t_load - t_ramp), ("live", t_end - t_load))
-                )
+            "windows": f"{ROUNDS} x ({WINDOW:.0f} s idle, {WINDOW:.0f} s load)",
+            "logins_took_s": round(windows["logins"][0][1] - windows["logins"][0][0], 1),
+            "poll_period_idle_sessions": summary(of("idle")),
+            "poll_period_20_live_sessions_plus_1hz_scrape": summary(of("load")),
+            "poll_period_during_20_logins_and_page_loads": summary(of("logins")),
+            "per_round_mean_ms": {
+                name: [round(1000 * statistics.fmean(periods(log, t0, t1) or [0]), 1) for t0, t1 in windows[name]]
+                for name in ("idle", "load")
             },
-            "cores": os.cpu_count(),
-            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+            "per_round_p99_ms": {
+                name: [summary(periods(log, t0, t1)).get("p99_ms") for t0, t1 in windows[name]]
+                for name in ("idle", "load")
+            },
+            "gateway_cpu_percent": {name: cpu_pct(name) for name in ("idle", "load", "logins")},
+            "machine": {
+                "cores": os.cpu_count(),
+                "load_average_1min": {k: [round(x, 1) for x in v] for k, v in loads.items()},
+            },
             "sse_events_received": stats["events"],
             "http_requests": stats["requests"],
             "scrapes": stats["scrapes"],
