@@ -129,6 +129,8 @@ async def test_login_cookie_session_and_logout(gw):
         async with s.get(f"{base(gw)}/api/session") as r:
             assert r.status == 401
     async with client() as s:  # a form login redirects to `next`, a failed one back to the form
+        async with s.get(f"{base(gw)}/login") as r:
+            assert "<form" in await r.text() and "script-src 'self'" in r.headers["Content-Security-Policy"]
         form = {"username": "vera", "password": PASSWORDS["vera"], "next": "/api/session"}
         async with s.post(f"{base(gw)}/login", data=form, allow_redirects=False) as r:
             assert r.status == 303 and r.headers["Location"] == "/api/session"
@@ -270,17 +272,23 @@ async def test_lockout_per_user_and_per_address(gw):
     await s.close()
 
 
-async def test_no_users_pages_answer_403_with_how_to(gateways):
-    g = await gateways(
+async def test_no_users_pages_answer_403_with_how_to():
+    text = (
         "buses: [{id: rtu, type: modbus_rtu, simulated: true}]\n"
         "upstream: {bacnet: {enabled: false}, modbus_tcp: {enabled: false}, prometheus: {port: 0}}\n"
     )
-    async with client() as s:
-        for path in ("/", "/login", "/api/overview"):
-            async with s.get(base(g) + path) as r:
-                assert r.status == 403 and "upstream.http.users" in await r.text(), path
-        async with s.get(f"{base(g)}/metrics") as r:
-            assert r.status == 200  # no token configured: open as before
+    profiles = load_profiles()
+    g = Gateway(parse_config(text, "gateway.yaml", profiles=profiles), profiles)
+    await g.start()
+    try:
+        async with client() as s:
+            for path in ("/", "/login", "/api/overview"):
+                async with s.get(base(g) + path) as r:
+                    assert r.status == 403 and "upstream.http.users" in await r.text(), path
+            async with s.get(f"{base(g)}/metrics") as r:
+                assert r.status == 200  # no token configured: open as before
+    finally:
+        await asyncio.wait_for(g.stop(), 15)
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:

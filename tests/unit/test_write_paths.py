@@ -2,7 +2,8 @@
 
 The chain is: upstream server -> WriteService.write (policy + audit) -> Gateway.perform_write -> BusRunner.write
 -> Driver.write. Each link may be called only by the link before it; the servers are driven by
-tests/integration/test_write_matrix.py (Modbus TCP) and tests/integration/test_bacnet.py (BACnet)."""
+tests/integration/test_write_matrix.py (Modbus TCP), tests/integration/test_bacnet.py (BACnet) and
+tests/integration/test_web_api.py (HTTP)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "meter_gateway"
 # attribute called -> the only modules allowed to call it
 ALLOWED = {
     "perform_write": {"writes.py"},
-    "write_service": {"servers/modbus_tcp.py", "servers/bacnet.py", "app.py", "servers/prometheus.py"},
+    "write_service": {"servers/modbus_tcp.py", "servers/bacnet.py", "app.py", "servers/prometheus.py", "web/api.py"},
     "_command": {"drivers/modbus.py"},
 }
 
@@ -44,7 +45,7 @@ def test_each_link_is_used_only_by_the_one_before_it():
 
 
 def test_the_servers_write_only_through_the_write_service():
-    for server in ("servers/modbus_tcp.py", "servers/bacnet.py"):
+    for server in ("servers/modbus_tcp.py", "servers/bacnet.py", "web/api.py"):
         text = (SRC / server).read_text()
         assert "write_service.write(" in text
         for bypass in ("perform_write", "driver.write", "runner.write", ".write(meter"):

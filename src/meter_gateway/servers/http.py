@@ -26,6 +26,10 @@ MAX_CONNECTIONS = 64  # default; beyond it, the connection waiting longest for i
 MAX_PER_ADDRESS = 16
 HEALTH_RESERVE = 8  # connections beyond the limit that may still ask /health when nobody can be made room for
 ROLES = ("viewer", "operator", "admin")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
 @dataclass
@@ -256,8 +260,10 @@ class HttpServer:
                 guard._timer.cancel()
                 guard._timer = None
         try:
-            if guard is not None and guard.reserve and request.path != "/health":
-                return _text(503, "too many connections\n")
+            if guard is not None and guard.reserve:  # admitted beyond the limit: one /health answer, then closed
+                resp = await handler(request) if request.path == "/health" else _text(503, "too many connections\n")
+                resp.force_close()
+                return resp
             try:
                 return await handler(request)
             except web.HTTPException as exc:
@@ -355,3 +361,5 @@ async def _security_headers(_request: web.Request, response: web.StreamResponse)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Referrer-Policy", "same-origin")
+    if response.content_type == "text/html":  # the pages run only their own scripts (no inline, nothing remote)
+        response.headers.setdefault("Content-Security-Policy", CSP)

@@ -291,7 +291,7 @@ class WebApi:
     def meter_doc(self, mid: str) -> dict[str, Any]:
         """One meter's supported points with value, unit, quality, reason, age and whether a write may be tried."""
         gw = self.gw
-        m = gw.config.meter(mid)
+        m = next((x for x in gw.config.meters if x.id == mid), None)  # None for a moment during a reload
         now = gw.table.clock()
         values = gw.table.meter_values(mid)
         writable = self._writable(mid)
@@ -320,10 +320,10 @@ class WebApi:
         online = st.online
         return {
             "id": mid,
-            "name": m.name,
-            "tenant": m.tenant,
-            "bus": m.bus,
-            "profile": m.profile,
+            "name": m.name if m else "",
+            "tenant": m.tenant if m else "",
+            "bus": m.bus if m else "",
+            "profile": m.profile if m else "",
             "comm": "ok" if online else ("starting" if online is None else "failed"),
             "time": now,
             "points": points,
@@ -415,6 +415,13 @@ class WebApi:
         elif topic != "overview":
             return _err(400, "topic: overview or meter:{id}")
         resp = await self._sse(request)
+        if request.method == "HEAD":
+            return resp
+        with contextlib.suppress(ConnectionError):  # the browser went away
+            await self._stream_loop(resp, mid)
+        return resp
+
+    async def _stream_loop(self, resp: web.StreamResponse, mid: str | None) -> None:
         loop = asyncio.get_running_loop()
         seen = -1
         last_sent = last_beat = 0.0
@@ -438,7 +445,6 @@ class WebApi:
                 last_beat = now
             await asyncio.sleep(max(0.0, STREAM_INTERVAL - (loop.time() - now)))  # coalesce: <= 2 events/s
             await self._wait_change(min(HEARTBEAT, OVERVIEW_REFRESH), stopping)
-        return resp
 
     async def _wait_change(self, timeout: float, stopping: asyncio.Event) -> None:
         stop = asyncio.ensure_future(stopping.wait())
@@ -451,7 +457,6 @@ class WebApi:
 
     async def trace(self, request: web.Request) -> web.StreamResponse:
         """GET /api/buses/{id}/trace: SSE of the bus's frames {seq, t, dir, hex, meaning} (admin)."""
-        from ..live import trace_document
 
         bus_id = request.match_info["id"]
         runner = self.gw.buses.get(bus_id)
@@ -466,6 +471,15 @@ class WebApi:
             frames = list(runner.driver.frames)
             after = frames[-1][0] - 1 if frames else 0
         resp = await self._sse(request)
+        if request.method == "HEAD":
+            return resp
+        with contextlib.suppress(ConnectionError):  # the browser went away
+            await self._trace_loop(resp, bus_id, kind, after)
+        return resp
+
+    async def _trace_loop(self, resp: web.StreamResponse, bus_id: str, kind: str, after: int) -> None:
+        from ..live import trace_document
+
         loop = asyncio.get_running_loop()
         last_beat = loop.time()
         stopping = self.http.stopping
@@ -484,7 +498,6 @@ class WebApi:
                 last_beat = loop.time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), 0.3)
-        return resp
 
     # -- actions -----------------------------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> dict[str, Any]:
@@ -531,7 +544,7 @@ class WebApi:
         if isinstance(value, str):
             res = ws.refuse(req, f"value {value!r} is not a number or a boolean", Decision.OUT_OF_RANGE)
         else:
-            res = await ws.write(req)
+            res = await self.gw.write_service.write(req)  # policy, meter, audit: the one write path
         status = {"accepted": 200, "denied": 403, "out-of-range": 422, "failed": 502}[res.decision.value]
         doc = {"meter": mid, "point": point, "value": value, "decision": res.decision.value, "reason": res.reason}
         doc["meter_reply"] = res.meter_reply
@@ -561,7 +574,10 @@ class WebApi:
         return _json(doc)
 
     async def audit(self, request: web.Request) -> web.StreamResponse:
-        """GET /api/audit?meter=&point=&protocol=&result=&user=&limit=: the newest write-audit records first."""
+        """GET /api/audit?meter=&point=&protocol=&result=&user=&limit=: the newest write attempts first.
+
+        A write that reached the meter has an "intent" record (written before the meter was touched) and its result.
+        """
         from ..writes import audit_path, read_audit
 
         q = request.query
@@ -581,7 +597,9 @@ class WebApi:
             if q.get(f)
         }
         records = await asyncio.to_thread(read_audit, audit_path(self.gw), 100000)
-        out = [r for r in reversed(records) if all(str(r.get(k, "")) == v for k, v in filters.items())]
+        out = [
+            r for r in reversed(records) if "event" not in r and all(str(r.get(k, "")) == v for k, v in filters.items())
+        ]  # journal checkpoints copied into the audit file are not write attempts
         return _json({"records": out[:limit], "total": len(out)})
 
     async def config(self, _request: web.Request) -> web.StreamResponse:

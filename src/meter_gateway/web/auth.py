@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from ..ratelog import OnceLog
@@ -104,7 +104,7 @@ class Auth:
 
     def __post_init__(self) -> None:
         self.hasher = PasswordHasher()
-        self._dummy = self.hasher.hash(secrets.token_hex(8))  # unknown users cost as much as known ones
+        self._dummy = ""  # made at the first login, with the users' parameters: unknown names cost the same
         self.once = OnceLog(log)
         self._control_path: Path | None = None
         self._verifying: asyncio.Semaphore | None = None  # argon2 costs memory and CPU: two checks at a time
@@ -222,6 +222,8 @@ class Auth:
             request[IDENTITY] = ident
             return _error(403, f"this needs the {role} role; {ident.user} is {ident.role}")
         if request.method not in SAFE_METHODS and ident.session is not None:
+            if _cross_site(request):
+                return _error(403, "cross-site request refused (Origin does not match this server)")
             sent = request.headers.get(CSRF_HEADER, "")
             if not sent and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
                 with contextlib.suppress(Exception):
@@ -258,6 +260,8 @@ class Auth:
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         """POST /login: form or JSON {username, password[, next]}; sets the session cookie."""
+        if _cross_site(request):
+            return _error(403, "cross-site login refused (Origin does not match this server)")
         form = not request.content_type.startswith("application/json")
         try:
             if form:
@@ -309,6 +313,13 @@ class Auth:
         )
         return resp
 
+    async def _dummy_hash(self) -> str:
+        if not self._dummy:
+            params = extract_parameters(next(iter(self.users.values())).password_hash)
+            hasher = PasswordHasher.from_parameters(params)
+            self._dummy = await asyncio.to_thread(hasher.hash, secrets.token_hex(8))
+        return self._dummy
+
     def _verify(self, password_hash: str, password: str) -> bool:
         try:
             return self.hasher.verify(password_hash, password)
@@ -341,6 +352,14 @@ class Auth:
         ident: Identity = request[IDENTITY]
         csrf = ident.session.csrf if ident.session is not None else ""
         return web.json_response({"user": ident.user, "role": ident.role, "csrf": csrf})
+
+
+def _cross_site(request: web.Request) -> bool:
+    """A browser says the request comes from a page of another site (Origin header other than this server)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False  # not sent by older browsers or non-browser clients: the CSRF token and SameSite decide
+    return origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower()
 
 
 def _see_other(location: str) -> web.Response:
