@@ -265,8 +265,9 @@ async function viewMeter(main, id) {
   const body = el("tbody");
   const writeMsg = el("div", { id: "write-msg", "aria-live": "polite" });
   const charts = el("div", { class: "grid2" });
+  const comm = el("span", { id: "meter-comm" }, commBadge(data.comm));
   main.append(
-    el("h1", {}, "Meter ", el("span", { class: "mono" }, data.id || id), data.name ? " · " + data.name : "", " ", liveIndicator()),
+    el("h1", {}, "Meter ", el("span", { class: "mono" }, data.id || id), data.name ? " · " + data.name : "", " ", comm, " ", liveIndicator()),
     el("p", { class: "muted" }, "Bus ", data.bus ? el("a", { href: "#/bus/" + encodeURIComponent(data.bus) }, data.bus) : "?",
       " · profile ", data.profile || "?"),
     el("section", { class: "card", "aria-label": "charts" }, el("h2", {}, "Last hours"), charts),
@@ -331,6 +332,7 @@ async function viewMeter(main, id) {
   every(1000, () => { for (const { p, tr } of rows.values()) tr.children[5].textContent = fmtAge(pointAge(p)); });
   subscribe("/api/stream?topic=meter:" + encodeURIComponent(id), (d) => {
     const at = Date.now();
+    if (d.comm) comm.replaceChildren(commBadge(d.comm));
     const ups = asList(d, "points").length ? asList(d, "points") : asList(d, "changes");
     for (const u of ups) {
       const name = u.name || u.point;
@@ -341,6 +343,11 @@ async function viewMeter(main, id) {
     }
   }, ["meter", "update", "change"]);
   drawCharts(charts, id, points);
+  every(60000, async () => {  // the charts follow the recent history, redrawn off-page then swapped in
+    const box = el("div");
+    await drawCharts(box, id, points);
+    charts.replaceChildren(...box.children);
+  });
 }
 
 async function drawCharts(box, id, points) {
