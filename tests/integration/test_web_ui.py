@@ -187,6 +187,21 @@ def test_metrics_with_and_without_token(gw):
     assert any(x.startswith("meter_gateway_meter_up{") and 'meter="r1"' in x for x in text.splitlines()), text[:2000]
 
 
+def test_configuration_page_hides_secrets_and_downloads_the_register_map(gw, page, tmp_path):
+    login(page, gw.base, "admin", gw.passwords["admin"])
+    page.goto(gw.base + "/ui/index.html#/config")
+    text = page.locator("#config-text").text_content()
+    assert "users:" in text and "name: viewer" in text
+    assert "$argon2" not in text and gw.metrics_token not in text, text
+    assert "check: no problems found" in page.locator("#check").text_content()
+    with page.expect_download() as dl:
+        page.click('a[href="/api/downloads/registers.csv"]')
+    path = tmp_path / "registers.csv"
+    dl.value.save_as(path)
+    rows = list(csv.reader(io.StringIO(path.read_text())))
+    assert len(rows) > 50 and any("Active_Energy_Import" in ",".join(r) for r in rows)
+
+
 def test_meter_turns_to_comm_failure_when_its_simulator_stops(gw, page):
     """Last: it cuts meter t1 off for good."""
     login(page, gw.base, "viewer", gw.passwords["viewer"])
