@@ -30,10 +30,14 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from webgw import WebGateway
+from webgw import WebGateway, chromium_path, login_async
 
 WINDOW = float(os.environ.get("WEB_LOAD_WINDOW", "20"))  # seconds of one idle or load window
 ROUNDS = int(os.environ.get("WEB_LOAD_ROUNDS", "4"))
+# WEB_LOAD_BROWSERS=1: the sessions are real pages in one headless Chromium (Debian's) instead of HTTP clients; one
+# address then holds every connection, so the gateway's per-address limit is raised for the run
+BROWSERS = os.environ.get("WEB_LOAD_BROWSERS") == "1"
+NICE = int(os.environ.get("WEB_LOAD_NICE", "10"))
 UNITS = int(os.environ.get("WEB_LOAD_UNITS", "5"))
 SESSIONS = int(os.environ.get("WEB_LOAD_SESSIONS", "20"))
 FAST_PERIOD = 0.5  # tests/helpers.FAST: every poll class but configuration
@@ -152,12 +156,45 @@ async def scraper(base: str, token: str, ph: Phase, stats: dict) -> None:
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
 
 
+async def browsers(gw: WebGateway, ph: Phase, stats: dict) -> None:
+    """SESSIONS real pages in one Chromium: log in; in load windows half show the overview and half a meter page
+    (each holding its stream); in idle windows they show the login page (static, no stream)."""
+    from playwright.async_api import async_playwright
+
+    exe, why = chromium_path()
+    if exe is None:
+        sys.exit(f"no Chromium: {why}")
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        pages = []
+        for _ in range(SESSIONS):
+            ctx = await b.new_context(viewport={"width": 1024, "height": 768})
+            pg = await ctx.new_page()
+            await login_async(pg, gw.base, "viewer", gw.passwords["viewer"])
+            pages.append(pg)
+            stats["ready"] += 1
+        while not ph.done.is_set():
+            await ph.active.wait()
+            if ph.done.is_set():
+                break
+            for i, pg in enumerate(pages):
+                await pg.goto(gw.base + "/ui/index.html" + ("#/" if i % 2 == 0 else f"#/meter/t{1 + i % UNITS}"))
+                stats["requests"] += 1
+            await ph.until_idle()
+            live = sum([await pg.evaluate("document.getElementById('live')?.dataset.state === 'live'") for pg in pages])
+            stats["pages_live_at_window_end"] = min(stats.get("pages_live_at_window_end", SESSIONS), live)
+            for pg in pages:
+                await pg.goto(gw.base + "/ui/login.html")
+        await b.close()
+
+
 async def run() -> dict:
     """Logins, then ROUNDS x (idle window, load window); the report."""
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         log = tmp / "sim.log"
-        gw = WebGateway(tmp, tcp_units=UNITS, sim_log=log, cheap_hashes=False)
+        extra = ", max_connections: 256, max_connections_per_address: 128" if BROWSERS else ""
+        gw = WebGateway(tmp, tcp_units=UNITS, sim_log=log, cheap_hashes=False, http_extra=extra)
         stats: dict[str, int] = defaultdict(int)
         windows: dict[str, list[tuple[float, float]]] = {"idle": [], "load": [], "logins": []}
         cpu: dict[str, float] = defaultdict(float)
@@ -165,6 +202,10 @@ async def run() -> dict:
         ph = Phase()
         try:
             await asyncio.to_thread(gw.wait_ready)
+            # the clients stand for people at their own machines: on this one they must not take the gateway's CPU,
+            # so this process and the browser it starts run at a lower priority (the gateway and the simulated
+            # meters were started before and keep theirs); WEB_LOAD_NICE=0 turns this off
+            os.nice(NICE)
             await asyncio.sleep(5)  # the start-up reads (identification, configuration class) are over
             pid = gw.run.p.pid
 
@@ -176,13 +217,14 @@ async def run() -> dict:
                 cpu[name] += cpu_s(pid) - c0
                 loads[name].append(os.getloadavg()[0])
 
-            tasks = [
+            tasks = [] if not BROWSERS else [asyncio.create_task(browsers(gw, ph, stats))]
+            tasks += [
                 asyncio.create_task(
                     session(
                         gw.base, "viewer", gw.passwords["viewer"], f"t{1 + i % UNITS}", ph, stats, f"127.0.0.{10 + i}"
                     )
                 )
-                for i in range(SESSIONS)
+                for i in range(0 if BROWSERS else SESSIONS)
             ]
             tasks.append(asyncio.create_task(scraper(gw.base, gw.metrics_token, ph, stats)))
             t0, c0 = time.monotonic(), cpu_s(pid)
@@ -213,7 +255,10 @@ async def run() -> dict:
 
         return {
             "sessions": SESSIONS,
+            "clients": "headless Chromium pages" if BROWSERS else "HTTP/SSE clients (aiohttp), one address each",
+            "pages_live_at_window_end": stats.get("pages_live_at_window_end"),
             "tcp_meters": UNITS,
+            "client_niceness": NICE,
             "windows": f"{ROUNDS} x ({WINDOW:.0f} s idle, {WINDOW:.0f} s load)",
             "logins_took_s": round(windows["logins"][0][1] - windows["logins"][0][0], 1),
             "poll_period_idle_sessions": summary(of("idle")),

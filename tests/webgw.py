@@ -55,7 +55,14 @@ class WebGateway:
     Modbus TCP meter in its own process, `sim`, which a test may kill to cut the meter off).
     """
 
-    def __init__(self, tmp: Path, tcp_units: int = 1, sim_log: Path | None = None, cheap_hashes: bool = True) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        tcp_units: int = 1,
+        sim_log: Path | None = None,
+        cheap_hashes: bool = True,
+        http_extra: str = "",
+    ) -> None:
         from argon2 import PasswordHasher
 
         self.tmp = tmp
@@ -94,7 +101,7 @@ meters:
 upstream:
   bacnet: {{enabled: false}}
   modbus_tcp: {{enabled: false}}
-  prometheus: {{enabled: true, bind: 127.0.0.1, port: {self.port}}}
+  prometheus: {{enabled: true, bind: 127.0.0.1, port: {self.port}{http_extra}}}
   http: {{users: [{users}], metrics_token: {self.metrics_token}}}
 journal: {{enabled: true}}
 writes: {{enabled: true}}
@@ -130,6 +137,15 @@ writes: {{enabled: true}}
     def log_text(self) -> str:
         """The gateway's output so far."""
         return self.run.log.read_text()
+
+
+async def login_async(page, base: str, user: str, password: str) -> None:
+    """`login` for Playwright's async API."""
+    await page.goto(base + "/ui/login.html")
+    await page.fill("#username", user)
+    await page.fill("#password", password)
+    await page.click("button[type=submit]")
+    await page.wait_for_selector("#meters tbody tr")
 
 
 def login(page, base: str, user: str, password: str) -> None:
