@@ -61,7 +61,7 @@ def periods(log: Path, t0: float, t1: float) -> list[float]:
             out[key].append(t - seen[key])
         seen[key] = t
     # the fast classes only (polled every 0.5 s): not the configuration class (every 5 s) nor one-off reads
-    return [p for ps in out.values() if len(ps) >= 10 and statistics.median(ps) < 2 * FAST_PERIOD for p in ps]
+    return [p for ps in out.values() if len(ps) >= 2 and statistics.median(ps) < 2 * FAST_PERIOD for p in ps]
 
 
 def cpu_s(pid: int) -> float:
