@@ -1,0 +1,147 @@
+"""Alarms and trend logs in per-meter device mode (issue 16): each meter device behind the router has its own
+intrinsic reporting and Trend Logs. A simulated meter raises phase loss; the recipient (a loopback UDP port, NPDU
+decoded by hand from ASHRAE 135 clause 6.2) receives the event notification routed from that meter device
+(SNET = the virtual network, SADR = the device's MAC); the independent bacnet-stack tools acknowledge it
+(bacackalarm --dnet/--dadr), list it (bacge, address cache with SNET/SADR) and read a meter's Trend Log (bacrr).
+One in-process gateway; skips with the reason when the tools are absent (BACNET_STACK_BIN supported)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+
+import pytest
+
+from bacnet_raw import bacnet_stack_tool
+from helpers import FAST, wait_for
+from integration.test_bacnet_events import Recipient, tool
+
+VNET = 2001
+ROUTER = 4730
+DEVICES = {"gen": 1000, "gen2": 77002}  # gen's device instance comes from bacnet_instance_base
+CHANGE_OF_STATE, NORMAL, OFFNORMAL, ACK_NOTIFICATION = 1, 0, 2, 2
+
+
+class RoutedRecipient(Recipient):
+    """A recipient that also records the NPDU's source network and address (SNET/SADR) of each notification."""
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        body = data[4:]
+        source = None
+        i = 2 + 3 + body[4] if body[1] & 0x20 else 2  # a DNET first (clause 6.2.2): skip it
+        if body[1] & 0x08:
+            source = (int.from_bytes(body[i : i + 2], "big"), body[i + 3 : i + 3 + body[i + 2]])
+        before = len(self.events)
+        super().datagram_received(data, addr)
+        for ev in self.events[before:]:
+            ev["source"] = source
+
+
+def config(port: int, journal: str) -> str:
+    return f"""
+gateway: {{name: permeter-events}}
+buses:
+  - {{id: rtu, type: modbus_rtu, simulated: true, timeout: 1.0, retries: 0, fail_after: 1, backoff_max: 1}}
+meters:
+  - {{id: gen, bus: rtu, address: 1, profile: generic, bacnet_instance_base: {DEVICES["gen"]}, poll_intervals: {FAST}}}
+  - {{id: gen2, bus: rtu, address: 2, profile: generic, bacnet_device_instance: {DEVICES["gen2"]},
+     poll_intervals: {FAST}}}
+upstream:
+  bacnet:
+    enabled: true
+    bind: 127.0.0.1
+    netmask: 8
+    port: 0
+    device_instance: {ROUTER}
+    devices: per-meter
+    virtual_network: {VNET}
+    trend_logs: {{enabled: true, interval: 1, buffer_size: 50}}
+    events:
+      enabled: true
+      notification_classes:
+        - number: 1
+          priority: {{offnormal: 20, fault: 30, normal: 120}}
+          recipients:
+            - {{address: "127.0.0.1:{port}", process_id: 7}}
+  modbus_tcp: {{enabled: false}}
+  prometheus: {{enabled: false}}
+journal: {journal}
+"""
+
+
+def sadr(instance: int) -> str:
+    return ":".join(f"{b:02X}" for b in instance.to_bytes(3, "big"))
+
+
+async def test_meter_device_alarms_and_trend_logs_through_the_router(gateways, tmp_path):
+    if any(bacnet_stack_tool(t) is None for t in ("bacackalarm", "bacge", "bacrp", "bacrr")):
+        pytest.skip("bacnet-stack tools not found at ../shared/tools/bacnet-stack/bin (independent BACnet peer)")
+    loop = asyncio.get_running_loop()
+    transport, rec = await loop.create_datagram_endpoint(RoutedRecipient, local_addr=("127.0.0.1", 0))
+    try:
+        journal = tmp_path / "journal.sqlite"
+        gw = await gateways(config(transport.get_extra_info("sockname")[1], f"{{enabled: true, path: {journal}}}"))
+        port = gw.servers[0].address()[1]
+        phase = gw.catalogue.get("Phase_Loss_L1").index  # the same instance in every meter device
+        energy = gw.catalogue.get("Active_Energy_Import").index
+        assert await wait_for(lambda: gw.table.is_online("gen") and gw.table.is_online("gen2"), 10)
+        await asyncio.sleep(0.6)
+        assert not rec.find(to=OFFNORMAL)
+
+        def routed(mid: str) -> list[str]:
+            return ["--mac", f"127.0.0.1:{port}", "--dnet", str(VNET), "--dadr", sadr(DEVICES[mid])]
+
+        async def rp(mid: str, obj: str, inst: int, prop: str) -> str:
+            return (await tool("bacrp", *routed(mid), str(DEVICES[mid]), obj, str(inst), prop)).strip()
+
+        # each meter device has its own Notification Class 1
+        for mid in DEVICES:
+            assert await rp(mid, "notification-class", 1, "priority") == "{20,30,120}"
+
+        # 1. gen2 raises phase loss: the notification comes from gen2's device, routed (SNET/SADR of gen2)
+        gw.simulators["gen2"].model.values["Phase_Loss_L1"] = True
+        assert await wait_for(lambda: rec.find(object=(3, phase), to=OFFNORMAL), 10), rec.events
+        (ev,) = rec.find(object=(3, phase), to=OFFNORMAL)
+        assert ev["source"] == (VNET, DEVICES["gen2"].to_bytes(3, "big")), ev
+        assert ev["type"] == CHANGE_OF_STATE and ev["class"] == 1 and "gen2.Phase_Loss_L1" in ev["text"]
+        assert await rp("gen2", "binary-input", phase, "event-state") == "offnormal"
+        assert await rp("gen", "binary-input", phase, "event-state") == "normal"  # same instance, other device
+
+        # 2. GetEventInformation answered by gen2's device (bacge binds it from an address cache with SNET/SADR)
+        cache = "".join(f"{d} 127.0.0.1:{port} {VNET} {sadr(d)} 1476\n" for d in DEVICES.values())
+        (tmp_path / "address_cache").write_text(cache)
+        listing = await tool("bacge", str(DEVICES["gen2"]), cwd=tmp_path)
+        rows = [line.split() for line in listing.splitlines() if line.startswith(str(DEVICES["gen2"]))]
+        assert [r[1:4] for r in rows] == [["3", str(phase), "ON"]], listing
+        listing = await tool("bacge", str(DEVICES["gen"]), cwd=tmp_path)
+        assert not [line for line in listing.splitlines() if line.startswith(str(DEVICES["gen"]))], listing
+
+        # 3. AcknowledgeAlarm through the router; the acknowledgement notification comes from gen2's device too
+        stamp = (await rp("gen2", "binary-input", phase, "event-time-stamps")).split(",")[0].strip("{")
+        args = [str(DEVICES["gen2"]), "1", "binary-input", str(phase), str(OFFNORMAL)]
+        out = await tool("bacackalarm", *args, stamp, "pytest", "2026/12/01-12:00:00", *routed("gen2"))
+        assert "AcknowledgeAlarm Acknowledged" in out, out
+        assert await rp("gen2", "binary-input", phase, "acked-transitions") == "{true,true,true}"
+        assert await wait_for(lambda: rec.find(object=(3, phase), notify=ACK_NOTIFICATION), 5)
+        assert rec.find(object=(3, phase), notify=ACK_NOTIFICATION)[0]["source"] == ev["source"]
+
+        # 4. each meter device's Trend Log of Active_Energy_Import (same instance), read with bacrr through the router
+        async def total(mid: str) -> int:
+            return int(await rp(mid, "trend-log", energy, "total-record-count"))
+
+        for mid in DEVICES:
+            end = loop.time() + 15
+            while loop.time() < end and await total(mid) < 2:
+                await asyncio.sleep(0.5)
+            out = await tool(
+                "bacrr", str(DEVICES[mid]), "trend-log", str(energy), "log-buffer", "1", "1", "2", cwd=tmp_path
+            )
+            assert len(re.findall(r"\{\{\d{4}-\d\d-\d\d-[\d:.]+\}, ", out)) == 2, out
+        # the journal keeps the two logs apart (key = meter id / point)
+        await asyncio.sleep(1.2)
+        with sqlite3.connect(journal) as db:
+            logs = {r[0] for r in db.execute("SELECT DISTINCT log FROM trend_records")}
+        assert {"gen/Active_Energy_Import", "gen2/Active_Energy_Import"} <= logs, logs
+    finally:
+        transport.close()
