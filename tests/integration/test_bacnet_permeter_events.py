@@ -14,7 +14,7 @@ import sqlite3
 import pytest
 
 from bacnet_raw import bacnet_stack_tool
-from helpers import FAST, wait_for
+from helpers import FAST, free_udp_port, wait_for
 from integration.test_bacnet_events import Recipient, tool
 
 VNET = 2001
@@ -145,3 +145,41 @@ async def test_meter_device_alarms_and_trend_logs_through_the_router(gateways, t
         assert {"gen/Active_Energy_Import", "gen2/Active_Energy_Import"} <= logs, logs
     finally:
         transport.close()
+
+
+async def test_reload_touches_only_the_changed_meter_device(gateways, tmp_path):
+    from bacpypes3.primitivedata import ObjectIdentifier
+
+    from meter_gateway.config import parse_config
+    from meter_gateway.profiles import load_profiles
+
+    limits = "bacnet_limits: {Voltage_L1_N: {high: 245, low: 215}}, "
+    text = config(free_udp_port(), "{enabled: false}").replace(
+        "profile: generic, bacnet_instance_base", limits + "profile: generic, bacnet_instance_base"
+    )
+    gw = await gateways(text)
+    server = gw.servers[0]
+    router = server.router
+    gen, gen2 = router.apps["gen"], router.apps["gen2"]
+    volt = server.objects[("gen", "Voltage_L1_N", "analog-input")]
+    assert float(volt.highLimit) == 245.0 and router.reporting["gen"].objects[volt.objectIdentifier] is volt
+    assert gen.get_object_id(ObjectIdentifier("notification-class,1")) is not None
+    assert (
+        gen2.get_object_id(ObjectIdentifier(f"trend-log,{gw.catalogue.get('Active_Energy_Import').index}")) is not None
+    )
+    assert set(server.events.members) == {"gen", "gen2"} and server.app.gw_trends is False
+
+    # new limits for gen: gen's device is rebuilt with them, gen2's device is untouched
+    new = text.replace("high: 245", "high: 260")
+    await gw.apply(parse_config(new, str(tmp_path / "new.yaml")), load_profiles())
+    assert router.apps["gen2"] is gen2 and router.apps["gen"] is not gen
+    volt = server.objects[("gen", "Voltage_L1_N", "analog-input")]
+    assert float(volt.highLimit) == 260.0 and router.reporting["gen"].objects[volt.objectIdentifier] is volt
+
+    # gen2 removed: its device, reporting and trend logger go; a meter added gets its classes and trend logs
+    added = new.replace("id: gen2, bus: rtu, address: 2", "id: gen3, bus: rtu, address: 3")
+    await gw.apply(parse_config(added, str(tmp_path / "added.yaml")), load_profiles())
+    assert set(router.apps) == set(server.events.members) == set(router.trend_loggers) == {"gen", "gen3"}
+    gen3 = router.apps["gen3"]
+    assert gen3.get_object_id(ObjectIdentifier("notification-class,1")) is not None and gen3.gw_trends is True
+    assert gen2.gw_events.app is None and not gen2.gw_events.objects
