@@ -178,6 +178,8 @@ class MeterRouter:
         #: meter id -> its device's intrinsic reporting, and the task filling its device's Trend Logs
         self.reporting: dict[str, EventReporting] = {}
         self.trend_loggers: dict[str, TrendLogger] = {}
+        #: meter id -> the stop of its replaced device's trend logger (the new one starts after it: no record lost)
+        self._stopping: dict[str, asyncio.Task] = {}
         self._listening = False
         self._tasks: set[asyncio.Task] = set()
 
@@ -232,7 +234,7 @@ class MeterRouter:
             ", ".join(f"{d.instance} {d.name}" for d in self.devices.values()),
         )
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         """Run a coroutine of the router's in the background; a failure is logged, never raised."""
 
         async def guarded() -> None:
@@ -244,6 +246,7 @@ class MeterRouter:
         task = asyncio.get_running_loop().create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def stop_trend_logs(self) -> None:
         """Stop the meter devices' trend loggers (their records are in the journal: written after every interval)."""
@@ -286,8 +289,13 @@ class MeterRouter:
         reporting.start(app, quiet=True)
         if trends:
             logger = TrendLogger(trends, server.cfg.trend_logs, self.table.get, lambda: server.ports.status.journal)
-            logger.start()
             self.trend_loggers[dev.meter_id] = logger
+            stopping = self._stopping.pop(dev.meter_id, None)
+            if stopping is None or stopping.done():
+                logger.start()
+            else:  # the replaced device's logger writes its last records first, then this one reloads them
+                mid = dev.meter_id
+                stopping.add_done_callback(lambda _t: logger.start() if self.trend_loggers.get(mid) is logger else None)
         # the way back to the IP network is through the router: no Who-Is-Router-To-Network needed
         self._spawn(app.nsap.update_router_references(self.vnet, LocalStation(ROUTER_MAC), [self.ip_net]))
         self.apps[dev.meter_id] = app
@@ -304,7 +312,10 @@ class MeterRouter:
             server.events.members.pop(meter_id, None)
         logger = self.trend_loggers.pop(meter_id, None)
         if logger is not None:  # records already taken are in the journal (written after every interval)
-            self._spawn(logger.stop())
+            task = self._stopping[meter_id] = self._spawn(logger.stop())
+            task.add_done_callback(
+                lambda t: self._stopping.pop(meter_id) if self._stopping.get(meter_id) is t else None
+            )
         for key in [k for k in server.objects if k[0] == meter_id]:
             del server.objects[key]
         for key in [k for k in server._by_point if k[0] == meter_id]:
