@@ -14,11 +14,13 @@ import sqlite3
 import pytest
 
 from bacnet_raw import bacnet_stack_tool
+from conformance.rawbacnet import a_enumerated, a_unsigned, app, object_id
 from helpers import FAST, free_udp_port, wait_for
 from integration.test_bacnet_events import Recipient, tool
 
 VNET = 2001
 ROUTER = 4730
+RECIPIENT = 4802  # a device recipient: the gateway's device binds it (its I-Am), the meter devices send through it
 DEVICES = {"gen": 1000, "gen2": 77002}  # gen's device instance comes from bacnet_instance_base
 CHANGE_OF_STATE, NORMAL, OFFNORMAL, ACK_NOTIFICATION = 1, 0, 2, 2
 
@@ -64,6 +66,7 @@ upstream:
           priority: {{offnormal: 20, fault: 30, normal: 120}}
           recipients:
             - {{address: "127.0.0.1:{port}", process_id: 7}}
+            - {{device: {RECIPIENT}, process_id: 11, transitions: [offnormal]}}
   modbus_tcp: {{enabled: false}}
   prometheus: {{enabled: false}}
 journal: {journal}
@@ -88,6 +91,10 @@ async def test_meter_device_alarms_and_trend_logs_through_the_router(gateways, t
         assert await wait_for(lambda: gw.table.is_online("gen") and gw.table.is_online("gen2"), 10)
         await asyncio.sleep(0.6)
         assert not rec.find(to=OFFNORMAL)
+        # the recipient announces itself to the gateway's device (I-Am, unicast on the IP network)
+        iam = app(12, object_id(8, RECIPIENT)) + a_unsigned(1476) + a_enumerated(3) + a_unsigned(999)
+        transport.sendto(bytes([0x81, 0x0A, 0, 8 + len(iam), 0x01, 0x00, 0x10, 0x00]) + iam, ("127.0.0.1", port))
+        await asyncio.sleep(0.3)
 
         def routed(mid: str) -> list[str]:
             return ["--mac", f"127.0.0.1:{port}", "--dnet", str(VNET), "--dadr", sadr(DEVICES[mid])]
@@ -101,9 +108,11 @@ async def test_meter_device_alarms_and_trend_logs_through_the_router(gateways, t
 
         # 1. gen2 raises phase loss: the notification comes from gen2's device, routed (SNET/SADR of gen2)
         gw.simulators["gen2"].model.values["Phase_Loss_L1"] = True
-        assert await wait_for(lambda: rec.find(object=(3, phase), to=OFFNORMAL), 10), rec.events
-        (ev,) = rec.find(object=(3, phase), to=OFFNORMAL)
+        assert await wait_for(lambda: len(rec.find(object=(3, phase), to=OFFNORMAL)) >= 2, 10), rec.events
+        (ev,) = rec.find(object=(3, phase), to=OFFNORMAL, process=7)
         assert ev["source"] == (VNET, DEVICES["gen2"].to_bytes(3, "big")), ev
+        (dev_ev,) = rec.find(object=(3, phase), to=OFFNORMAL, process=11)  # the device recipient, routed too
+        assert dev_ev["source"] == ev["source"], dev_ev
         assert ev["type"] == CHANGE_OF_STATE and ev["class"] == 1 and "gen2.Phase_Loss_L1" in ev["text"]
         assert await rp("gen2", "binary-input", phase, "event-state") == "offnormal"
         assert await rp("gen", "binary-input", phase, "event-state") == "normal"  # same instance, other device

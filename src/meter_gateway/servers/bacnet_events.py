@@ -342,8 +342,10 @@ class EventReporting:
         self._started = 0.0
         #: per-meter mode: the meter devices' own reportings (by meter id), counted in this one's metrics
         self.members: dict[str, EventReporting] = {}
-        #: per-meter mode: a meter device reaches an address recipient through the router (its IP network number)
+        #: per-meter mode: a meter device reaches a recipient on the IP network through the router (that network's
+        #: number), and the gateway's device (on the IP network) finds device recipients for it
         self.remote_net: int | None = None
+        self.parent: EventReporting | None = None
 
     # -- objects --
     def class_objects(self) -> list[GwNotificationClass]:
@@ -420,6 +422,7 @@ class EventReporting:
         rep = EventReporting(self.cfg, self.zone, self.table)
         rep.transitions = self.transitions
         rep.notifications = self.notifications
+        rep.parent = self
         self.members[meter_id] = rep
         return rep
 
@@ -581,9 +584,7 @@ class EventReporting:
                     return
             else:
                 host, port = parse_address(r.address)
-                dest = Address(f"{host}:{port}")
-                if self.remote_net is not None:  # from a meter device: through the router to the IP network
-                    dest = RemoteStation(self.remote_net, bytes(dest.addrAddr))
+                dest = self._through_router(Address(f"{host}:{port}"))
             cls = ConfirmedEventNotificationRequest if r.confirmed else UnconfirmedEventNotificationRequest
             req = cls(processIdentifier=r.process_id, **params)
             req.pduDestination = dest
@@ -606,7 +607,16 @@ class EventReporting:
         self._logged_recipients.add(who)
         log.warning("BACnet events: recipient %s %s (logged again after it recovers)", who, what)
 
+    def _through_router(self, addr: Any) -> Any:
+        """From a meter device (per-meter mode), a station of the IP network is reached through the router."""
+        if self.remote_net is not None and getattr(addr, "addrType", None) == Address.localStationAddr:
+            return RemoteStation(self.remote_net, bytes(addr.addrAddr))
+        return addr
+
     async def _device_address(self, instance: int) -> Any:
+        parent = self.parent
+        if parent is not None and parent.app is not None:  # a meter device: the gateway's device looks it up
+            return self._through_router(await parent._device_address(instance))
         info = await self.app.device_info_cache.get_device_info(instance)
         if info is not None and getattr(info, "device_address", None) is not None:
             return info.device_address
@@ -641,9 +651,7 @@ class EventReporting:
         acked[idx] = 1
         obj.ackedTransitions = EventTransitionBits(acked)
         state = EventState(apdu.eventStateAcknowledged)
-        log.info(
-            "BACnet event: %s %s acknowledged by %s (%s)", label(obj), state, source, apdu.acknowledgmentSource
-        )
+        log.info("BACnet event: %s %s acknowledged by %s (%s)", label(obj), state, source, apdu.acknowledgmentSource)
         nc = self.classes.get(int(obj.notificationClass))
         if nc is not None:
             params = {
