@@ -177,6 +177,10 @@ async def test_reload_touches_only_the_changed_meter_device(gateways, tmp_path):
         gen2.get_object_id(ObjectIdentifier(f"trend-log,{gw.catalogue.get('Active_Energy_Import').index}")) is not None
     )
     assert set(server.events.members) == {"gen", "gen2"} and server.app.gw_trends is False
+    # ReadRange (bit 35) is a service of the meter devices (their Trend Logs), not of the router's own device;
+    # AcknowledgeAlarm (bit 0) of both (the router keeps the gateway's own alarm objects)
+    assert (gen.get_services_supported()[35], server.app.get_services_supported()[35]) == (1, 0)
+    assert gen.get_services_supported()[0] == server.app.get_services_supported()[0] == 1
 
     # new limits for gen: gen's device is rebuilt with them, gen2's device is untouched
     new = text.replace("high: 245", "high: 260")
