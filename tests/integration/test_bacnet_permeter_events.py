@@ -22,7 +22,8 @@ VNET = 2001
 ROUTER = 4730
 RECIPIENT = 4802  # a device recipient: the gateway's device binds it (its I-Am), the meter devices send through it
 DEVICES = {"gen": 1000, "gen2": 77002}  # gen's device instance comes from bacnet_instance_base
-CHANGE_OF_STATE, NORMAL, OFFNORMAL, ACK_NOTIFICATION = 1, 0, 2, 2
+CHANGE_OF_STATE, CHANGE_OF_RELIABILITY = 1, 19
+NORMAL, FAULT, OFFNORMAL, ACK_NOTIFICATION = 0, 1, 2, 2
 
 
 class RoutedRecipient(Recipient):
@@ -84,7 +85,8 @@ async def test_meter_device_alarms_and_trend_logs_through_the_router(gateways, t
     transport, rec = await loop.create_datagram_endpoint(RoutedRecipient, local_addr=("127.0.0.1", 0))
     try:
         journal = tmp_path / "journal.sqlite"
-        gw = await gateways(config(transport.get_extra_info("sockname")[1], f"{{enabled: true, path: {journal}}}"))
+        text = config(transport.get_extra_info("sockname")[1], f"{{enabled: true, path: {journal}}}")
+        gw = await gateways(text)
         port = gw.servers[0].address()[1]
         phase = gw.catalogue.get("Phase_Loss_L1").index  # the same instance in every meter device
         energy = gw.catalogue.get("Active_Energy_Import").index
@@ -116,10 +118,15 @@ async def test_meter_device_alarms_and_trend_logs_through_the_router(gateways, t
         assert ev["type"] == CHANGE_OF_STATE and ev["class"] == 1 and "gen2.Phase_Loss_L1" in ev["text"]
         assert await rp("gen2", "binary-input", phase, "event-state") == "offnormal"
         assert await rp("gen", "binary-input", phase, "event-state") == "normal"  # same instance, other device
+        counts = gw.servers[0].events.summary()  # the metrics count each meter device's objects
+        assert counts["gen2"]["active"] == 1 and counts["gen"]["active"] == 0, counts
 
         # 2. GetEventInformation answered by gen2's device (bacge binds it from an address cache with SNET/SADR)
-        cache = "".join(f"{d} 127.0.0.1:{port} {VNET} {sadr(d)} 1476\n" for d in DEVICES.values())
-        (tmp_path / "address_cache").write_text(cache)
+        def address_cache() -> None:
+            cache = "".join(f"{d} 127.0.0.1:{port} {VNET} {sadr(d)} 1476\n" for d in DEVICES.values())
+            (tmp_path / "address_cache").write_text(cache)
+
+        address_cache()
         listing = await tool("bacge", str(DEVICES["gen2"]), cwd=tmp_path)
         rows = [line.split() for line in listing.splitlines() if line.startswith(str(DEVICES["gen2"]))]
         assert [r[1:4] for r in rows] == [["3", str(phase), "ON"]], listing
@@ -139,19 +146,35 @@ async def test_meter_device_alarms_and_trend_logs_through_the_router(gateways, t
         async def total(mid: str) -> int:
             return int(await rp(mid, "trend-log", energy, "total-record-count"))
 
-        for mid in DEVICES:
+        async def records(mid: str, n: int) -> list[str]:
             end = loop.time() + 15
-            while loop.time() < end and await total(mid) < 2:
+            while loop.time() < end and await total(mid) < n:
                 await asyncio.sleep(0.5)
             out = await tool(
-                "bacrr", str(DEVICES[mid]), "trend-log", str(energy), "log-buffer", "1", "1", "2", cwd=tmp_path
+                "bacrr", str(DEVICES[mid]), "trend-log", str(energy), "log-buffer", "1", "1", str(n), cwd=tmp_path
             )
-            assert len(re.findall(r"\{\{\d{4}-\d\d-\d\d-[\d:.]+\}, ", out)) == 2, out
+            return re.findall(r"\{\{\d{4}-\d\d-\d\d-[\d:.]+\}, [^}]*\}", out)
+
+        first = {mid: await records(mid, 2) for mid in DEVICES}
+        assert all(len(r) == 2 for r in first.values()), first
+        # a restart: the meter devices' Trend Logs come back from the journal (same records, same positions)
+        await asyncio.sleep(0.3)  # the interval's records are written right after they are taken
+        await gw.stop()
+        gw = await gateways(text)
+        port = gw.servers[0].address()[1]
+        address_cache()
+        assert await records("gen2", 2) == first["gen2"]
         # the journal keeps the two logs apart (key = meter id / point)
         await asyncio.sleep(1.2)
         with sqlite3.connect(journal) as db:
             logs = {r[0] for r in db.execute("SELECT DISTINCT log FROM trend_records")}
         assert {"gen/Active_Energy_Import", "gen2/Active_Energy_Import"} <= logs, logs
+
+        # 5. gen2 stops answering: its objects go to fault, reported from its device (CHANGE_OF_RELIABILITY)
+        gw.simulators["gen2"].online = False
+        assert await wait_for(lambda: rec.find(object=(3, phase), to=FAULT, process=7), 10), rec.events
+        (fault,) = rec.find(object=(3, phase), to=FAULT, process=7)
+        assert fault["source"] == ev["source"] and fault["type"] == CHANGE_OF_RELIABILITY, fault
     finally:
         transport.close()
 

@@ -233,6 +233,12 @@ class MeterRouter:
             len(self.apps),
             ", ".join(f"{d.instance} {d.name}" for d in self.devices.values()),
         )
+        if self.server.events.enabled or self.trend_loggers:
+            log.info(
+                "BACnet meter devices: %d objects with intrinsic reporting, %d Trend Logs",
+                sum(len(r.objects) for r in self.reporting.values()),
+                sum(len(t.logs) for t in self.trend_loggers.values()),
+            )
 
     def _spawn(self, coro) -> asyncio.Task:
         """Run a coroutine of the router's in the background; a failure is logged, never raised."""
