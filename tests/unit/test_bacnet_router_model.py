@@ -147,3 +147,29 @@ def test_brick_and_haystack_point_at_each_meter_device(profiles):
     uris = {str(o) for o in g.objects(None, ref.BACnetURI)}
     assert {"bacnet://1000/accumulator,1/present-value", "bacnet://70002/accumulator,1/present-value"} <= uris
     assert not any(u.startswith("bacnet://599/") for u in uris)  # no point of a meter in the router's device
+
+
+def test_ede_lists_each_meter_devices_notification_classes_and_trend_logs(profiles):
+    bacnet = (
+        "devices: per-meter, virtual_network: 2001, trend_logs: {enabled: true},"
+        " events: {enabled: true, notification_classes: [{number: 1}, {number: 2, name: Limits}]}"
+    )
+    rows, _ = ede_rows(parse_config(text(bacnet), "gw.yaml", profiles=profiles), profiles)
+    classes = sorted((r[1], r[0], r[4]) for r in rows if r[3] == "15")
+    assert classes == [
+        ("1000", "a.Limits", "2"),
+        ("1000", "a.NotificationClass-1", "1"),
+        ("599", "Limits", "2"),  # the router's own (the gateway's alarm objects report through them)
+        ("599", "NotificationClass-1", "1"),
+        ("70002", "b.Limits", "2"),
+        ("70002", "b.NotificationClass-1", "1"),
+    ]
+    trends = sorted((r[1], r[0], r[2], r[4], r[15]) for r in rows if r[3] == "20")
+    assert trends == [
+        ("1000", "a.Active_Energy_Import.Trend", "Active_Energy_Import.Trend", "1", "a/Active_Energy_Import/trend"),
+        ("1000", "a.Active_Power_Total.Trend", "Active_Power_Total.Trend", "5", "a/Active_Power_Total/trend"),
+        ("70002", "b.Active_Energy_Import.Trend", "Active_Energy_Import.Trend", "1", "b/Active_Energy_Import/trend"),
+        ("70002", "b.Active_Power_Total.Trend", "Active_Power_Total.Trend", "5", "b/Active_Power_Total/trend"),
+    ]
+    keys = [r[0] for r in rows]
+    assert len(keys) == len(set(keys))

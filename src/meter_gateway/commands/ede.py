@@ -23,6 +23,8 @@ OBJECT_TYPE_NUMBER = {
 }
 #: EDE object type number of a device (per-meter mode lists the router and every meter device)
 DEVICE_TYPE = 8
+#: EDE object type number of a Notification Class (a Trend Log is 20)
+NOTIFICATION_CLASS_TYPE = 15
 # BACnet engineering unit numbers of the units the catalogue uses
 UNIT_NUMBER = {
     "kilowattHours": 19,
@@ -103,9 +105,19 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
         rows.append([*row, "", "", "", "N", "Y", "", "", ref, "", f"gateway/{g.key}"])
     from ..servers.bacnet_trend import trend_specs  # Trend Logs (upstream.bacnet.trend_logs): type 20, read-only
 
-    for t in trend_specs(cfg.upstream.bacnet.trend_logs, specs):
-        rows.append([t.name, str(dev), t.name, "20", str(t.instance), t.description, *[""] * 3, "N", "N", *[""] * 4])
-        rows[-1].append(f"{t.key}/trend")
+    for t in trend_specs(cfg.upstream.bacnet.trend_logs, specs):  # per-meter mode: in the meter's device
+        in_device = devices[t.meter_id].instance if t.meter_id in devices else dev
+        key = f"{t.meter_id}.{t.name}" if t.meter_id in devices else t.name
+        rows.append([key, str(in_device), t.name, "20", str(t.instance), t.description, *[""] * 3, "N", "N"])
+        rows[-1] += [*[""] * 4, f"{t.key}/trend"]
+    # Notification Class objects (intrinsic reporting on): the gateway's device, and every meter device in per-meter
+    events = cfg.upstream.bacnet.events
+    for nc in events.notification_classes if events.enabled else []:
+        name = nc.name or f"NotificationClass-{nc.number}"
+        for meter_id, instance in [("", dev), *((d.meter_id, d.instance) for d in devices.values())]:
+            key = f"{meter_id}.{name}" if meter_id else name
+            row = [key, str(instance), name, str(NOTIFICATION_CLASS_TYPE), str(nc.number), "", "", "", "", "N", "N"]
+            rows.append([*row, "", "", "", "", f"{meter_id or 'gateway'}/notification-class/{nc.number}"])
     state_rows = [[str(ref), *texts] for texts, ref in states.items()]
     return rows, state_rows
 

@@ -347,12 +347,15 @@ class _GatewayApplication(EventServices, CovGuard, ObjectListCache, Application)
     """The bacpypes3 application: only the offered services, writes answered by the gateway's own rules."""
 
     gw_server: BacnetServer | None = None
+    #: whether this device has Trend Log objects (None: the server's trend logs decide; per-meter mode sets it)
+    gw_trends: bool | None = None
     _logged_services: set[str]
 
     async def indication(self, apdu) -> None:  # type: ignore[override]
         """Record the requester for write allowlists; reject services that are not offered."""
         peer = self._peer(apdu.pduSource)
-        events = self.gw_server is not None and self.gw_server.events.enabled
+        reporting = self._gw_reporting()
+        events = reporting is not None and reporting.enabled
         served = (
             CONFIRMED_SERVED + ((ReadRangeRequest,) if self._trend_logs() else ()) + (EVENT_REQUESTS if events else ())
         )
@@ -408,13 +411,16 @@ class _GatewayApplication(EventServices, CovGuard, ObjectListCache, Application)
         ss = services_supported()
         if self._trend_logs():
             ss[READ_RANGE_BIT] = 1
-        if self.gw_server is not None and self.gw_server.events.enabled:
+        reporting = self._gw_reporting()
+        if reporting is not None and reporting.enabled:
             for bit in EVENT_SERVICES.values():
                 ss[bit] = 1
         return ss
 
     def _trend_logs(self) -> bool:
         """Whether the device has Trend Log objects (ReadRange is offered with them)."""
+        if self.gw_trends is not None:
+            return self.gw_trends
         return self.gw_server is not None and bool(self.gw_server.trend_specs)
 
     async def do_ReadRangeRequest(self, apdu: ReadRangeRequest) -> None:  # type: ignore[override]
@@ -635,7 +641,8 @@ class BacnetServer(Server):
             router_objs = self.router.prepare(port_obj)
         objs = [device, port_obj, *router_objs] + [self._make(spec) for spec in self.specs if self.router is None]
         objs += [self._make_gateway(spec) for spec in self.gateway_specs]
-        trend_objs = make_trend_logs(self.trend_specs, self.cfg.trend_logs)
+        # per-meter mode: each meter device has its own Trend Logs (servers/bacnet_router.py), the router none
+        trend_objs = make_trend_logs(self.trend_specs if self.router is None else [], self.cfg.trend_logs)
         objs += trend_objs
         objs += self.events.class_objects()
         fit_segments()
@@ -645,6 +652,7 @@ class BacnetServer(Server):
         except Exception as exc:
             raise ServerStartError(f"BACnet/IP device cannot start: {exc}") from exc
         self.app.gw_server = self
+        self.app.gw_trends = bool(trend_objs)
         self.events.start(self.app)
         self.app.cov_limits = CovLimits(**self.cfg.cov.model_dump())
         if self.router is not None:
@@ -793,6 +801,8 @@ class BacnetServer(Server):
         if self.fd_monitor is not None:
             self.fd_monitor.close()
             self.fd_monitor = None
+        if self.router is not None:
+            await self.router.stop_trend_logs()
         await self.events.stop()
         if self.router is not None:
             self.router.stop()
@@ -819,9 +829,11 @@ class BacnetServer(Server):
         specs = object_specs(facts.config, facts.catalogue, {m: facts.meter_points(m) for m in self.table.meter_ids})
         old = {mid: [x for x in self.specs if x.meter_id == mid] for mid in meter_ids}
         new = {mid: [x for x in specs if x.meter_id == mid] for mid in meter_ids}
-        if [t.identity for t in trend_specs(self.cfg.trend_logs, specs)] != [t.identity for t in self.trend_specs]:
+        new_trends = trend_specs(self.cfg.trend_logs, specs)
+        if self.router is None and [t.identity for t in new_trends] != [t.identity for t in self.trend_specs]:
             return False  # other Trend Logs: the device restarts (their records come back from the journal)
         self.specs = specs
+        self.trend_specs = new_trends
         if self.router is not None:  # per-meter devices: those meters' devices are replaced
             self.database_revision = self._database_revision()
             if self.device is not None:
@@ -862,15 +874,22 @@ class BacnetServer(Server):
     def _meter_config(self, meter_id: str):
         return next((m for m in self.facts.config.meters if m.id == meter_id), None)
 
+    def events_for(self, meter_id: str) -> EventReporting:
+        """The reporting of the device holding a meter's objects: its own device's in per-meter mode."""
+        own = self.router.reporting.get(meter_id) if self.router is not None else None
+        return own if own is not None else self.events
+
     def _same_events(self, spec: ObjectSpec) -> bool:
         """Whether an existing object already has the intrinsic reporting the configuration asks for."""
         obj = self.objects.get((spec.meter_id, spec.point.name, spec.object_type))
-        cls, extra = self.events.enroll(spec, CLASSES[spec.object_type], self._meter_config(spec.meter_id))
-        return obj is not None and type(obj) is cls and self.events.unchanged(obj, extra)
+        events = self.events_for(spec.meter_id)
+        cls, extra = events.enroll(spec, CLASSES[spec.object_type], self._meter_config(spec.meter_id))
+        return obj is not None and type(obj) is cls and events.unchanged(obj, extra)
 
     def _make(self, spec: ObjectSpec):
         p = spec.point
-        cls, events = self.events.enroll(spec, CLASSES[spec.object_type], self._meter_config(spec.meter_id))
+        reporting = self.events_for(spec.meter_id)
+        cls, events = reporting.enroll(spec, CLASSES[spec.object_type], self._meter_config(spec.meter_id))
         v = self.table.get(spec.meter_id, p.name)
         t = spec.object_type
         common: dict[str, Any] = {
@@ -912,7 +931,7 @@ class BacnetServer(Server):
         obj = cls(**common, **events)
         obj._gw_spec = spec
         obj._gw_server = self
-        self.events.created(obj, spec)
+        reporting.created(obj, spec)
         if t == "binary-output":
             obj._gw_slots = [None] * 16
         self.objects[(spec.meter_id, p.name, t)] = obj

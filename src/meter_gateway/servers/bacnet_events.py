@@ -59,7 +59,7 @@ from bacpypes3.errors import ExecutionError
 from bacpypes3.local.event import ChangeOfStateEventAlgorithm, OutOfRangeEventAlgorithm
 from bacpypes3.local.object import Object as _LocalObject
 from bacpypes3.object import NotificationClassObject as _NotificationClassObject
-from bacpypes3.pdu import Address
+from bacpypes3.pdu import Address, RemoteStation
 from bacpypes3.primitivedata import Date, Time
 
 from ..config_events import DAYS, TRANSITIONS, BacnetEventsSection, BacnetLimit, parse_address, parse_time
@@ -245,7 +245,7 @@ class _GatewayEventAlgorithm:
         except Exception as exc:  # never a stack trace from a callback, never stop the device
             self._execute_handle = None
             self._what_changed = {}
-            reporting_log_once(f"eval:{obj.objectName}", "BACnet events: %s not evaluated: %r", obj.objectName, exc)
+            reporting_log_once(f"eval:{label(obj)}", "BACnet events: %s not evaluated: %r", label(obj), exc)
 
     async def send_notifications(self, notification_parameters: dict[str, Any]) -> None:
         obj = self.monitored_object  # type: ignore[attr-defined]
@@ -257,7 +257,7 @@ class _GatewayEventAlgorithm:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a task of the library: never a stack trace, never a lost device
-            reporting_log_once(f"send:{obj.objectName}", "BACnet events: %s not notified: %r", obj.objectName, exc)
+            reporting_log_once(f"send:{label(obj)}", "BACnet events: %s not notified: %r", label(obj), exc)
 
 
 class GwChangeOfState(_GatewayEventAlgorithm, ChangeOfStateEventAlgorithm):
@@ -275,6 +275,11 @@ class GwOutOfRange(_GatewayEventAlgorithm, OutOfRangeEventAlgorithm):
 
 
 _LOGGED: set[str] = set()
+
+
+def label(obj: Any) -> str:
+    """An object's name in logs and message texts: `<meter id>.<Point_Name>` in both device modes."""
+    return getattr(obj, "_gw_label", None) or str(obj.objectName)
 
 
 def reporting_log_once(key: str, msg: str, *args: Any) -> None:
@@ -335,6 +340,12 @@ class EventReporting:
         self._logged_recipients: set[str] = set()
         self._fault_batch: dict[tuple[str, str, str], list[str]] = {}
         self._started = 0.0
+        #: per-meter mode: the meter devices' own reportings (by meter id), counted in this one's metrics
+        self.members: dict[str, EventReporting] = {}
+        #: per-meter mode: a meter device reaches a recipient on the IP network through the router (that network's
+        #: number), and the gateway's device (on the IP network) finds device recipients for it
+        self.remote_net: int | None = None
+        self.parent: EventReporting | None = None
 
     # -- objects --
     def class_objects(self) -> list[GwNotificationClass]:
@@ -359,6 +370,8 @@ class EventReporting:
         obj._gw_events = self
         obj._gw_meter = spec.meter_id
         obj._gw_point = spec.point.name
+        name = str(obj.objectName)  # a meter device's objects are named by their point alone
+        obj._gw_label = name if name.startswith(f"{spec.meter_id}.") else f"{spec.meter_id}.{name}"
         obj._notification_class_object = self.classes.get(int(obj.notificationClass))
         self.objects[obj.objectIdentifier] = obj
         if self.app is not None:  # added after start (reload): evaluate its current state once
@@ -404,7 +417,24 @@ class EventReporting:
                 algo._transition_timeout_handle.cancel()
             algo.unbind()
 
-    def start(self, app: Any) -> None:
+    def member(self, meter_id: str) -> EventReporting:
+        """A meter device's own reporting (per-meter mode): same configuration, metrics counted here."""
+        rep = EventReporting(self.cfg, self.zone, self.table)
+        rep.transitions = self.transitions
+        rep.notifications = self.notifications
+        rep.parent = self
+        self.members[meter_id] = rep
+        return rep
+
+    def close(self) -> None:
+        """A meter device removed (per-meter reload): forget its objects, cancel its notifications in flight."""
+        for obj in list(self.objects.values()):
+            self.deleted(obj)
+        for task in list(self._tasks):
+            task.cancel()
+        self.app = None
+
+    def start(self, app: Any, quiet: bool = False) -> None:
         """The application exists: evaluate every object once (an alarm present at start-up is reported)."""
         self.app = app
         loop = asyncio.get_running_loop()
@@ -414,7 +444,7 @@ class EventReporting:
                 loop.call_later(GATEWAY_GRACE, obj._event_algorithm._execute)
             else:
                 loop.call_soon(obj._event_algorithm._execute)
-        if self.enabled:
+        if self.enabled and not quiet:
             log.info(
                 "BACnet events: %d objects with intrinsic reporting, notification classes %s",
                 len(self.objects),
@@ -481,14 +511,14 @@ class EventReporting:
             for key in [k for k in self._fault_batch if k[0] == meter]:
                 self._flush_batch(key)  # the log keeps the order of the transitions
             line = "BACnet event: %s %s -> %s (%s)%s"
-            args = (obj.objectName, from_state, to_state, what, "" if enabled else ", not notified (event-enable)")
+            args = (label(obj), from_state, to_state, what, "" if enabled else ", not notified (event-enable)")
             (log.info if to_state == EventState.normal else log.warning)(line, *args)
         if not enabled or nc is None:
             return
         params["timeStamp"] = stamp
         params["priority"] = int(nc.priority[idx])
         params["ackRequired"] = ack_required
-        params["messageText"] = f"{obj.objectName}: {what}"
+        params["messageText"] = f"{label(obj)}: {what}"
         params["notificationClass"] = int(obj.notificationClass)
         await self.notify(nc, params, to_state)
 
@@ -554,7 +584,7 @@ class EventReporting:
                     return
             else:
                 host, port = parse_address(r.address)
-                dest = Address(f"{host}:{port}")
+                dest = self._through_router(Address(f"{host}:{port}"))
             cls = ConfirmedEventNotificationRequest if r.confirmed else UnconfirmedEventNotificationRequest
             req = cls(processIdentifier=r.process_id, **params)
             req.pduDestination = dest
@@ -577,7 +607,16 @@ class EventReporting:
         self._logged_recipients.add(who)
         log.warning("BACnet events: recipient %s %s (logged again after it recovers)", who, what)
 
+    def _through_router(self, addr: Any) -> Any:
+        """From a meter device (per-meter mode), a station of the IP network is reached through the router."""
+        if self.remote_net is not None and getattr(addr, "addrType", None) == Address.localStationAddr:
+            return RemoteStation(self.remote_net, bytes(addr.addrAddr))
+        return addr
+
     async def _device_address(self, instance: int) -> Any:
+        parent = self.parent
+        if parent is not None and parent.app is not None:  # a meter device: the gateway's device looks it up
+            return self._through_router(await parent._device_address(instance))
         info = await self.app.device_info_cache.get_device_info(instance)
         if info is not None and getattr(info, "device_address", None) is not None:
             return info.device_address
@@ -612,9 +651,7 @@ class EventReporting:
         acked[idx] = 1
         obj.ackedTransitions = EventTransitionBits(acked)
         state = EventState(apdu.eventStateAcknowledged)
-        log.info(
-            "BACnet event: %s %s acknowledged by %s (%s)", obj.objectName, state, source, apdu.acknowledgmentSource
-        )
+        log.info("BACnet event: %s %s acknowledged by %s (%s)", label(obj), state, source, apdu.acknowledgmentSource)
         nc = self.classes.get(int(obj.notificationClass))
         if nc is not None:
             params = {
@@ -626,7 +663,7 @@ class EventReporting:
                 "eventType": EventType.changeOfReliability if idx == FAULT else obj._event_algorithm.event_type,
                 "notifyType": NotifyType.ackNotification,
                 "toState": state,
-                "messageText": f"{obj.objectName}: {state} acknowledged ({apdu.acknowledgmentSource})",
+                "messageText": f"{label(obj)}: {state} acknowledged ({apdu.acknowledgmentSource})",
             }
             task = asyncio.create_task(self.notify(nc, params, state))
             self._tasks.add(task)
@@ -679,7 +716,8 @@ class EventReporting:
     def summary(self) -> dict[str, dict[str, int]]:
         """Per meter: objects in alarm (event-state not normal) and objects with an unacknowledged transition."""
         out: dict[str, dict[str, int]] = {}
-        for o in self.objects.values():
+        objects = [*self.objects.values(), *(o for m in list(self.members.values()) for o in m.objects.values())]
+        for o in objects:
             m = out.setdefault(o._gw_meter, {"active": 0, "unacked": 0})
             m["active"] += int(o.eventState != EventState.normal)
             m["unacked"] += int(not all(int(b) for b in o.ackedTransitions))
@@ -689,9 +727,13 @@ class EventReporting:
 class EventServices:
     """Application mixin: AcknowledgeAlarm, GetEventInformation and GetAlarmSummary answered by the EventReporting."""
 
+    def _gw_reporting(self) -> EventReporting | None:
+        """This device's reporting: a meter device's own (per-meter mode), else the gateway's."""
+        own = getattr(self, "gw_events", None)
+        return own if own is not None else getattr(getattr(self, "gw_server", None), "events", None)
+
     def _gw_events(self) -> EventReporting:
-        server = getattr(self, "gw_server", None)
-        reporting = getattr(server, "events", None)
+        reporting = self._gw_reporting()
         if reporting is None or not reporting.enabled:
             raise ExecutionError(errorClass="services", errorCode="serviceRequestDenied")
         return reporting
@@ -699,7 +741,7 @@ class EventServices:
     async def do_IAmRequest(self, apdu) -> None:
         """I-Am: also binds a device recipient of a notification class that announces itself (unsolicited I-Am)."""
         await super().do_IAmRequest(apdu)  # type: ignore[misc]
-        reporting = getattr(getattr(self, "gw_server", None), "events", None)
+        reporting = self._gw_reporting()
         oid = apdu.iAmDeviceIdentifier
         if reporting is not None and reporting.enabled and oid is not None and oid[1] in reporting.device_recipients():
             await self.device_info_cache.set_device_info(apdu)  # type: ignore[attr-defined]

@@ -41,7 +41,9 @@ from ..core.quality import PointValue, Quality
 from ..core.table import COMM_STATUS
 from .bacnet import MAX_APDU, GwDevice, GwNetworkPort, _GatewayApplication, utc_offset_minutes
 from .bacnet_cov import CovLimits
+from .bacnet_events import EventReporting
 from .bacnet_net import OncePerSource
+from .bacnet_trend import GwTrendLog, TrendLogger, make_trend_logs, meter_trend_specs
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +128,15 @@ def _virtual_port(instance: int, name: str, mac: bytes, vnet: int, vlan: str):
 def meter_device_objects(
     server, dev: MeterDeviceSpec, specs: list[ObjectSpec], status: DeviceStatus, vnet: int, vlan: str
 ) -> list[Any]:
-    """Every object of one meter device: its Device, its virtual Network Port, its point objects.
+    """Every object of one meter device: its Device, its virtual Network Port, its point objects, its Notification
+    Class objects (intrinsic reporting on) and its Trend Log objects (trend logs on).
 
-    The one place a meter device's object list is built: event enrolment, notification class or trend log objects
-    of a meter go here (after the point objects), and then they are in the device, its object-list and the EDE.
+    The one place a meter device's object list is built. The point objects enrol with the meter device's own
+    EventReporting (`server.events_for`), whose classes are built first so each object finds its class.
     """
     cfg = server.cfg
+    classes = server.events_for(dev.meter_id).class_objects()
+    trends = make_trend_logs(meter_trend_specs(cfg.trend_logs, specs), cfg.trend_logs)
     device = GwDevice(
         objectIdentifier=("device", dev.instance),
         objectName=dev.name,
@@ -151,7 +156,7 @@ def meter_device_objects(
     )
     device._gw_zone = server.zone
     port = _virtual_port(1, "NetworkPort-1", dev.mac, vnet, vlan)
-    return [device, port, *(server._make(spec) for spec in specs)]
+    return [device, port, *(server._make(spec) for spec in specs), *classes, *trends]
 
 
 class MeterRouter:
@@ -170,6 +175,11 @@ class MeterRouter:
         #: meter id -> its running device application
         self.apps: dict[str, Any] = {}
         self.devices: dict[str, MeterDeviceSpec] = {}
+        #: meter id -> its device's intrinsic reporting, and the task filling its device's Trend Logs
+        self.reporting: dict[str, EventReporting] = {}
+        self.trend_loggers: dict[str, TrendLogger] = {}
+        #: meter id -> the stop of its replaced device's trend logger (the new one starts after it: no record lost)
+        self._stopping: dict[str, asyncio.Task] = {}
         self._listening = False
         self._tasks: set[asyncio.Task] = set()
 
@@ -223,8 +233,14 @@ class MeterRouter:
             len(self.apps),
             ", ".join(f"{d.instance} {d.name}" for d in self.devices.values()),
         )
+        if self.server.events.enabled or self.trend_loggers:
+            log.info(
+                "BACnet meter devices: %d objects with intrinsic reporting, %d Trend Logs",
+                sum(len(r.objects) for r in self.reporting.values()),
+                sum(len(t.logs) for t in self.trend_loggers.values()),
+            )
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         """Run a coroutine of the router's in the background; a failure is logged, never raised."""
 
         async def guarded() -> None:
@@ -236,6 +252,14 @@ class MeterRouter:
         task = asyncio.get_running_loop().create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def stop_trend_logs(self) -> None:
+        """Stop the meter devices' trend loggers (their records are in the journal: written after every interval)."""
+        loggers = list(self.trend_loggers.values())
+        self.trend_loggers.clear()
+        for tl in loggers:
+            await tl.stop()
 
     def stop(self) -> None:
         """Stop every meter device and remove the virtual network."""
@@ -257,11 +281,27 @@ class MeterRouter:
     def _add(self, dev: MeterDeviceSpec) -> None:
         """Build one meter device and put it on the virtual network."""
         status = system_status(self.table.get(dev.meter_id, COMM_STATUS))
-        objs = meter_device_objects(self.server, dev, self._specs(dev.meter_id), status, self.vnet, self.vlan_name)
+        server = self.server
+        reporting = self.reporting[dev.meter_id] = server.events.member(dev.meter_id)
+        reporting.remote_net = self.ip_net  # address recipients: through the router to the IP network
+        objs = meter_device_objects(server, dev, self._specs(dev.meter_id), status, self.vnet, self.vlan_name)
+        trends = [o for o in objs if isinstance(o, GwTrendLog)]
         app = MeterDeviceApplication.from_object_list(objs)
-        app.gw_server = self.server
+        app.gw_server = server
+        app.gw_events = reporting
+        app.gw_trends = bool(trends)
         app.router_ip_net = self.ip_net
-        app.cov_limits = CovLimits(**self.server.cfg.cov.model_dump())
+        app.cov_limits = CovLimits(**server.cfg.cov.model_dump())
+        reporting.start(app, quiet=True)
+        if trends:
+            logger = TrendLogger(trends, server.cfg.trend_logs, self.table.get, lambda: server.ports.status.journal)
+            self.trend_loggers[dev.meter_id] = logger
+            stopping = self._stopping.pop(dev.meter_id, None)
+            if stopping is None or stopping.done():
+                logger.start()
+            else:  # the replaced device's logger writes its last records first, then this one reloads them
+                mid = dev.meter_id
+                stopping.add_done_callback(lambda _t: logger.start() if self.trend_loggers.get(mid) is logger else None)
         # the way back to the IP network is through the router: no Who-Is-Router-To-Network needed
         self._spawn(app.nsap.update_router_references(self.vnet, LocalStation(ROUTER_MAC), [self.ip_net]))
         self.apps[dev.meter_id] = app
@@ -272,6 +312,16 @@ class MeterRouter:
         app = self.apps.pop(meter_id, None)
         self.devices.pop(meter_id, None)
         server = self.server
+        reporting = self.reporting.pop(meter_id, None)
+        if reporting is not None:
+            reporting.close()
+            server.events.members.pop(meter_id, None)
+        logger = self.trend_loggers.pop(meter_id, None)
+        if logger is not None:  # records already taken are in the journal (written after every interval)
+            task = self._stopping[meter_id] = self._spawn(logger.stop())
+            task.add_done_callback(
+                lambda t: self._stopping.pop(meter_id) if self._stopping.get(meter_id) is t else None
+            )
         for key in [k for k in server.objects if k[0] == meter_id]:
             del server.objects[key]
         for key in [k for k in server._by_point if k[0] == meter_id]:
@@ -307,7 +357,14 @@ class MeterRouter:
             app.device_object.databaseRevision = self.server.database_revision
 
     def _same(self, mid: str, dev: MeterDeviceSpec, old: MeterDeviceSpec, specs: list[ObjectSpec]) -> bool:
-        """Whether a meter's device can stay: same instance, name and objects."""
+        """Whether a meter's device can stay: same instance, name, objects, event enrolment (limits) and trend logs."""
+        server = self.server
+        if not all(server._same_events(s) for s in specs):
+            return False
+        logger = self.trend_loggers.get(mid)
+        have_trends = [o._gw_trend.identity for o in logger.logs] if logger is not None else []
+        if [t.identity for t in meter_trend_specs(server.cfg.trend_logs, specs)] != have_trends:
+            return False
         keys = {(s.meter_id, s.point.name, s.object_type) for s in specs}
         ids = {(s.object_type, s.instance, s.name) for s in specs}
         have = {k: o for k, o in self.server.objects.items() if k[0] == mid}
