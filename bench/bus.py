@@ -149,17 +149,40 @@ async def measured_minute(n: int, profile: str, baudrate: int, turnaround: float
 
 
 async def capacity(profile: str, baudrate: int, turnaround: float = 0.005, sample: int = 8) -> dict:
-    """Meters per line at the spec's rates: computed from wire time vs measured on the paced bus."""
+    """Meters per line at the spec's rates, found by running that many paced meters.
+
+    A line keeps up with n meters when one minute of their reads (every meter's plan, back to back) takes at most
+    60 s on the paced line. A short sample of `sample` meters gives a first guess; n meters are then run, one more
+    or one fewer each time, until n keeps up and n + 1 does not (or n + 1 exceeds the wire-time bound, which no
+    line can beat). Every figure in `runs` is a full minute of n meters' reads, measured.
+    """
     computed, per_minute = await computed_capacity(profile, baudrate, turnaround)
-    measured_per_minute = await measured_minute(sample, profile, baudrate, turnaround)
-    measured = int(60 // measured_per_minute)
+    guess = int(60 // await measured_minute(sample, profile, baudrate, turnaround))
+    runs: dict[int, float] = {}
+
+    async def line_seconds(n: int) -> float:
+        if n not in runs:
+            runs[n] = round(await measured_minute(n, profile, baudrate, turnaround) * n, 3)
+        return runs[n]
+
+    n = max(1, min(guess, computed))
+    if await line_seconds(n) <= 60.0:
+        while n + 1 <= computed and await line_seconds(n + 1) <= 60.0:
+            n += 1
+    else:
+        while n > 1 and await line_seconds(n - 1) > 60.0:
+            n -= 1
+        n -= 1
+    measured = n
     return {
         "profile": profile,
         "baudrate": baudrate,
         "turnaround_s": turnaround,
         "wire_seconds_per_meter_minute": round(per_minute, 4),
-        "measured_seconds_per_meter_minute": round(measured_per_minute, 4),
+        "measured_seconds_per_meter_minute": round(runs[measured] / measured, 4),
         "computed_max_meters": computed,
         "measured_max_meters": measured,
         "ratio": round(measured / computed, 3) if computed else None,
+        "sample_guess": guess,
+        "runs": {str(k): v for k, v in sorted(runs.items())},  # meters -> seconds of one minute of their reads
     }
