@@ -94,14 +94,36 @@ async def measure(text: str, steady_s: float) -> dict:
     try:
         ids = gw.table.meter_ids
         skip = {"Reset_Demand_Peak", "Sync_Clock", "Communication_Status"}
-        pending = [(mid, p) for mid in ids for p in gw.meter_points(mid) - skip]
-        points = len(pending)
-        while pending:  # only the points not yet good are looked at again
-            if time.monotonic() - t0 > 300:
-                raise RuntimeError(f"table not full after 300 s ({len(pending)} points missing)")
-            pending = [(m, p) for m, p in pending if gw.table.get(m, p).quality is not Quality.GOOD]
-            if pending:
-                await asyncio.sleep(0.05)
+        wanted = [(mid, p) for mid in ids for p in gw.meter_points(mid) - skip]
+        pending = set(wanted)
+        done = asyncio.Event()
+
+        def listener(mid: str, point: str, old, new) -> None:  # O(1) per change: the watch costs the gateway little
+            if new.quality is Quality.GOOD and (mid, point) in pending:
+                pending.discard((mid, point))
+                if not pending:
+                    done.set()
+
+        gw.table.add_listener(listener)
+        try:
+            while True:
+                pending.intersection_update(
+                    [(m, p) for m, p in pending if gw.table.get(m, p).quality is not Quality.GOOD]
+                )
+                if pending:
+                    done.clear()
+                    remaining = 300 - (time.monotonic() - t0)
+                    try:
+                        await asyncio.wait_for(done.wait(), max(remaining, 0.01))
+                    except TimeoutError:
+                        raise RuntimeError(f"table not full after 300 s ({len(pending)} points missing)") from None
+                # every point was good at least once: check they are good at one instant, else wait for the others
+                pending.update((m, p) for m, p in wanted if gw.table.get(m, p).quality is not Quality.GOOD)
+                if not pending:
+                    break
+        finally:
+            gw.table.remove_listener(listener)
+        points = len(wanted)
         full = time.monotonic() - t0
         rss_full = rss_mib()
         c0, w0 = cpu_seconds(), time.monotonic()
