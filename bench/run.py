@@ -51,7 +51,10 @@ async def main() -> dict:
         cap.append(r)
         print(
             f"capacity        generic @ {baud:5} Bd: {r['measured_max_meters']} meters keep up (run: "
-            + ", ".join(f"{k} meters {v} s" for k, v in r["runs"].items())
+            + ", ".join(
+                f"{k} meters {v['seconds']} s" + (f", {v['failed_transactions']} failed" * bool(v["failed_transactions"]))
+                for k, v in r["runs"].items()
+            )
             + f" per minute of reads), wire bound {r['computed_max_meters']} (ratio {r['ratio']})",
             flush=True,
         )
