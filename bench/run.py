@@ -52,7 +52,7 @@ async def main() -> dict:
         print(
             f"capacity        generic @ {baud:5} Bd: {r['measured_max_meters']} meters keep up (run: "
             + ", ".join(
-                f"{k} meters {v['seconds']} s" + (f", {v['failed_transactions']} failed" * bool(v["failed_transactions"]))
+                f"{k} meters {v['seconds']} s" + (f", {n_f} failed" if (n_f := v["failed_transactions"]) else "")
                 for k, v in r["runs"].items()
             )
             + f" per minute of reads), wire bound {r['computed_max_meters']} (ratio {r['ratio']})",
