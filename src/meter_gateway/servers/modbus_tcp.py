@@ -2,10 +2,12 @@
 
 pymodbus 3.16 is used for framing and transport. Requests reach `GatewayContext`, which stands where pymodbus puts
 its SimCore (same three methods), so every read is built from the point table and every write goes through the
-write service. A register read already answered is answered again with the same bytes (no decoding, no task) until
-a value of its meter changes in the table (a table listener drops that meter's replies), the meter goes offline or
-is re-added; reads touching the diagnostics block are always built afresh. A small request-handler subclass records the client's address (for write allowlists) and
-answers each request with its own transaction id even when a client pipelines requests during a slow meter write.
+write service. Register reads (functions 3 and 4), the bulk of SCADA traffic, are answered by the request handler
+itself, synchronously and in order, from `GatewayContext.read` (no pymodbus decoding, no task per request); a read
+already answered is answered again with the same bytes until a value of its meter changes in the table (a table
+listener drops that meter's replies), the meter goes offline or is re-added; reads touching the diagnostics block
+are always built afresh. The request-handler subclass also records the client's address (for write allowlists)
+and answers each request with its own transaction id even when a client pipelines requests during a slow write.
 """
 
 from __future__ import annotations
@@ -131,6 +133,11 @@ class _Handler(ServerRequestHandler):
                 self.send(struct.pack(">HHHB", tid, 0, len(reply) + 1, unit) + reply)
                 continue
             refused = screen(pdu)
+            if refused is None and pdu[0] in (3, 4):  # register reads: answered here, from the table, in order
+                used += 6 + length
+                reply = self._read_registers(unit, pdu)
+                self.send(struct.pack(">HHHB", tid, 0, len(reply) + 1, unit) + reply)
+                continue
             if refused is None:
                 super().callback_data(frame[: 6 + length], addr)  # decodes it into last_pdu (or answers 0x01)
                 used += 6 + length
@@ -156,6 +163,19 @@ class _Handler(ServerRequestHandler):
             fc = pdu[0] | 0x80
             self.send(struct.pack(">HHHBBB", tid, 0, 3, unit, fc, code))
         return used
+
+    def _read_registers(self, unit: int, pdu: bytes) -> bytes:
+        """The reply PDU to a screened register read (function 3 or 4), or its exception PDU."""
+        fc = pdu[0]
+        address, count = struct.unpack(">HH", pdu[1:5])
+        try:
+            regs = self.server.context.read(unit, fc, address, count)
+        except Exception as exc:  # a bug must not kill the connection: answer "device failure", log it once
+            self.server.bad_input(self.peer_ip, f"internal error {type(exc).__name__}", f"{pdu.hex()}: {exc}")
+            return bytes([fc | 0x80, ExcCodes.DEVICE_FAILURE])
+        if isinstance(regs, ExcCodes):
+            return bytes([fc | 0x80, regs])
+        return struct.pack(f">BB{count}H", fc, 2 * count, *regs)
 
     def handle_later(self) -> None:
         """Not used: callback_data starts a task per request itself (pymodbus' way loses pipelined requests)."""
@@ -298,6 +318,10 @@ class GatewayContext:
     # -- reads ------------------------------------------------------------------------------------
     async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1):
         """Registers or bits for a read (or for the echo of a write)."""
+        return self.read(device_id, func_code, address, count)
+
+    def read(self, device_id: int, func_code: int, address: int, count: int = 1):
+        """Registers or bits for a read (or for the echo of a write), or an exception code; never waits."""
         meter_id = self.srv.units.get(device_id)
         if meter_id is None:
             return ExcCodes.GATEWAY_PATH_UNAVIABLE
