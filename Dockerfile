@@ -14,7 +14,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN python -m venv /opt/meter-gateway \
- && /opt/meter-gateway/bin/pip install --no-cache-dir . \
+ && /opt/meter-gateway/bin/pip install --no-cache-dir ".[models]" \
  && find /opt/meter-gateway -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM python:3.11-slim

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from .aio import cancel_and_wait
-from .config import GatewayConfig, MbusBus, MeterConfig, ModbusRtuBus, ModbusTcpBus, state_dir
+from .config import GatewayConfig, MbusBus, MeterConfig, ModbusRtuBus, ModbusTcpBus
 from .core.catalogue import PointKind, PollClass, load_catalogue
-from .core.table import COMM_STATUS, PointTable
+from .core.table import PointTable
 from .drivers.base import Driver, WriteRejected
 from .polling import BusRunner
+from .ports import BusControl, ConfigFacts, GatewayStatus, ServerPorts
 from .profiles import ProfileRegistry
 from .servers.base import Server, ServerStartError
 
@@ -117,12 +118,17 @@ def _bus_key(cfg: GatewayConfig, profiles: ProfileRegistry, bus_id: str) -> Any:
     """Everything a bus runner is built from: equal keys mean the running bus can be kept on reload."""
     bus = cfg.bus(bus_id)
     meters = cfg.meters_on(bus_id)
-    return (bus, [m.model_dump(include=POLL_KEYS) for m in meters], [profiles.get(m.profile) for m in meters])
+    return (bus, [m.model_dump(include=POLL_KEYS) for m in meters], [_profile_or_none(profiles, m) for m in meters])
 
 
 def _meter_key(cfg: GatewayConfig, profiles: ProfileRegistry, meter_id: str, keys: set[str] | None = None) -> Any:
     m = cfg.meter(meter_id)
-    return (m.model_dump(include=keys), profiles.get(m.profile))
+    return (m.model_dump(include=keys), _profile_or_none(profiles, m))
+
+
+def _profile_or_none(profiles: ProfileRegistry, m: MeterConfig) -> Any:
+    """The meter's profile; None for `profile: auto` (not identified yet)."""
+    return None if m.profile == "auto" else profiles.get(m.profile)
 
 
 def _server_key(cfg: GatewayConfig, key: str) -> Any:
@@ -130,6 +136,8 @@ def _server_key(cfg: GatewayConfig, key: str) -> Any:
     g = cfg.gateway
     if key == "bacnet":  # the device carries the gateway's name, location, description; the journal alarm object
         return (cfg.upstream.bacnet, g.name, g.location, g.description, cfg.journal.enabled)
+    if key == "prometheus":  # the HTTP server also carries the logins, tokens and HTTPS of upstream.http
+        return (cfg.upstream.prometheus, cfg.upstream.http)
     return getattr(cfg.upstream, key)
 
 
@@ -148,12 +156,12 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         sims: SimulatedLines | None = None,
     ) -> None:
-        self.config = config
-        self.profiles = profiles
+        #: the running configuration, shared with every part (swapped in place on reload)
+        self.facts = ConfigFacts(config, profiles, load_catalogue(), config_path)
+        self.catalogue = self.facts.catalogue
         self.config_path = config_path
-        self.catalogue = load_catalogue()
         self.table = PointTable(self.catalogue, clock, stale_factor=config.gateway.stale_factor)
-        self.buses: dict[str, BusRunner] = {}
+        self.buses: dict[str, BusRunner] = {}  # never rebound: the status and bus-control ports hold this dict
         self.servers: list[Server] = []
         self._own_sims = sims is None
         self.sims = sims if sims is not None else SimulatedLines(profiles)
@@ -162,9 +170,47 @@ class Gateway:
         self.write_service: Any = None
         self.journal: Any = None  # journal.recorder.Recorder when the journal is enabled
         self._journal_task: asyncio.Task | None = None
+        self._identified: dict[str, tuple[MeterConfig, MeterConfig]] = {}  # auto meter id -> (as configured, as found)
+        #: what upstream servers are built from: the parts they use, never this object
+        self.ports = ServerPorts(
+            facts=self.facts,
+            table=self.table,
+            writes=lambda: self.write_service,
+            status=GatewayStatus(
+                started=lambda: self.started,
+                buses=self.buses,
+                journal=lambda: self.journal,
+                foreign_registration=self._foreign_registration,
+                meter_bus=lambda meter_id: self.config.meter(meter_id).bus,
+                bacnet_events=lambda: getattr(self.server("bacnet"), "events", None),
+            ),
+            lines=BusControl(self.buses, lambda bus_id: self.config.bus(bus_id).type, self.scan_bus),
+        )
         for m in config.meters:
             if m.enabled and m.profile != "auto":  # `profile: auto` meters join once identified (_start_bus)
                 self._add_meter(m)
+
+    @property
+    def config(self) -> GatewayConfig:
+        """The running configuration."""
+        return self.facts.config
+
+    @config.setter
+    def config(self, value: GatewayConfig) -> None:
+        self.facts.replace(value)
+
+    @property
+    def profiles(self) -> ProfileRegistry:
+        """The running profile registry."""
+        return self.facts.profiles
+
+    @profiles.setter
+    def profiles(self, value: ProfileRegistry) -> None:
+        self.facts.profiles = value
+
+    def _foreign_registration(self) -> str | None:
+        server = self.server("bacnet")
+        return server.foreign_registration() if server is not None else None  # type: ignore[attr-defined]
 
     @property
     def simulators(self) -> dict[str, Any]:
@@ -191,20 +237,12 @@ class Gateway:
     # -- facts about meters --------------------------------------------------------------------------
     def meter_points(self, meter_id: str) -> frozenset[str]:
         """Points the meter's profile supports (plus commands it declares and Communication_Status)."""
-        m = self.config.meter(meter_id)
-        prof = self.profiles.get(m.profile)
-        pts = set(getattr(prof, "points", {}))
-        for v in getattr(prof, "variants", []):
-            if v.name == getattr(m, "variant", None):
-                pts -= set(v.points_absent)  # e.g. a PFA meter has no export register of its own
-        pts |= set(getattr(prof, "commands", {}) or {})
-        pts.add(COMM_STATUS)
-        return frozenset(pts)
+        return self.facts.meter_points(meter_id)
 
     @property
     def state_dir(self) -> Path:
         """The folder of the journal, the audit log and other state files."""
-        return state_dir(self.config, self.config_path)
+        return self.facts.state_dir
 
     def runner_of(self, meter_id: str) -> BusRunner:
         """The bus runner that polls a meter."""
@@ -277,7 +315,7 @@ class Gateway:
         if self.write_service is None and any(getattr(up, key).enabled for key in SERVER_FACTORIES):
             from .writes import WriteService
 
-            self.write_service = WriteService(self)
+            self.write_service = WriteService(self.facts, self.table, self.perform_write)
 
     async def _stop_write_service(self) -> None:
         if self.write_service is not None:
@@ -292,8 +330,8 @@ class Gateway:
 
         # the journal opens inside its own task (worker thread): a damaged or unwritable journal leaves the gateway
         # running, degraded, instead of stopping it
-        self.journal = Recorder(self, None, audit=audit_path(self))
-        self._journal_task = asyncio.create_task(self.journal.run(journal_path(self)), name="journal")
+        self.journal = Recorder(self.facts, self.table, None, audit=audit_path(self.facts))
+        self._journal_task = asyncio.create_task(self.journal.run(journal_path(self.facts)), name="journal")
 
     async def _stop_journal(self) -> None:
         if self._journal_task is not None:
@@ -316,7 +354,7 @@ class Gateway:
             cls = _load(SERVER_FACTORIES[key])
         except (ImportError, AttributeError) as exc:
             raise ServerStartError(f"upstream {key} is enabled but not available: {exc}") from exc
-        server = cls(self)
+        server = cls(self.ports)
         self.servers.append(server)  # before start: a half-started server is stopped by stop()
         await server.start()
 
@@ -338,6 +376,11 @@ class Gateway:
             identified = {m.id: m for m in await check_bus(driver, auto, self.profiles, self.table)}
         finally:
             await driver.close()
+        for m in auto:  # a reload that keeps the meter and its bus keeps what was found (_carry_identified)
+            if m.id in identified:
+                self._identified[m.id] = (m, identified[m.id])
+            else:
+                self._identified.pop(m.id, None)
         checked = [identified.get(m.id, m) for m in meters if m.profile != "auto" or m.id in identified]
         resolved = {m.id: m for m in checked}
         dropped = {m.id for m in meters} - set(resolved)
@@ -424,6 +467,7 @@ class Gateway:
         was brought up: the gateway then serves with that part missing (it is logged by the caller).
         """
         old, old_profiles = self.config, self.profiles
+        new = self._carry_identified(new, profiles)
         plan = ReloadPlan.between(old, old_profiles, new, profiles)
         failures: list[str] = []
         for key in plan.servers:
@@ -439,7 +483,7 @@ class Gateway:
         self.sims.profiles = profiles
         self.table.stale_factor = new.gateway.stale_factor
         for m in new.meters:
-            if m.enabled and m.id in plan.values:
+            if m.enabled and m.id in plan.values and m.profile != "auto":  # auto: added once identified (_start_bus)
                 self._add_meter(m)
         for bus in new.buses:
             if bus.id in plan.buses:
@@ -469,6 +513,24 @@ class Gateway:
         if failures:
             raise ServerStartError("; ".join(failures))
         return plan
+
+    def _carry_identified(self, new: GatewayConfig, profiles: ProfileRegistry) -> GatewayConfig:
+        """Reload: a `profile: auto` meter configured as before keeps the profile identified at start, unless its
+        bus restarts (then it is identified again, like a meter whose configuration changed)."""
+        keep = {
+            m.id: found
+            for m in new.meters
+            if m.profile == "auto"
+            and (seen := self._identified.get(m.id)) is not None
+            and seen[0] == m
+            and (found := seen[1]).profile in profiles.names()
+        }
+
+        def resolved(ids: set[str]) -> GatewayConfig:
+            return new.model_copy(update={"meters": [keep[m.id] if m.id in ids else m for m in new.meters]})
+
+        restarting = ReloadPlan.between(self.config, self.profiles, resolved(set(keep)), profiles).buses
+        return resolved({mid for mid, m in keep.items() if m.bus not in restarting})
 
     # -- writes (called by the write service only, after the write policy accepted them) ---------------------
     async def perform_write(self, meter_id: str, point: str, value: float | int | bool) -> str:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .config_events import BacnetEventsSection, BacnetLimit, events_errors
 from .core.catalogue import DEFAULT_INTERVALS, PollClass
 from .yamlutil import LineLoader, TextEncodingError, decode_utf8, format_validation_error, line_of
 
@@ -134,6 +135,7 @@ class MeterConfig(_Strict):
     allow_config_writes: bool = False
     allow_energy_reset: bool = False
     max_power_kw: float | None = Field(None, gt=0, description="overrides the profile's maximum (energy sanity)")
+    bacnet_limits: dict[str, BacnetLimit] = Field({}, description="BACnet high/low limits by point (events)")
     enabled: bool = True
 
     @field_validator("poll_intervals", mode="before")
@@ -261,6 +263,17 @@ class BacnetCovSection(_Strict):
     )
 
 
+class BacnetTrendSection(_Strict):
+    """Trend Log objects per meter (docs/bacnet-trend.md): polled at clock-aligned intervals, ring buffers."""
+
+    enabled: bool = Field(False, description="one Trend Log object per listed point of every meter")
+    interval: int = Field(900, ge=1, le=86400, description="log-interval in seconds, aligned to the clock")
+    buffer_size: int = Field(2000, ge=1, le=100000, description="records kept per trend log (the oldest go first)")
+    points: list[str] = Field(
+        ["Active_Energy_Import", "Active_Power_Total"], description="catalogue points logged (analog or energy)"
+    )
+
+
 class BacnetSection(_Strict):
     """The gateway's BACnet/IP device."""
 
@@ -309,6 +322,8 @@ class BacnetSection(_Strict):
         description="device state kept across restarts (database-revision), relative to gateway.state_dir",
     )
     cov: BacnetCovSection = BacnetCovSection()
+    trend_logs: BacnetTrendSection = BacnetTrendSection()
+    events: BacnetEventsSection = BacnetEventsSection()
     bbmd_max_foreign_devices: int = Field(
         128, ge=1, le=10000, description="as BBMD: foreign devices registered at once (more are refused)"
     )
@@ -364,12 +379,72 @@ class PrometheusSection(_Strict):
         return check_bind(v)
 
 
+class HttpUser(_Strict):
+    """A person who may log in to the HTTP side."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]+$", max_length=64)
+    role: Literal["viewer", "operator", "admin"] = Field(
+        description="viewer: read; operator: also writes through the write policy; admin: also scan, trace, config"
+    )
+    password_hash: str = Field(description="argon2 hash made by `meter-gateway hash-password` (never the password)")
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash(cls, v: str) -> str:
+        from argon2 import extract_parameters
+        from argon2.exceptions import InvalidHashError
+
+        try:
+            extract_parameters(v)
+        except (InvalidHashError, ValueError, TypeError):
+            raise ValueError(
+                "password_hash is not an argon2 hash ($argon2id$v=19$m=...): make one with "
+                "`meter-gateway hash-password` and paste its output"
+            ) from None
+        return v
+
+
+class HttpTls(_Strict):
+    """HTTPS: certificate chain and private key (PEM files; relative paths from the configuration's folder)."""
+
+    cert: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+
+class HttpSection(_Strict):
+    """Who may use the HTTP server of upstream.prometheus (pages, API, exports) and how: users, tokens, HTTPS."""
+
+    users: list[HttpUser] = Field([], description="logins; none: only /health, /metrics and the local CLI work")
+    metrics_token: str = Field(
+        "", description="bearer token /metrics then requires (empty: /metrics stays open); at least 16 characters"
+    )
+    metrics_token_sha256: str = Field(
+        "", pattern=r"^([0-9a-fA-F]{64})?$", description="or its SHA-256 (hex), to keep the token out of the file"
+    )
+    tls: HttpTls | None = Field(None, description="serve HTTPS with this certificate and key")
+    session_timeout: float = Field(1800.0, ge=60, le=86400, description="seconds of inactivity ending a login")
+    lockout_after: int = Field(5, ge=1, le=100, description="failed logins in a row (per user, per address) locking")
+    lockout_seconds: float = Field(300.0, ge=5, le=86400, description="how long a lock-out lasts")
+    max_body: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="largest request body in bytes")
+    control_token: bool = Field(
+        True, description="write <state_dir>/control.token (0600): the local CLI's admin access to the running gateway"
+    )
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _token(cls, v: str) -> str:
+        if v and len(v) < 16:
+            raise ValueError("metrics_token must be at least 16 characters (e.g. `openssl rand -hex 16`)")
+        return v
+
+
 class UpstreamSection(_Strict):
     """Servers the gateway offers to the building's systems."""
 
     bacnet: BacnetSection = BacnetSection()
     modbus_tcp: ModbusTcpSection = ModbusTcpSection()
     prometheus: PrometheusSection = PrometheusSection()
+    http: HttpSection = HttpSection()
 
 
 class TariffSection(_Strict):
@@ -422,11 +497,15 @@ class WritesSection(_Strict):
     allow_modbus: list[str] = Field(
         [], description="source networks allowed to write over Modbus TCP (empty: none; 0.0.0.0/0 for any)"
     )
+    allow_http: list[str] = Field(
+        ["0.0.0.0/0", "::/0"],
+        description="source networks from which logged-in operators may write over HTTP (default: any)",
+    )
     audit_log: str = Field(
         "audit.jsonl", description="JSON-lines audit file of every write attempt, relative to gateway.state_dir"
     )
 
-    _nets = field_validator("allow_bacnet", "allow_modbus")(classmethod(lambda cls, v: _check_net(v)))
+    _nets = field_validator("allow_bacnet", "allow_modbus", "allow_http")(classmethod(lambda cls, v: _check_net(v)))
 
 
 class GatewayConfig(_Strict):
@@ -478,6 +557,7 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
                 )
             serial_ports.setdefault(b.port, i)
     errs += _port_clashes(cfg)
+    errs += _trend_log_errors(cfg)
     ids: dict[str, int] = {}
     units: dict[int, int] = {}
     addrs: dict[tuple[str, str], int] = {}
@@ -594,7 +674,19 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
             known = ", ".join(sorted(tenants)) or "none (set `tenant:` on meters)"
             errs.append(((*where, "tenant"), f"alert for tenant {rule.tenant!r}, which no meter has; tenants: {known}"))
     errs += _hierarchy_errors(cfg, ids)
+    users: dict[str, int] = {}
+    for i, u in enumerate(cfg.upstream.http.users):
+        if u.name in users:
+            errs.append((("upstream", "http", "users", i, "name"), f"user {u.name!r} is already defined: rename one"))
+        users.setdefault(u.name, i)
+    errs += events_errors(cfg, _catalogue())
     return errs
+
+
+def _catalogue() -> Any:
+    from .core.catalogue import load_catalogue
+
+    return load_catalogue()
 
 
 def _hierarchy_errors(cfg: GatewayConfig, ids: dict[str, int]) -> list[tuple[tuple[Any, ...], str]]:
@@ -647,6 +739,30 @@ def _port_clashes(cfg: GatewayConfig) -> list[tuple[tuple[Any, ...], str]]:
             if port and port == oport and (bind == obind or "0.0.0.0" in (bind, obind) or "::" in (bind, obind)):
                 errs.append((path, f"{who} and {owho} both use TCP port {port}: give each its own port"))
                 break
+    return errs
+
+
+def _trend_log_errors(cfg: GatewayConfig) -> list[tuple[tuple[Any, ...], str]]:
+    """upstream.bacnet.trend_logs.points: catalogue points with an analog value (energy or measurement), once each."""
+    tl = cfg.upstream.bacnet.trend_logs
+    if not tl.enabled:
+        return []
+    from .core.catalogue import load_catalogue
+
+    cat = {p.name: p for p in load_catalogue()}
+    loggable = sorted(n for n, p in cat.items() if p.bacnet_type in ("accumulator", "analog-input", "analog-value"))
+    errs: list[tuple[tuple[Any, ...], str]] = []
+    seen: set[str] = set()
+    for i, name in enumerate(tl.points):
+        where = ("upstream", "bacnet", "trend_logs", "points", i)
+        if name in seen:
+            errs.append((where, f"point {name!r} is listed twice: one trend log per point"))
+        elif name not in cat:
+            errs.append((where, f"unknown point {name!r}; e.g. Active_Energy_Import, Active_Power_Total"))
+        elif name not in loggable:
+            kind = cat[name].bacnet_type
+            errs.append((where, f"point {name!r} is a {kind}: only analog and energy points are logged"))
+        seen.add(name)
     return errs
 
 
@@ -836,6 +952,9 @@ def environment_errors(cfg: GatewayConfig, config_path: str | Path | None) -> li
             problem_f = _file_problem(f, user)
             if problem_f:
                 errs.append((key, f"{what}: {problem_f}; {fix}, or give a path in a writable folder"))
+    tls = up.http.tls
+    if "prometheus" in servers and tls is not None:
+        errs += _tls_errors(tls, config_path)
     for key, sec in servers.items():
         if key == "bacnet":
             from .servers.bacnet_net import resolve_bind
@@ -866,6 +985,26 @@ def environment_errors(cfg: GatewayConfig, config_path: str | Path | None) -> li
                     "grants it) or root; or use a port above 1023 such as 5020",
                 )
             )
+    return errs
+
+
+def _tls_errors(tls: HttpTls, config_path: str | Path | None) -> list[tuple[tuple[Any, ...], str]]:
+    """The HTTPS certificate and key exist, are readable and belong together."""
+    import ssl
+
+    base = Path(config_path).parent if config_path is not None else Path.cwd()
+    errs: list[tuple[tuple[Any, ...], str]] = []
+    for key in ("cert", "key"):
+        f = base / getattr(tls, key)
+        if not f.is_file():
+            errs.append((("upstream", "http", "tls", key), f"{key} file {f} does not exist"))
+        elif not os.access(f, os.R_OK):
+            errs.append((("upstream", "http", "tls", key), f"{key} file {f} is not readable by user {_user()!r}"))
+    if not errs:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(base / tls.cert, base / tls.key)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            errs.append((("upstream", "http", "tls"), f"cannot use the certificate and key: {exc}"))
     return errs
 
 

@@ -2,13 +2,52 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import ssl
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 VALUES_PATH = "/values"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how the local CLI reaches the running gateway: base URL, control token, TLS context."""
+
+    base: str
+    token: str | None = None
+    context: ssl.SSLContext | None = None
+
+    def open(self, path: str, timeout: float, method: str = "GET"):
+        """urlopen() of a path with the control token as bearer (raises like urlopen)."""
+        req = urllib.request.Request(self.base + path, method=method)
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        return urllib.request.urlopen(req, timeout=timeout, context=self.context)
+
+
+def target(cfg: Any, config_path: str | Path | None) -> Target:
+    """The running gateway of this configuration, with the token it wrote to <state_dir>/control.token."""
+    from .config import state_dir
+    from .web.auth import read_control_token
+
+    up = cfg.upstream.prometheus
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(
+        up.bind, f"[{up.bind}]" if ":" in up.bind else up.bind
+    )
+    tls = cfg.upstream.http.tls
+    context = None
+    if tls is not None:  # trust exactly the gateway's own certificate (any host name: it is this machine)
+        base = Path(config_path).parent if config_path is not None else Path.cwd()
+        context = ssl.create_default_context(cafile=str(base / tls.cert))
+        context.check_hostname = False
+    token = read_control_token(state_dir(cfg, config_path))
+    return Target(f"{'https' if tls else 'http'}://{host}:{up.port}", token, context)
 
 
 def values_document(table: Any, gateway_name: str, meter_ids: list[str] | None = None) -> dict[str, Any]:
@@ -41,12 +80,15 @@ def values_document(table: Any, gateway_name: str, meter_ids: list[str] | None =
     return {"gateway": gateway_name, "time": now, "meters": meters}
 
 
-def fetch_values(host: str, port: int, meter_id: str, timeout: float = 2.0) -> dict[str, Any] | None:
-    """The running gateway's live values of one meter, or None when no gateway answers there."""
-    url = f"http://{host}:{port}{VALUES_PATH}?meter={meter_id}"
+def fetch_values(where: Target, meter_id: str, timeout: float = 2.0) -> dict[str, Any] | str | None:
+    """The running gateway's live values of one meter, None when no gateway answers there, or its refusal (str)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with where.open(f"{VALUES_PATH}?meter={meter_id}", timeout) as resp:
             doc = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return _refusal(exc)
+        return None
     except (OSError, ValueError):  # refused, timeout, 404 (an older gateway), not JSON
         return None
     return doc if isinstance(doc, dict) and "meters" in doc else None
@@ -135,16 +177,28 @@ def trace_document(bus_id: str, driver: Any, kind: str, after: int = 0) -> dict[
     return {"bus": bus_id, "kind": kind, "frames": frames}
 
 
-def fetch_trace(host: str, port: int, bus_id: str, after: int, timeout: float = 2.0) -> dict[str, Any] | str:
+def fetch_trace(where: Target, bus_id: str, after: int, timeout: float = 2.0) -> dict[str, Any] | str:
     """New frames of a bus from the running gateway, or the reason there are none (a message)."""
-    url = f"http://{host}:{port}{TRACE_PATH}?bus={bus_id}&after={after}"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with where.open(f"{TRACE_PATH}?bus={bus_id}&after={after}", timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        return exc.read().decode(errors="replace").strip() or f"HTTP {exc.code}"
+        return _refusal(exc)
     except (OSError, ValueError):
-        return f"no running gateway answers at http://{host}:{port}"
+        return f"no running gateway answers at {where.base}"
+
+
+def _refusal(exc: urllib.error.HTTPError) -> str:
+    """The gateway's refusal as a message; 401/403 say how the CLI gets in."""
+    body = exc.read().decode(errors="replace").strip()
+    with contextlib.suppress(ValueError, AttributeError):
+        body = json.loads(body).get("error", body)
+    if exc.code == 401:
+        return (
+            f"the running gateway refused the request ({body or 'HTTP 401'}): run this command as the gateway's user "
+            "(or root) so it can read <state_dir>/control.token"
+        )
+    return body or f"HTTP {exc.code}"
 
 
 SCAN_PATH = "/scan"
@@ -155,18 +209,17 @@ def scan_document(bus_id: str, found: list[dict]) -> dict[str, Any]:
     return {"bus": bus_id, "found": found}
 
 
-def fetch_scan(host: str, port: int, bus_id: str, first: int | None, last: int | None, secondary: bool):
+def fetch_scan(where: Target, bus_id: str, first: int | None, last: int | None, secondary: bool):
     """Ask the running gateway to scan a bus: the meters found, None when no gateway answers, or its refusal (str)."""
     query = f"bus={bus_id}&secondary={int(secondary)}"
     query += f"&first={first}" if first is not None else ""
     query += f"&last={last}" if last is not None else ""
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}{SCAN_PATH}?{query}", timeout=900) as resp:
+        with where.open(f"{SCAN_PATH}?{query}", timeout=900) as resp:
             return json.loads(resp.read())["found"]
     except urllib.error.HTTPError as exc:
-        body = exc.read().decode(errors="replace").strip()
         if exc.code == 404:
             return None  # the gateway does not poll this bus (no meters on it yet) or predates /scan: scan directly
-        return body or f"the running gateway refused the scan (HTTP {exc.code})"
+        return _refusal(exc) or f"the running gateway refused the scan (HTTP {exc.code})"
     except (OSError, ValueError, KeyError):
         return None

@@ -11,18 +11,23 @@ import os
 import stat
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .appendfile import cut_torn_tail
 from .core.catalogue import PointKind
 from .core.write_policy import MeterRights, Verdict, decide
 from .drivers.base import DriverError
 from .ratelog import OnceLog
 
 if TYPE_CHECKING:
-    from .app import Gateway
+    from .ports import ConfigFacts, TableReader
+
+#: carries an accepted write to the meter and returns the meter's reply (the gateway's bus runners do it)
+PerformWrite = Callable[[str, str, "float | int | bool"], Awaitable[str]]
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +45,13 @@ class Decision(StrEnum):
 class WriteRequest:
     """One write attempt from an upstream client."""
 
-    protocol: str  # "modbus" | "bacnet"
+    protocol: str  # "modbus" | "bacnet" | "http"
     source: str  # client IP address
     meter_id: str
     point: str
     value: float | int | bool | str
     detail: str = ""  # e.g. the BACnet priority of a command, or what was refused before the policy
+    user: str = ""  # the logged-in user (HTTP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +86,18 @@ class AuditLog:
         if self._regular and mode & ~AUDIT_MODE:  # an older file readable by everyone: tighten it
             os.fchmod(fd, mode & AUDIT_MODE)
             log.warning("audit log %s was mode %o, now %o", path, mode, mode & AUDIT_MODE)
+        if self._regular:
+            rfd = os.open(path, os.O_RDWR)
+            try:
+                torn = cut_torn_tail(rfd)  # a record torn by a crash: cut, so the next record starts on its own line
+            finally:
+                os.close(rfd)
+            if torn:
+                log.warning(
+                    "audit log %s: removed an incomplete last record (%d bytes, written when the gateway stopped)",
+                    path,
+                    torn,
+                )
         self._fh = os.fdopen(fd, "ab", buffering=0)  # kept open for the gateway's lifetime; nothing stays buffered
         self._unsynced = False
 
@@ -217,20 +235,22 @@ def read_audit(path: Path, last: int = 50) -> list[dict[str, Any]]:
     return out[-last:]
 
 
-def audit_path(gateway: Gateway) -> Path:
+def audit_path(facts: ConfigFacts) -> Path:
     """The audit file, relative paths taken from the state directory (gateway.state_dir)."""
-    from .config import state_path
-
-    return state_path(gateway.config, gateway.config_path, gateway.config.writes.audit_log)
+    return facts.state_path(facts.config.writes.audit_log)
 
 
 class WriteService:
     """Every upstream write goes through here: policy, then the meter, then the audit log."""
 
-    def __init__(self, gateway: Gateway, timeout: float | None = None) -> None:
-        self.gw = gateway
-        self.timeout = timeout if timeout is not None else gateway.config.upstream.modbus_tcp.write_timeout
-        self.audit = AuditLog(audit_path(gateway))
+    def __init__(
+        self, facts: ConfigFacts, table: TableReader, perform: PerformWrite, timeout: float | None = None
+    ) -> None:
+        self.facts = facts
+        self.table = table
+        self.perform = perform
+        self.timeout = timeout if timeout is not None else facts.config.upstream.modbus_tcp.write_timeout
+        self.audit = AuditLog(audit_path(facts))
         self.recorder = AuditRecorder(self.audit)
         self.counts: Counter[str] = Counter()  # decisions, for metrics
         self._unwritten: list[dict[str, Any]] = []  # audit records not yet written (disk full), oldest first
@@ -240,15 +260,15 @@ class WriteService:
 
     def rights(self, meter_id: str) -> MeterRights:
         """What the configuration and the profile allow for a meter."""
-        m = self.gw.config.meter(meter_id)
-        prof = self.gw.profiles.get(m.profile)
+        m = self.facts.config.meter(meter_id)
+        prof = self.facts.profiles.get(m.profile)
         points = getattr(prof, "points", {})
         return MeterRights(
             meter_id=meter_id,
             mid=m.mid,
             allow_config_writes=m.allow_config_writes,
             allow_energy_reset=m.allow_energy_reset,
-            supported_points=self.gw.meter_points(meter_id),
+            supported_points=self.facts.meter_points(meter_id),
             declared_commands=frozenset(getattr(prof, "commands", {}) or {}),
             writable_config=frozenset(n for n, p in points.items() if getattr(p, "write", None) is not None),
             energy_reset_declared=getattr(prof, "energy_reset", None) is not None,
@@ -256,14 +276,14 @@ class WriteService:
 
     async def write(self, req: WriteRequest) -> WriteResult:
         """Decide, carry out and audit one write attempt."""
-        cat = self.gw.catalogue
-        if req.point not in cat or req.meter_id not in self.gw.table.meter_ids:
+        cat = self.facts.catalogue
+        if req.point not in cat or req.meter_id not in self.table.meter_ids:
             result = WriteResult(Decision.DENIED, f"unknown meter or point {req.meter_id}.{req.point}")
             self._record(req, result)
             return result
         pdef = cat.get(req.point)
-        w = self.gw.config.writes
-        allow = w.allow_modbus if req.protocol == "modbus" else w.allow_bacnet
+        w = self.facts.config.writes
+        allow = {"modbus": w.allow_modbus, "http": w.allow_http}.get(req.protocol, w.allow_bacnet)
         policy = decide(
             pdef, req.value, self.rights(req.meter_id), writes_enabled=w.enabled, source=req.source, allowlist=allow
         )
@@ -283,7 +303,7 @@ class WriteService:
                     return result
                 try:
                     value = bool(req.value) if pdef.kind is PointKind.COMMAND else req.value
-                    reply = await asyncio.wait_for(self.gw.perform_write(req.meter_id, req.point, value), self.timeout)
+                    reply = await asyncio.wait_for(self.perform(req.meter_id, req.point, value), self.timeout)
                     result = WriteResult(Decision.ACCEPTED, policy.reason, reply)
                 except TimeoutError:
                     result = WriteResult(Decision.FAILED, policy.reason, f"no reply within {self.timeout} s")
@@ -304,7 +324,7 @@ class WriteService:
         value = req.value
         if isinstance(value, float) and not math.isfinite(value):
             value = str(value)  # JSON has no NaN or Infinity: keep the line valid
-        return {
+        doc = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "protocol": req.protocol,
             "source": req.source,
@@ -312,6 +332,9 @@ class WriteService:
             "point": req.point,
             "value": value,
         }
+        if req.user:
+            doc["user"] = req.user
+        return doc
 
     def _durable(self, record: dict[str, Any]) -> None:
         """Append a record durably, after any kept from a failed attempt; raises OSError (the record is then kept)."""
@@ -353,7 +376,7 @@ class WriteService:
             log.log(logging.INFO if result.decision is Decision.ACCEPTED else logging.WARNING, msg, *args)
         else:
             # one line per client, decision and known point (a bounded set); unmapped targets share one kind
-            known = req.point in self.gw.catalogue and req.meter_id in self.gw.table.meter_ids
+            known = req.point in self.facts.catalogue and req.meter_id in self.table.meter_ids
             kind = f"write {result.decision.value} " + (f"{req.meter_id}.{req.point}" if known else "unmapped target")
             self._refusals_logged.event(f"{req.protocol}/{req.source}", kind, msg, *args)
 

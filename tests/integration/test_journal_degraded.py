@@ -47,9 +47,13 @@ def server(gw, name: str):
     return next(s for s in gw.servers if s.name == name)
 
 
-def http_get(addr, path: str, timeout: float = 120) -> tuple[int, bytes]:
+def http_get(srv, path: str, timeout: float = 120) -> tuple[int, bytes]:
+    """GET from the gateway's HTTP server with its control token (admin, as the local CLI)."""
+    addr = srv.address()
+    req = urllib.request.Request(f"http://{addr[0]}:{addr[1]}{path}")
+    req.add_header("Authorization", f"Bearer {srv.auth.control_token}")
     try:
-        with urllib.request.urlopen(f"http://{addr[0]}:{addr[1]}{path}", timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -62,7 +66,7 @@ async def test_corrupt_journal_at_start_leaves_a_degraded_gateway_serving_everyt
     assert gw.started
     assert await wait_for(lambda: gw.journal.store is not None, 10)
     assert await wait_for(lambda: all(gw.table.is_online(m) for m in gw.table.meter_ids), 10)
-    prom = server(gw, "prometheus").address()
+    prom = server(gw, "prometheus")
 
     code, body = await asyncio.to_thread(http_get, prom, "/health")
     doc = json.loads(body)
@@ -105,7 +109,7 @@ async def test_an_unwritable_journal_folder_leaves_the_gateway_running(gateways,
     gw = await gateways(text)
     assert await wait_for(lambda: bool(gw.journal.problem), 10)
     assert gw.journal.state == "unavailable" and "cannot open" in gw.journal.problem
-    prom = server(gw, "prometheus").address()
+    prom = server(gw, "prometheus")
     code, body = await asyncio.to_thread(http_get, prom, "/health")
     assert code == 200 and json.loads(body)["journal"]["state"] == "unavailable"
     assert await wait_for(lambda: all(gw.table.is_online(m) for m in gw.table.meter_ids), 10)
@@ -139,7 +143,7 @@ async def test_three_full_range_exports_do_not_hold_modbus_reads(gateways, tmp_p
     built = time.monotonic() - t0
     gw = await gateways(config(tmp_path, interval=900, bacnet=False))
     assert await wait_for(lambda: gw.journal.store is not None, 30)
-    prom = server(gw, "prometheus").address()
+    prom = server(gw, "prometheus")
     host, port = server(gw, "modbus_tcp").address()
     c = AsyncModbusTcpClient(host, port=port, timeout=10, retries=0)
     assert await c.connect()

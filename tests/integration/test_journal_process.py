@@ -114,9 +114,11 @@ async def test_export_over_http(gateways, tmp_path):
     tz = ZoneInfo("Europe/Paris")
     iso = lambda t: datetime.fromtimestamp(t, tz).replace(tzinfo=None).isoformat()  # noqa: E731
     host, port = gw.servers[0].address()
+    token = gw.servers[0].auth.control_token  # the local CLI's admin token
 
     def get(path: str) -> tuple[int, str]:
-        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as r:
+        req = urllib.request.Request(f"http://{host}:{port}{path}", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read().decode()
 
     code, body = await asyncio.to_thread(get, f"/export?from={iso(start_b)}&to={iso(end_b)}&tenant=T1")

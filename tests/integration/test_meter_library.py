@@ -3,10 +3,14 @@ limits, power-factor convention, identification (issue 17)."""
 
 from __future__ import annotations
 
-import pytest
+import logging
 
-from helpers import FAST, wait_for
+import pytest
+from pymodbus.client import AsyncModbusTcpClient
+
+from helpers import FAST, BacnetClient, wait_for
 from meter_gateway.config import parse_config
+from meter_gateway.core.catalogue import load_catalogue
 from meter_gateway.core.codec import DataType, WordOrder, encode
 from meter_gateway.core.quality import Quality
 from meter_gateway.drivers.modbus import ModbusDriver
@@ -161,7 +165,10 @@ meters:
      poll_intervals: {FAST}}}
   - {{id: wrong, bus: tcp, address: 2, profile: eastron_sdm120, bacnet_instance_base: 2000, modbus_unit: 2,
      poll_intervals: {FAST}}}
-upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, prometheus: {{enabled: false}}}}
+upstream:
+  bacnet: {{enabled: true, bind: 127.0.0.1, netmask: 8, port: 0, device_instance: 735}}
+  modbus_tcp: {{enabled: true, bind: 127.0.0.1, port: 0}}
+  prometheus: {{enabled: false}}
 """
     gw = Gateway(parse_config(text, profiles=profiles), profiles)
     await gw.start()
@@ -177,10 +184,33 @@ upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, promethe
         # the flag reaches the operator: /health degraded with the reason, and a Prometheus gauge per meter
         from meter_gateway.servers.prometheus import GatewayCollector, health
 
-        code, doc = health(gw)
+        code, doc = health(gw.ports)
         assert code == 200 and doc["status"] == "degraded" and doc["profile_mismatch"] == {"wrong": flag}
-        fam = next(f for f in GatewayCollector(gw).collect() if f.name == "meter_gateway_meter_profile_mismatch")
+        fam = next(f for f in GatewayCollector(gw.ports).collect() if f.name == "meter_gateway_meter_profile_mismatch")
         assert {s.labels["meter"]: s.value for s in fam.samples} == {"a": 0.0, "wrong": 1.0}
+        # ... and the upstreams: Modbus TCP diagnostics register 30126 of each unit, read by a pymodbus client
+        srv = {s.name: s for s in gw.servers}
+        host, mport = srv["modbus_tcp"].address()
+        client = AsyncModbusTcpClient(host, port=mport, timeout=5, retries=0)
+        assert await client.connect()
+        try:
+            regs = [await client.read_input_registers(125, count=1, device_id=u) for u in (1, 2)]
+        finally:
+            client.close()
+        assert [r.registers for r in regs] == [[0], [1]]
+        # ... and BACnet: the meter's Communication_Status reads configuration-error with the fault flag (the flag
+        # was raised after the objects were made, so this is the alarm path, not object creation)
+        comm = load_catalogue().get("Communication_Status").index
+        bac = await BacnetClient.start(srv["bacnet"].address()[1])
+        try:
+            props = ["present-value", "reliability", "status-flags"]
+            ok = (await bac("rpm", obj=f"binary-input,{1000 + comm}", props=props))["values"]
+            bad = (await bac("rpm", obj=f"binary-input,{2000 + comm}", props=props))["values"]
+        finally:
+            await bac.close()
+        assert (ok["reliability"], ok["statusFlags"]) == ("noFaultDetected", [0, 0, 0, 0])
+        assert (bad["reliability"], bad["statusFlags"]) == ("configurationError", [0, 1, 0, 0])
+        assert bad["presentValue"] == ok["presentValue"] == "active"  # the meter answers: communication is ok
     finally:
         await gw.stop()
         await server.close()
@@ -287,3 +317,64 @@ async def test_mismatch_needs_a_contradicting_answer(profiles, meter_code, flagg
     assert bool(table.meter(meter.id).profile_warning) is flagged
     if flagged:
         assert "0xFC02" in table.meter(meter.id).profile_warning and "132" in table.meter(meter.id).profile_warning
+
+
+async def test_auto_profile_survives_an_unrelated_reload_and_a_changed_meter_is_identified_again(
+    profiles, tmp_path, caplog, monkeypatch
+):
+    """Reload (the function SIGHUP runs) with `profile: auto` meters: an unrelated change keeps the identified
+    profile, the bus and the values; a changed meter address restarts the bus and identifies both meters again."""
+    from meter_gateway.app import Gateway
+    from meter_gateway.commands._common import load_checked
+    from meter_gateway.commands.run import reload
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr("meter_gateway.commands.run.setup_logging", lambda *a: None)  # keep pytest's log capture
+    sims = [make_meter(u, profiles.get(p), seed=u) for u, p in ((1, "eastron_sdm630"), (2, "eastron_sdm120"))]
+    sims.append(make_meter(3, profiles.get("abb_b23"), seed=3))
+    server = TcpSimServer(sims)
+    port = await server.start()
+    text = f"""
+gateway: {{name: before}}
+buses:
+  - {{id: tcp, type: modbus_tcp, host: 127.0.0.1, port: {port}, timeout: 0.3, retries: 0, fail_after: 1}}
+meters:
+  - {{id: a, bus: tcp, address: 1, profile: auto, bacnet_instance_base: 1000, modbus_unit: 1,
+     poll_intervals: {FAST}}}
+  - {{id: b, bus: tcp, address: 2, profile: auto, bacnet_instance_base: 2000, modbus_unit: 2,
+     poll_intervals: {FAST}}}
+upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{enabled: false}}, prometheus: {{enabled: false}}}}
+"""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    gw = Gateway(*load_checked(path, preflight=False), config_path=path)
+    await gw.start()
+
+    def identified(meter: str) -> int:
+        return sum(f"meter {meter}: profile auto identified" in r.getMessage() for r in caplog.records)
+
+    try:
+        assert [gw.config.meter(m).profile for m in "ab"] == ["eastron_sdm630", "eastron_sdm120"]
+        assert await wait_for(lambda: gw.table.get("a", "Voltage_L3_N").quality is Quality.GOOD)
+        runner, before = gw.buses["tcp"], gw.table.get("a", "Active_Energy_Import")
+        # an unrelated change: nothing of the bus or the meters is replaced, nothing is identified again
+        path.write_text(text.replace("name: before", "name: after"))
+        assert await reload(gw, path)
+        assert gw.config.gateway.name == "after" and gw.buses["tcp"] is runner
+        assert [gw.config.meter(m).profile for m in "ab"] == ["eastron_sdm630", "eastron_sdm120"]
+        assert gw.table.get("a", "Active_Energy_Import").read_time >= before.read_time  # values kept, not reset
+        replaced = [r.getMessage() for r in caplog.records if "configuration reloaded (replaced" in r.getMessage()]
+        assert len(replaced) == 1 and "buses" not in replaced[0] and "meters" not in replaced[0], replaced
+        assert (identified("a"), identified("b")) == (1, 1)
+        # meter a now points at another unit: the bus restarts, and both auto meters are identified again
+        path.write_text(text.replace("address: 1, profile: auto", "address: 3, profile: auto"))
+        assert await reload(gw, path)
+        assert gw.buses["tcp"] is not runner
+        assert [gw.config.meter(m).profile for m in "ab"] == ["abb_b23", "eastron_sdm120"]
+        assert (identified("a"), identified("b")) == (2, 2)
+        assert any("replaced buses: tcp; meters: a, b" in r.getMessage() for r in caplog.records)
+        assert await wait_for(lambda: gw.table.get("a", "Voltage_L3_N").quality is Quality.GOOD)
+        assert gw.table.meter("a").points == gw.meter_points("a")  # the table follows the new profile
+    finally:
+        await gw.stop()
+        await server.close()

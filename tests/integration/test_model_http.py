@@ -27,7 +27,9 @@ async def fetch(server: PrometheusServer, path: str) -> tuple[int, str, bytes]:
 
     def get():
         try:
-            with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=30) as r:
+            req = urllib.request.Request(f"http://{host}:{port}{path}")
+            req.add_header("Authorization", f"Bearer {server.auth.control_token}")  # the local CLI's admin token
+            with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, r.headers["Content-Type"], r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.headers["Content-Type"], e.read()
@@ -46,7 +48,7 @@ async def test_models_and_openapi_over_http(profiles):
     from phable.io.ph_zinc import ph_from_zinc
 
     gw = Gateway(demo_config(profiles), profiles)
-    server = PrometheusServer(gw)
+    server = PrometheusServer(gw.ports)
     await server.start()
     try:
         status, ctype, body = await fetch(server, "/model/brick.ttl")
@@ -87,8 +89,9 @@ async def test_xml_export_over_http_validates(tmp_path, profiles):
     xmlschema = pytest.importorskip("xmlschema", reason="xmlschema is not installed (the dev extra)")
     from meter_gateway.journal.xml import NS, xsd_text
 
-    gw = Gateway(parse_config(XML_YAML, str(tmp_path / "gateway.yaml"), profiles), profiles)
-    path = journal_path(gw)
+    cfg_path = tmp_path / "gateway.yaml"  # state files (journal, key) go beside it, never into the working folder
+    gw = Gateway(parse_config(XML_YAML, str(cfg_path), profiles), profiles, config_path=cfg_path)
+    path = journal_path(gw.facts)
     store = JournalStore(path, load_or_create_key(side_paths(path)[0])[0])
     start = int(datetime(2026, 11, 2, tzinfo=ZoneInfo("Europe/Paris")).timestamp())
     store.append(
@@ -98,8 +101,8 @@ async def test_xml_export_over_http_validates(tmp_path, profiles):
             for i, b in enumerate(range(start, start + 4 * 900 + 1, 900))
         ]
     )  # fmt: skip
-    gw.journal = Recorder(gw, store)
-    server = PrometheusServer(gw)
+    gw.journal = Recorder(gw.facts, gw.table, store)
+    server = PrometheusServer(gw.ports)
     await server.start()
     try:
         status, ctype, body = await fetch(server, "/export?from=2026-11-02&to=2026-11-02T01:00&format=xml")

@@ -96,3 +96,14 @@ def test_an_audit_log_on_a_device_is_neither_chmodded_nor_synced():
     AuditRecorder(log).write(rec("accepted"))
     log.close()
     assert os.stat("/dev/null").st_mode == before
+
+
+def test_a_record_torn_by_a_crash_is_cut_before_the_next_one(tmp_path: Path):
+    """A fragment left by kill -9 would merge with the next record into one unreadable line."""
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b'{"decision": "accepted", "point": "A"}\n{"decision": "inte')
+    log = AuditLog(path)
+    log.append({"decision": "denied", "point": "B"})
+    log.close()
+    lines = path.read_bytes().splitlines()
+    assert [json.loads(line)["point"] for line in lines] == ["A", "B"]

@@ -35,8 +35,9 @@ def test_diagnostics_table_and_heading_match_the_block():
     assert f"input 0-7 and {DIAG_BASE}-{DIAG_END - 1}" in text
 
 
-def test_journal_state_is_the_last_register_of_the_block():
-    last = DIAGNOSTICS[-1]
-    assert (last.key, last.address, last.count) == ("journal_state", 124, 1)
+def test_journal_state_and_profile_mismatch_end_the_block():
+    journal, last = DIAGNOSTICS[-2:]
+    assert (journal.key, journal.address, journal.count) == ("journal_state", 124, 1)
+    assert (last.key, last.address, last.count) == ("profile_mismatch", 125, 1)
     assert [journal_state_code(s) for s in (None, "ok", "degraded", "unavailable")] == [0, 1, 2, 3]
     assert journal_state_code("degraded", disk_full=True) == 258

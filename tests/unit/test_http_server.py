@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from meter_gateway.servers.http import HEALTH_RESERVE, HttpServer, Response
 
 
 async def get(addr, path: str) -> bytes:
     reader, writer = await asyncio.open_connection(*addr)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
     try:
         async with asyncio.timeout(5):
             return await reader.read()
@@ -65,3 +66,22 @@ async def test_clients_waiting_for_their_request_make_room():
         assert closed >= 16  # only the four most recent idle ones may still be open
     finally:
         await srv.stop()
+
+
+async def test_bad_requests_get_400_and_one_log_line_without_traceback(caplog):
+    srv = HttpServer("127.0.0.1", 0, "test", idle_timeout=5)
+    srv.route("/health", lambda _q: Response(200, b"ok\n"))
+    addr = await srv.start()
+    try:
+        for raw in (b"GARBAGE\r\n\r\n", b"GET /health HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n") * 3:
+            reader, writer = await asyncio.open_connection(*addr)
+            writer.write(raw)
+            async with asyncio.timeout(5):
+                assert (await reader.read()).startswith(b"HTTP/1.0 400")
+            writer.close()
+        assert (await get(addr, "/health")).startswith(b"HTTP/1.1 200")  # still serving
+    finally:
+        await srv.stop()
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert 1 <= len(lines) <= 2 and all("bad request from 127.0.0.1" in r.getMessage() for r in lines), lines
+    assert not any(r.exc_info or r.exc_text for r in caplog.records)

@@ -54,7 +54,7 @@ def run_virtual(tmp_path: Path, hours: float, outage: tuple[float, float] | None
     gw = Gateway(parse_config(YAML, profiles=profiles), profiles, clock=clock)
     sims = {mid: LoadModel(seed=i, base_kw=20.0 + 10 * i, clock=clock) for i, mid in enumerate(("a", "c"))}
     store, _events, _problem = open_journal(store_path or tmp_path / "journal.sqlite", clock)
-    rec = Recorder(gw, store, clock=clock, clock_sync=lambda: "synchronized", monotonic=clock)
+    rec = Recorder(gw.facts, gw.table, store, clock=clock, clock_sync=lambda: "synchronized", monotonic=clock)
     history: dict[str, list[tuple[float, Decimal]]] = {"a": [], "c": []}
     rec.tick(clock.t)
     end = START + hours * 3600

@@ -411,3 +411,19 @@ def test_a_sound_journal_that_cannot_be_opened_is_never_moved_aside(template, tm
         "journal.sqlite-wal",
     ]
     assert path.read_bytes() == before
+
+
+def test_a_checkpoint_torn_by_a_crash_is_cut_and_the_next_one_starts_clean(tmp_path):
+    """kill -9 in the middle of a checkpoint append left a fragment; the next run appended onto it and verify then
+    reported a damaged line in the middle of the file (TAMPERED). The torn record is cut at reopen instead."""
+    from meter_gateway.journal.store import CheckpointFile, read_checkpoints
+
+    path = tmp_path / "journal.checkpoints"
+    good = {"seq": 1, "head": "aa", "time": 1.0, "mac": "x"}
+    path.write_bytes(json.dumps(good).encode() + b"\n" + b'{"seq": 2, "head": "b')  # torn second record
+    cp = CheckpointFile(path)
+    cp.append({"seq": 3, "head": "cc", "time": 3.0, "mac": "y"})
+    cp.close()
+    docs, bad = read_checkpoints(path)
+    assert bad == [] and [d["seq"] for d in docs] == [1, 3]
+    assert path.read_bytes().count(b"\n") == 2

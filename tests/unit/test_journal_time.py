@@ -44,7 +44,7 @@ def make(tmp_path: Path, interval: int, wall, mono):
     gw = Gateway(parse_config(YAML.replace("INTERVAL", str(interval)), profiles=profiles), profiles, clock=wall)
     store, events, _ = open_journal(tmp_path / "journal.sqlite", wall)
     store.append(events)
-    rec = Recorder(gw, store, clock=wall, clock_sync=lambda: "synchronized", monotonic=mono)
+    rec = Recorder(gw.facts, gw.table, store, clock=wall, clock_sync=lambda: "synchronized", monotonic=mono)
     return gw, rec
 
 

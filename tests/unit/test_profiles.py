@@ -66,9 +66,34 @@ def test_shipped_profile(fname):
 
 
 def test_unconfirmed_entries_are_marked_with_a_note_or_flag():
-    prof = load_profiles().get("carlo_gavazzi_em340")
-    assert prof.points["Reactive_Energy_Import"].unconfirmed
+    prof = load_profiles().get("eastron_sdm120")
+    assert prof.points["Demand_Peak_Current"].unconfirmed and prof.sources_of("Demand_Peak_Current") == ["ref"]
     assert not prof.points["Active_Energy_Import"].unconfirmed
+
+
+@pytest.mark.parametrize(
+    ("profile", "points"),
+    [
+        (
+            "carlo_gavazzi_em340",
+            [
+                "Reactive_Energy_Import",
+                "Reactive_Energy_Export",
+                "Voltage_L1_L2",
+                "Voltage_L2_L3",
+                "Voltage_L3_L1",
+                "Demand_Peak_Current",
+            ],
+        ),
+        ("schneider_iem3000", ["Voltage_L1_L2", "Voltage_L2_L3", "Voltage_L3_L1"]),
+    ],
+)
+def test_the_nine_old_flags_are_cleared_by_a_second_source(profile, points):
+    """Issue 17: EM340 reactive energies, line voltages and peak demand (0x003A), iEM3000 line voltages."""
+    prof = load_profiles().get(profile)
+    for name in points:
+        assert not prof.points[name].unconfirmed, name
+        assert len(set(prof.sources_of(name))) >= 2, name
 
 
 def _write(path: Path, doc: dict) -> Path:
@@ -172,19 +197,38 @@ def test_a_mapped_power_factor_needs_a_declared_convention(tmp_path):
 MODBUS_FILES = [f for f in FILES if not f.startswith("mbus_")]
 
 
+#: profiles that describe the gateway's own canonical maps (the point spec, EN 13757-3), not a maker's meter
+SPEC_PROFILES = {"generic.yaml", "mbus_generic.yaml"}
+
+
 @pytest.mark.parametrize("fname", MODBUS_FILES)
-def test_every_mapped_point_names_its_source_or_is_unconfirmed(fname):
-    """Issue 17: a register comes from a cited document or driver, or says it needs checking on a real meter."""
+def test_every_mapped_point_names_its_sources_and_confirmed_means_two(fname):
+    """Issue 17, strict: every register names the public source(s) it comes from (never an invented address); a
+    register not marked `unconfirmed` is confirmed by at least two of them, and cited sources name a document
+    (title + version) or a repository and path."""
     prof = load_profile_file(Path(str(DATA.joinpath(fname))))
     assert prof.sources, "a profile cites at least one source"
     for key, text in prof.sources.items():
         assert len(text) > 20, (key, "cite the document title and version, or repository and path")
-    for name in prof.points:
+    unused = set(prof.sources)
+    for name, point in prof.points.items():
         cited = prof.sources_of(name)
-        assert cited or prof.points[name].unconfirmed, f"{name}: no source and not marked unconfirmed"
+        unused -= set(cited)
+        assert cited, f"{name}: no source (an unconfirmed register still names the one source it comes from)"
         assert all(k in prof.sources for k in cited)
-    for rule in prof.identify:
+        if fname not in SPEC_PROFILES and not point.unconfirmed:
+            assert len(set(cited)) >= 2, f"{name}: confirmed by {cited} only; mark it unconfirmed or cite a second"
+    for rule in [*prof.identify, *(r for v in prof.variants for r in v.identify)]:
         assert rule.source, "identification registers are cited too"
+        unused -= set(rule.source)
+    assert not unused, f"sources cited by no register: {sorted(unused)}"
+
+
+@pytest.mark.parametrize("fname", [f for f in FILES if f.startswith("mbus_") and f not in SPEC_PROFILES])
+def test_every_mbus_rule_names_its_source(fname):
+    prof = load_profile_file(Path(str(DATA.joinpath(fname))))
+    for name, rule in prof.points.items():
+        assert rule.source or rule.unconfirmed, f"{name}: no source and not marked unconfirmed"
 
 
 @pytest.mark.parametrize("fname", MODBUS_FILES)

@@ -1,8 +1,9 @@
 """No write path bypasses the policy: every call that can reach a meter is enumerated from the source code.
 
-The chain is: upstream server -> WriteService.write (policy + audit) -> Gateway.perform_write -> BusRunner.write
--> Driver.write. Each link may be called only by the link before it; the servers are driven by
-tests/integration/test_write_matrix.py (Modbus TCP) and tests/integration/test_bacnet.py (BACnet)."""
+The chain is: upstream server -> WriteService.write (policy + audit) -> Gateway.perform_write (handed to the
+write service as its `perform` callable, nowhere else) -> BusRunner.write -> Driver.write. Each link may be called
+only by the link before it; the servers are driven by tests/integration/test_write_matrix.py (Modbus TCP),
+tests/integration/test_bacnet.py (BACnet) and tests/integration/test_web_api.py (HTTP)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "meter_gateway"
 
 # attribute called -> the only modules allowed to call it
 ALLOWED = {
-    "perform_write": {"writes.py"},
-    "write_service": {"servers/modbus_tcp.py", "servers/bacnet.py", "app.py", "servers/prometheus.py"},
+    "perform_write": {"app.py"},  # only where the gateway hands it to the write service
+    "perform": {"writes.py"},
+    "write_service": {"app.py"},  # servers get the write service through their ports, never from the gateway
+    "_writes": {"servers/base.py", "servers/modbus_tcp.py", "servers/bacnet.py", "web/api.py"},
     "_command": {"drivers/modbus.py"},
 }
 
@@ -38,15 +41,17 @@ def test_each_link_is_used_only_by_the_one_before_it():
     runner_writes = [(f, n) for f, a, n in found if a == "write" and f == "polling.py"]
     assert runner_writes, "BusRunner.write passes writes to the driver"
     app_src = (SRC / "app.py").read_text()
+    wiring = [line for line in app_src.splitlines() if "self.perform_write" in line]
+    assert len(wiring) == 1 and "WriteService(" in wiring[0], wiring
     assert app_src.count("runner.write(") == 2  # commands and configuration/energy, both inside perform_write
     perform = app_src[app_src.index("async def perform_write") :]
     assert perform.count("runner.write(") == 2
 
 
 def test_the_servers_write_only_through_the_write_service():
-    for server in ("servers/modbus_tcp.py", "servers/bacnet.py"):
+    for server in ("servers/modbus_tcp.py", "servers/bacnet.py", "web/api.py"):
         text = (SRC / server).read_text()
-        assert "write_service.write(" in text
+        assert "_writes().write(" in text or "ws.write(req)" in text
         for bypass in ("perform_write", "driver.write", "runner.write", ".write(meter"):
             assert bypass not in text, (server, bypass)
 

@@ -34,8 +34,9 @@ def _main(args) -> int:
         else:
             reply = f" meter: {r.get('meter_reply')}" if r.get("meter_reply") else ""
             times = f" x{r['count']} since {r.get('first_time', '?')}" if r.get("count") else ""
+            who = f"{r.get('source')} ({r['user']})" if r.get("user") else r.get("source")
             print(
-                f"{r.get('time')} {r.get('protocol'):6} {r.get('source'):15} {r.get('meter')}.{r.get('point')}"
+                f"{r.get('time')} {r.get('protocol'):6} {who:15} {r.get('meter')}.{r.get('point')}"
                 f"={r.get('value')} {r.get('decision').upper()}{times}: {r.get('reason')}{reply}"
             )
     return 0

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..bacnet_model import gateway_objects, object_specs
+from ..config_events import limit_for
 from ..core.catalogue import load_catalogue
 from ._common import add_config_arg, load_or_exit
 
@@ -63,6 +64,8 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
             ref = str(states.setdefault(tuple(p.states), len(states) + 1))
         has_units = s.object_type in ("accumulator", "analog-input", "analog-value")
         lo, hi = (f"{p.range[0]:g}", f"{p.range[1]:g}") if p.range and has_units else ("", "")
+        lim = limit_for(cfg, s.meter_id, p.name) if s.object_type in ("analog-input", "analog-value") else None
+        hl, ll = ("" if x is None else f"{x:g}" for x in ((lim.high, lim.low) if lim else (None, None)))
         rows.append(
             [
                 s.name,
@@ -76,8 +79,8 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
                 hi,
                 "Y" if s.writable else "N",
                 "Y",
-                "",
-                "",
+                hl,
+                ll,
                 ref,
                 str(UNIT_NUMBER.get(p.bacnet_unit or "", "")) if p.bacnet_unit and has_units else "",
                 f"{s.meter_id}/{p.name}",
@@ -87,18 +90,19 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
         ref = str(states.setdefault((g.inactive_text, g.active_text), len(states) + 1))
         row = [g.name, str(dev), g.name, str(OBJECT_TYPE_NUMBER[g.object_type]), str(g.instance), g.description]
         rows.append([*row, "", "", "", "N", "Y", "", "", ref, "", f"gateway/{g.key}"])
+    from ..servers.bacnet_trend import trend_specs  # Trend Logs (upstream.bacnet.trend_logs): type 20, read-only
+
+    for t in trend_specs(cfg.upstream.bacnet.trend_logs, specs):
+        rows.append([t.name, str(dev), t.name, "20", str(t.instance), t.description, *[""] * 3, "N", "N", *[""] * 4])
+        rows[-1].append(f"{t.key}/trend")
     state_rows = [[str(ref), *texts] for texts, ref in states.items()]
     return rows, state_rows
 
 
-def _main(args) -> int:
-    cfg, profiles = load_or_exit(args.config)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    name = args.project or cfg.gateway.name
-    rows, state_rows = ede_rows(cfg, profiles)
-    stamp = time.strftime("%d.%m.%Y")
-    header = [
+def ede_header(name: str, stamp: str | None = None) -> list[list[str]]:
+    """The header lines of an EDE file (layout 2.3)."""
+    stamp = stamp or time.strftime("%d.%m.%Y")
+    return [
         ["#Engineering-Data-Exchange - B.I.G.-EU"],
         ["PROJECT_NAME", name],
         ["VERSION_OF_REFERENCEFILE", "1"],
@@ -142,6 +146,16 @@ def _main(args) -> int:
             "vendor-specific-address",
         ],
     ]
+
+
+def _main(args) -> int:
+    cfg, profiles = load_or_exit(args.config)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    name = args.project or cfg.gateway.name
+    rows, state_rows = ede_rows(cfg, profiles)
+    stamp = time.strftime("%d.%m.%Y")
+    header = ede_header(name, stamp)
     base = out / f"{name}_EDE.csv"
     with open(base, "w", newline="", encoding="utf-8") as fh:
         csv.writer(fh, delimiter=";").writerows(header + rows)

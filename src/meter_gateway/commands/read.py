@@ -46,7 +46,10 @@ def _main(args) -> int:
         )
         return 2
     if not args.direct and not args.records:  # the records come from reading the meter itself
-        live = _live(cfg, meter.id)
+        live = _live(cfg, args.config, meter.id)
+        if isinstance(live, str):  # a gateway runs (it owns the line) but refused: say why, do not poll beside it
+            print(f"error: {live}", file=sys.stderr)
+            return 2
         if live is not None:
             return _print_live(cfg, meter, live, args.format)
         if args.live:
@@ -201,17 +204,20 @@ def _print_records(last, records: list[dict] | None) -> None:
         print(f"{r['index']:>3} {(r['dib'] + ' ' + r['vib']):24} {value[:22]:>22} {fields:54} {target}")
 
 
-def _live(cfg, meter_id: str) -> dict | None:
-    """The running gateway's values of this meter, if a gateway answers on the configured HTTP port."""
-    from ..live import fetch_values
+def _live(cfg, config_path: str, meter_id: str) -> dict | str | None:
+    """The running gateway's values of this meter if a gateway answers on the configured HTTP port, or its refusal."""
+    from ..live import fetch_values, target
 
     up = cfg.upstream.prometheus
     if not up.enabled or up.port == 0:
         return None
-    doc = fetch_values(local_host(up.bind), up.port, meter_id)
+    where = target(cfg, config_path)
+    doc = fetch_values(where, meter_id)
+    if isinstance(doc, str):
+        return doc
     if doc is None or meter_id not in doc.get("meters", {}):
         return None
-    doc["url"] = f"http://{local_host(up.bind)}:{up.port}"
+    doc["url"] = where.base
     return doc
 
 

@@ -141,7 +141,11 @@ async def reload(gw, path: Path) -> bool:
         ok = False
         log.error("configuration reloaded, but some parts did not start: %s", exc)
     else:
-        log.info("configuration reloaded (replaced %s)", plan.summary())
+        summary = plan.summary()
+        if summary == "nothing changed":
+            log.info("configuration reloaded: nothing changed, everything kept running")
+        else:
+            log.info("configuration reloaded (replaced %s)", summary)
     setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
     notify("READY=1")
     return ok

@@ -8,7 +8,7 @@ import sys
 
 from ..config import INSTANCE_BLOCK, MbusBus
 from ..scanning import scan_driver
-from ._common import add_config_arg, load_or_exit, local_host, serial_port_problem
+from ._common import add_config_arg, load_or_exit, serial_port_problem
 
 
 class ScanError(Exception):
@@ -60,15 +60,15 @@ def _main(args) -> int:
 
 def _scan_by_gateway(cfg, bus, args) -> list[dict] | str | None:
     """Ask the running gateway (it owns the line) to scan between polls; None when no gateway answers."""
-    from ..live import fetch_scan
+    from ..live import fetch_scan, target
 
     up = cfg.upstream.prometheus
     if not up.enabled or up.port == 0:
         return None
-    host = local_host(up.bind)
-    found = fetch_scan(host, up.port, bus.id, args.first, args.last, not args.no_secondary)
+    where = target(cfg, args.config)
+    found = fetch_scan(where, bus.id, args.first, args.last, not args.no_secondary)
     if isinstance(found, list):
-        print(f"# scanned by the running gateway at http://{host}:{up.port} (bus {bus.id} paused meanwhile)")
+        print(f"# scanned by the running gateway at {where.base} (bus {bus.id} paused meanwhile)")
     return found
 
 

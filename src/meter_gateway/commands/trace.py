@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from ._common import add_config_arg, load_or_exit, local_host
+from ._common import add_config_arg, load_or_exit
 
 
 def add_parser(sub) -> None:
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
-    from ..live import fetch_trace
+    from ..live import fetch_trace, target
 
     cfg, _profiles = load_or_exit(args.config)
     up = cfg.upstream.prometheus
@@ -37,8 +37,8 @@ def _main(args) -> int:
             file=sys.stderr,
         )
         return 2
-    host = local_host(up.bind)
-    first = fetch_trace(host, up.port, args.bus, 0)
+    where = target(cfg, args.config)
+    first = fetch_trace(where, args.bus, 0)
     if isinstance(first, str):
         print(f"error: {first}", file=sys.stderr)
         return 2
@@ -48,7 +48,7 @@ def _main(args) -> int:
     shown, last_t = 0, None
     end = time.monotonic() + args.seconds if args.seconds else None
     print(
-        f"# bus {args.bus} ({first['kind']}) of the running gateway at http://{host}:{up.port}; Ctrl-C to stop",
+        f"# bus {args.bus} ({first['kind']}) of the running gateway at {where.base}; Ctrl-C to stop",
         flush=True,
     )
     while True:
@@ -67,7 +67,7 @@ def _main(args) -> int:
         if end is not None and time.monotonic() >= end:
             return 0
         time.sleep(0.3)
-        got = fetch_trace(host, up.port, args.bus, after)
+        got = fetch_trace(where, args.bus, after)
         if isinstance(got, str):
             print(f"error: {got}", file=sys.stderr)
             return 2

@@ -97,6 +97,11 @@ class PointTable:
         """Call `listener` for each data-quality alarm."""
         self._alarm_listeners.append(listener)
 
+    def remove_alarm_listener(self, listener: Callable[[Alarm], None]) -> None:
+        """Stop calling `listener` for alarms."""
+        if listener in self._alarm_listeners:
+            self._alarm_listeners.remove(listener)
+
     # -- queries --------------------------------------------------------------------------------
     @property
     def meter_ids(self) -> tuple[str, ...]:

@@ -62,6 +62,14 @@ def _diag_layout() -> tuple[DiagRegister, ...]:
             "+256 (bit 8) while the disk is full",
         )
     )
+    out.append(
+        DiagRegister(
+            "profile_mismatch",
+            addr + 2,
+            1,
+            "1 while the meter contradicts its configured profile or variant (PROFILE MISMATCH), else 0",
+        )
+    )
     return tuple(out)
 
 

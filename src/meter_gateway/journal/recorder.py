@@ -13,10 +13,14 @@ from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from ..core.quality import Quality
 from .store import JournalError, JournalStore, Reading, event, open_journal
+
+if TYPE_CHECKING:
+    from ..ports import ConfigFacts, TableReader
 
 log = logging.getLogger(__name__)
 MAX_BACKFILL = 2000  # missing boundaries recorded after a long stop, per meter and point
@@ -49,23 +53,25 @@ class Recorder:
 
     def __init__(
         self,
-        gateway,
+        facts: ConfigFacts,
+        table: TableReader,
         store: JournalStore | None,
         clock: Callable[[], float] = time.time,
         clock_sync: Callable[[], str] = clock_sync_state,
         monotonic: Callable[[], float] = time.monotonic,
         audit: Path | None = None,
     ) -> None:
-        self.gw = gateway
-        self.cfg = gateway.config.journal
+        self.facts = facts
+        self.table = table
+        self.cfg = facts.config.journal
         self.store = store
         self.clock = clock
         self.clock_sync = clock_sync
         self.monotonic = monotonic
         self.audit = audit
-        self.tz = ZoneInfo(gateway.config.gateway.timezone)
+        self.tz = ZoneInfo(facts.config.gateway.timezone)
         self.interval = self.cfg.interval
-        self.energy_points = [p for p in gateway.catalogue if p.is_energy]
+        self.energy_points = [p for p in facts.catalogue if p.is_energy]
         self.next_boundary: int | None = None
         self.error: str = ""  # last write error (disk full...), exposed as an alarm
         self.problem: str = ""  # the journal could not be opened, or was damaged and kept aside
@@ -107,11 +113,11 @@ class Recorder:
         return kinds
 
     def _series(self):
-        for m in self.gw.config.meters:
-            if not m.enabled or m.id not in self.gw.table.meter_ids:
+        for m in self.facts.config.meters:
+            if not m.enabled or m.id not in self.table.meter_ids:
                 continue
             for p in self.energy_points:
-                if self.gw.table.supports(m.id, p.name):
+                if self.table.supports(m.id, p.name):
                     yield m, p
 
     def start_catch_up(self, now: float) -> list[Reading]:
@@ -208,7 +214,7 @@ class Recorder:
         grace = min(5.0, self.interval / 2)
         for m, p in self._series():
             max_age = max(2.0 * m.interval("energy"), 2.0 * self.interval)
-            v = self.gw.table.get(m.id, p.name)
+            v = self.table.get(m.id, p.name)
             # a value read after the boundary (beyond a poll's grace) is not the index at the boundary: after a
             # stall or a clock step forward, the boundaries passed meanwhile are missing, not filled in
             fresh = (
@@ -231,7 +237,7 @@ class Recorder:
         self._last_values[(meter, point)] = new
 
     def _row(self, m, p, boundary: int, kind: str, v) -> Reading:
-        prof = self.gw.profiles.get(m.profile)
+        prof = self.facts.profiles.get(m.profile)
         value = "" if v is None else str(Decimal(str(v.value)).quantize(Decimal(str(p.resolution or 0.01))))
         return Reading(
             meter=m.id,
@@ -353,7 +359,7 @@ class Recorder:
         for rule in self.cfg.alerts:
             meters = [
                 m.id
-                for m in self.gw.config.meters
+                for m in self.facts.config.meters
                 if (rule.meter and m.id == rule.meter) or (rule.tenant and m.tenant == rule.tenant)
             ]
             start = self._period_start(boundary, rule.period)
@@ -428,11 +434,9 @@ class Recorder:
                 self._audit_checkpoint(force=True)
 
 
-def journal_path(gateway) -> Path:
+def journal_path(facts: ConfigFacts) -> Path:
     """The SQLite file, relative paths taken from the state directory (gateway.state_dir)."""
-    from ..config import state_path
-
-    return state_path(gateway.config, gateway.config_path, gateway.config.journal.path)
+    return facts.state_path(facts.config.journal.path)
 
 
 __all__ = ["Recorder", "clock_sync_state", "journal_path"]

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..appendfile import cut_torn_tail
+
 log = logging.getLogger(__name__)
 FORMAT = "2"  # journal format: 2 = keyed MAC chain with sequence numbers (1 = per-meter unkeyed sha256)
 SCHEMA = """
@@ -210,13 +212,15 @@ class CheckpointFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
+        torn = cut_torn_tail(fd)  # a checkpoint torn by a crash was never complete: it goes, the next starts clean
+        if torn:
+            log.warning(
+                "checkpoint file %s: removed an incomplete last record (%d bytes, written when the gateway stopped)",
+                path,
+                torn,
+            )
         self._fh = os.fdopen(fd, "ab")
-        if self._fh.tell() > 0:  # end a torn last line so the next record starts on its own line
-            with open(path, "rb") as r:
-                r.seek(-1, os.SEEK_END)
-                if r.read(1) != b"\n":
-                    self._fh.write(b"\n")
 
     def append(self, doc: dict[str, Any]) -> None:
         """Write one checkpoint durably."""

@@ -25,7 +25,7 @@ import socket
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from bacpypes3 import appservice
@@ -37,6 +37,7 @@ from bacpypes3.apdu import (
     IHaveRequest,
     ReadPropertyMultipleRequest,
     ReadPropertyRequest,
+    ReadRangeRequest,
     RejectPDU,
     SimpleAckPDU,
     SubscribeCOVRequest,
@@ -93,13 +94,20 @@ from ..bacnet_model import (
     state_valid,
     table_value,
 )
-from ..config import state_path
 from ..core.quality import PointValue, Quality
+from ..core.table import COMM_STATUS, Alarm
 from ..writes import Decision, WriteRequest, WriteResult
 from .bacnet_cov import CovGuard, CovLimits
+from .bacnet_events import REQUESTS as EVENT_REQUESTS
+from .bacnet_events import SERVICES as EVENT_SERVICES
+from .bacnet_events import EventReporting, EventServices
 from .bacnet_net import ForeignDeviceMonitor, announce, host_port, install_guards, quiet_library_logs, resolve_bind
 from .bacnet_segment import ObjectListCache, fit_segments
+from .bacnet_trend import TrendLogger, make_trend_logs, read_range, trend_specs
 from .base import Server, ServerStartError
+
+if TYPE_CHECKING:
+    from ..ports import ServerPorts
 
 log = logging.getLogger(__name__)
 _source: contextvars.ContextVar[str] = contextvars.ContextVar("bacnet_source", default="")
@@ -112,6 +120,8 @@ GATEWAY_POLL = 1.0
 MAX_APDU = 1476
 #: properties a Property_List never contains (ASHRAE 135 clause 12.1.1.4.1)
 NOT_IN_PROPERTY_LIST = frozenset({"objectIdentifier", "objectName", "objectType", "propertyList"})
+#: protocol-services-supported bit of ReadRange, offered while the device has Trend Log objects
+READ_RANGE_BIT = 35
 #: confirmed services the device executes (anything else: Reject unrecognized-service)
 CONFIRMED_SERVED = (ReadPropertyRequest, ReadPropertyMultipleRequest, WritePropertyRequest, SubscribeCOVRequest)
 #: unconfirmed services the device executes (I-Am / I-Have from peers feed the address cache)
@@ -332,7 +342,7 @@ def services_supported() -> ServicesSupported:
     return ss
 
 
-class _GatewayApplication(CovGuard, ObjectListCache, Application):
+class _GatewayApplication(EventServices, CovGuard, ObjectListCache, Application):
     """The bacpypes3 application: only the offered services, writes answered by the gateway's own rules."""
 
     gw_server: BacnetServer | None = None
@@ -342,7 +352,11 @@ class _GatewayApplication(CovGuard, ObjectListCache, Application):
         """Record the requester for write allowlists; reject services that are not offered."""
         source = apdu.pduSource
         peer = str(getattr(source, "addrTuple", (str(source),))[0]) if source is not None else ""
-        if isinstance(apdu, ConfirmedRequestPDU) and not isinstance(apdu, CONFIRMED_SERVED):
+        events = self.gw_server is not None and self.gw_server.events.enabled
+        served = (
+            CONFIRMED_SERVED + ((ReadRangeRequest,) if self._trend_logs() else ()) + (EVENT_REQUESTS if events else ())
+        )
+        if isinstance(apdu, ConfirmedRequestPDU) and not isinstance(apdu, served):
             self._log_unserved(peer, type(apdu).__name__, "rejected (unrecognized-service)")
             await self.response(RejectPDU(reason="unrecognizedService", context=apdu))
             return
@@ -364,7 +378,7 @@ class _GatewayApplication(CovGuard, ObjectListCache, Application):
                 return dev.objectIdentifier
             return oid
 
-        if isinstance(apdu, (ReadPropertyRequest, WritePropertyRequest)):
+        if isinstance(apdu, (ReadPropertyRequest, WritePropertyRequest, ReadRangeRequest)):
             apdu.objectIdentifier = resolved(apdu.objectIdentifier)
         elif isinstance(apdu, ReadPropertyMultipleRequest):
             for spec in apdu.listOfReadAccessSpecs:
@@ -387,7 +401,22 @@ class _GatewayApplication(CovGuard, ObjectListCache, Application):
 
     def get_services_supported(self):
         """The services the device executes or initiates (ASHRAE 135 clause 21 bit numbers)."""
-        return services_supported()
+        ss = services_supported()
+        if self._trend_logs():
+            ss[READ_RANGE_BIT] = 1
+        if self.gw_server is not None and self.gw_server.events.enabled:
+            for bit in EVENT_SERVICES.values():
+                ss[bit] = 1
+        return ss
+
+    def _trend_logs(self) -> bool:
+        """Whether the device has Trend Log objects (ReadRange is offered with them)."""
+        return self.gw_server is not None and bool(self.gw_server.trend_specs)
+
+    async def do_ReadRangeRequest(self, apdu: ReadRangeRequest) -> None:  # type: ignore[override]
+        """ReadRange (bacpypes3 declares it but does not execute it): servers/bacnet_trend.py."""
+        assert self.gw_server is not None
+        await read_range(self, apdu, self.gw_server.zone)
 
     def get_active_cov_subscriptions(self) -> ListOfCOVSubscription:
         """The device's active-cov-subscriptions: one entry per subscription, with its time remaining."""
@@ -475,18 +504,42 @@ def _units(name: str | None):
     return EngineeringUnits(name or "noUnits")
 
 
+#: receive buffer asked for the BACnet/IP socket: a burst of requests (a head-end reading every object at once, a
+#: flood) waits there while the event loop works; the default (about 200 KiB) drops beyond ~270 datagrams
+RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def _widen_receive_buffer(sock: Any) -> None:
+    """Ask for RECEIVE_BUFFER on the socket (the kernel caps it at net.core.rmem_max); log what was granted."""
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    except OSError as exc:
+        log.info("BACnet/IP: the receive buffer stays at its default (%s)", exc)
+        return
+    if got < RECEIVE_BUFFER:
+        log.info(
+            "BACnet/IP: receive buffer %d KiB (raise net.core.rmem_max to %d for bursts of requests)",
+            got // 1024,
+            RECEIVE_BUFFER,
+        )
+
+
 class BacnetServer(Server):
     """One BACnet/IP device for the gateway."""
 
     name = "bacnet"
 
-    def __init__(self, gateway) -> None:
-        super().__init__(gateway)
-        self.cfg = gateway.config.upstream.bacnet
+    def __init__(self, ports: ServerPorts) -> None:
+        super().__init__(ports)
+        facts = self.facts
+        self.cfg = facts.config.upstream.bacnet
         self.specs = object_specs(
-            gateway.config, gateway.catalogue, {m: gateway.meter_points(m) for m in gateway.table.meter_ids}
+            facts.config, facts.catalogue, {m: facts.meter_points(m) for m in self.table.meter_ids}
         )
-        self.zone = ZoneInfo(gateway.config.gateway.timezone)
+        self.zone = ZoneInfo(facts.config.gateway.timezone)
         #: every point object, by (meter, point, object type)
         self.objects: dict[tuple[str, str, str], Any] = {}
         self._by_point: dict[tuple[str, str], list[Any]] = {}
@@ -497,10 +550,15 @@ class BacnetServer(Server):
         self._broadcast_listener = None
         self.fd_monitor: ForeignDeviceMonitor | None = None
         #: the gateway's own objects (journal alarm), by key, and the task that keeps their present values
-        self.gateway_specs: list[GatewayObjectSpec] = gateway_objects(gateway.config)
+        self.gateway_specs: list[GatewayObjectSpec] = gateway_objects(facts.config)
         self.gateway_objects: dict[str, Any] = {}
         self._gateway_active: dict[str, bool] = {}
         self._watch_task: asyncio.Task | None = None
+        #: Trend Log objects (upstream.bacnet.trend_logs) and the task that fills them
+        self.trend_specs = trend_specs(self.cfg.trend_logs, self.specs)
+        self.trend_logger: TrendLogger | None = None
+        #: intrinsic reporting (notification classes, alarm services): docs/bacnet.md, Alarms
+        self.events = EventReporting(self.cfg.events, self.zone, self.table)
 
     # -- start / stop ---------------------------------------------------------------------------------
     def _address(self) -> str:
@@ -529,18 +587,18 @@ class BacnetServer(Server):
                 port = s.getsockname()[1]
             address = f"{host}/{self.bind_info.prefix}:{port}"
         self._check_port_free(host, port)
-        gw = self.gateway
+        gcfg = self.facts.config.gateway
         self.database_revision = self._database_revision()
         device = GwDevice(
             objectIdentifier=("device", self.cfg.device_instance),
-            objectName=self.cfg.device_name or gw.config.gateway.name,
+            objectName=self.cfg.device_name or gcfg.name,
             vendorName=self.cfg.vendor_name,
             vendorIdentifier=self.cfg.vendor_id,
             modelName="meter-gateway",
             firmwareRevision=__version__,
             applicationSoftwareVersion=__version__,
-            location=self.cfg.location or gw.config.gateway.location,
-            description=self.cfg.description or gw.config.gateway.description,
+            location=self.cfg.location or gcfg.location,
+            description=self.cfg.description or gcfg.description,
             maxApduLengthAccepted=MAX_APDU,
             segmentationSupported="segmentedBoth",
             databaseRevision=self.database_revision,
@@ -565,6 +623,9 @@ class BacnetServer(Server):
             port_obj.bbmdBroadcastDistributionTable = [BDTEntry(e) for e in self.cfg.bdt]
         objs = [device, port_obj] + [self._make(spec) for spec in self.specs]
         objs += [self._make_gateway(spec) for spec in self.gateway_specs]
+        trend_objs = make_trend_logs(self.trend_specs, self.cfg.trend_logs)
+        objs += trend_objs
+        objs += self.events.class_objects()
         fit_segments()
         quiet_library_logs()
         try:
@@ -572,6 +633,7 @@ class BacnetServer(Server):
         except Exception as exc:
             raise ServerStartError(f"BACnet/IP device cannot start: {exc}") from exc
         self.app.gw_server = self
+        self.events.start(self.app)
         self.app.cov_limits = CovLimits(**self.cfg.cov.model_dump())
         self.bvll_guards = install_guards(self.app, self._trusted_bbmds(), self.bind_info.network)
         await self._verify_bound(host, port)
@@ -581,7 +643,13 @@ class BacnetServer(Server):
                 self.app, port_obj, self.cfg.foreign_bbmd, self.cfg.bbmd_max_foreign_devices
             )
             self.fd_monitor.start()
-        gw.table.add_listener(self._on_change)
+        self.table.add_listener(self._on_change)
+        self.table.add_alarm_listener(self._on_alarm)
+        if trend_objs:
+            self.trend_logger = TrendLogger(
+                trend_objs, self.cfg.trend_logs, self.table.get, lambda: self.ports.status.journal
+            )
+            self.trend_logger.start()
         if self.gateway_specs:
             self._watch_task = asyncio.create_task(self._watch_gateway(), name="bacnet-gateway-objects")
         log.info(
@@ -590,7 +658,7 @@ class BacnetServer(Server):
             device.objectName,
             host,
             port,
-            len(self.specs) + len(self.gateway_specs),
+            len(self.specs) + len(self.gateway_specs) + len(trend_objs),
             self.database_revision,
         )
 
@@ -620,14 +688,16 @@ class BacnetServer(Server):
 
     def _state_path(self) -> Path | None:
         """The device state file: absolute as written, a relative one in gateway.state_dir (None without a file)."""
-        if self.gateway.config_path is None and not Path(self.cfg.state_file).is_absolute():
+        if self.facts.config_path is None and not Path(self.cfg.state_file).is_absolute():
             return None
-        return state_path(self.gateway.config, self.gateway.config_path, self.cfg.state_file)
+        return self.facts.state_path(self.cfg.state_file)
 
     def _database_revision(self) -> int:
         """The persisted database-revision, raised (and saved) when the object set differs from the last run."""
         items = sorted((s.object_type, s.instance, s.name) for s in [*self.specs, *self.gateway_specs])
-        ident = [self.cfg.device_instance, self.cfg.device_name or self.gateway.config.gateway.name]
+        ident = [self.cfg.device_instance, self.cfg.device_name or self.facts.config.gateway.name]
+        items += sorted(("trend-log", t.instance, t.name) for t in self.trend_specs)
+        items = sorted([*items, *self.events.identities()])
         fingerprint = hashlib.sha256(json.dumps([ident, items]).encode()).hexdigest()
         path = self._state_path()
         if path is None:
@@ -679,10 +749,15 @@ class BacnetServer(Server):
         for s in servers:
             if s.local_transport is not None:
                 self._bound = s.local_transport.get_extra_info("sockname")[:2]
+                _widen_receive_buffer(s.local_transport.get_extra_info("socket"))
 
     async def stop(self) -> None:
         """Stop listening to the table and close the sockets."""
-        self.gateway.table.remove_listener(self._on_change)
+        self.table.remove_listener(self._on_change)
+        self.table.remove_alarm_listener(self._on_alarm)
+        if self.trend_logger is not None:
+            await self.trend_logger.stop()
+            self.trend_logger = None
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -694,6 +769,7 @@ class BacnetServer(Server):
         if self.fd_monitor is not None:
             self.fd_monitor.close()
             self.fd_monitor = None
+        await self.events.stop()
         if self.app is not None:
             self.app.close()
             self.app = None
@@ -712,10 +788,12 @@ class BacnetServer(Server):
         # a tenant rename or a new Modbus unit leaves a meter's objects as they are
         if self.app is None:
             return False
-        gw = self.gateway
-        specs = object_specs(gw.config, gw.catalogue, {m: gw.meter_points(m) for m in gw.table.meter_ids})
+        facts = self.facts
+        specs = object_specs(facts.config, facts.catalogue, {m: facts.meter_points(m) for m in self.table.meter_ids})
         old = {mid: [x for x in self.specs if x.meter_id == mid] for mid in meter_ids}
         new = {mid: [x for x in specs if x.meter_id == mid] for mid in meter_ids}
+        if [t.identity for t in trend_specs(self.cfg.trend_logs, specs)] != [t.identity for t in self.trend_specs]:
+            return False  # other Trend Logs: the device restarts (their records come back from the journal)
         self.specs = specs
 
         def same(a: list[ObjectSpec], b: list[ObjectSpec]) -> bool:
@@ -724,16 +802,17 @@ class BacnetServer(Server):
             ]
 
         for mid in meter_ids:
-            if old[mid] and same(old[mid], new[mid]):
+            if old[mid] and same(old[mid], new[mid]) and all(self._same_events(s) for s in new[mid]):
                 for spec in new[mid]:  # same objects: new description, the table's current values
                     obj = self.objects[(mid, spec.point.name, spec.object_type)]
                     obj._gw_spec = spec
                     if obj.description != spec.description:
                         obj.description = spec.description
-                    self._on_change(mid, spec.point.name, None, gw.table.get(mid, spec.point.name))
+                    self._on_change(mid, spec.point.name, None, self.table.get(mid, spec.point.name))
                 continue
             for key in [k for k in self.objects if k[0] == mid]:
                 obj = self.objects.pop(key)
+                self.events.deleted(obj)
                 with contextlib.suppress(Exception):
                     self.app.delete_object(obj)
             for key in [k for k in self._by_point if k[0] == mid]:
@@ -747,10 +826,19 @@ class BacnetServer(Server):
         return True
 
     # -- objects ---------------------------------------------------------------------------------------
+    def _meter_config(self, meter_id: str):
+        return next((m for m in self.facts.config.meters if m.id == meter_id), None)
+
+    def _same_events(self, spec: ObjectSpec) -> bool:
+        """Whether an existing object already has the intrinsic reporting the configuration asks for."""
+        obj = self.objects.get((spec.meter_id, spec.point.name, spec.object_type))
+        cls, extra = self.events.enroll(spec, CLASSES[spec.object_type], self._meter_config(spec.meter_id))
+        return obj is not None and type(obj) is cls and self.events.unchanged(obj, extra)
+
     def _make(self, spec: ObjectSpec):
         p = spec.point
-        cls = CLASSES[spec.object_type]
-        v = self.gateway.table.get(spec.meter_id, p.name)
+        cls, events = self.events.enroll(spec, CLASSES[spec.object_type], self._meter_config(spec.meter_id))
+        v = self.table.get(spec.meter_id, p.name)
         t = spec.object_type
         common: dict[str, Any] = {
             "objectIdentifier": (t, spec.instance),
@@ -788,9 +876,10 @@ class BacnetServer(Server):
         elif t == "multi-state-value":
             states = p.states or ()
             common |= {"numberOfStates": len(states), "stateText": list(states)}
-        obj = cls(**common)
+        obj = cls(**common, **events)
         obj._gw_spec = spec
         obj._gw_server = self
+        self.events.created(obj, spec)
         if t == "binary-output":
             obj._gw_slots = [None] * 16
         self.objects[(spec.meter_id, p.name, t)] = obj
@@ -800,14 +889,16 @@ class BacnetServer(Server):
     def _gateway_value(self, spec: GatewayObjectSpec) -> bool:
         """The present value of one of the gateway's own objects (True: active)."""
         if spec.key == "journal_alarm":
-            rec = self.gateway.journal
+            rec = self.ports.status.journal
             return rec is not None and journal_alarm(rec.state, rec.disk_full)
         return False
 
     def _make_gateway(self, spec: GatewayObjectSpec) -> GwGatewayBinaryInput:
         """A Binary Input of the gateway itself, showing its current state."""
         active = self._gateway_value(spec)
-        obj = GwGatewayBinaryInput(
+        cls, events = self.events.enroll_gateway(GwGatewayBinaryInput)
+        obj = cls(
+            **events,
             objectIdentifier=(spec.object_type, spec.instance),
             objectName=spec.name,
             description=spec.description,
@@ -820,6 +911,7 @@ class BacnetServer(Server):
             activeText=spec.active_text,
         )
         obj._gw_server = self
+        self.events.created_gateway(obj)
         self.gateway_objects[spec.key] = obj
         self._gateway_active[spec.key] = active
         return obj
@@ -854,6 +946,8 @@ class BacnetServer(Server):
         )
 
     def _reliability(self, spec: ObjectSpec, v: PointValue) -> Reliability:
+        if spec.point.name == COMM_STATUS and v.quality is Quality.GOOD and self._profile_mismatch(spec.meter_id):
+            return Reliability.configurationError  # the meter contradicts its profile (docs/bacnet.md)
         if v.quality is Quality.STALE:
             return STALE[self.cfg.stale_reliability]
         if v.quality is Quality.GOOD and not state_valid(spec, v.value):
@@ -861,6 +955,18 @@ class BacnetServer(Server):
         if v.quality is Quality.BAD_DATA and spec.object_type == "multi-state-value":
             return Reliability.multiStateFault  # the table refuses a value outside the point's states as bad data
         return RELIABILITY.get(v.quality, Reliability.unreliableOther)
+
+    def _profile_mismatch(self, meter_id: str) -> bool:
+        """True while the meter contradicts its configured profile (PROFILE MISMATCH)."""
+        try:
+            return bool(self.table.meter(meter_id).profile_warning)
+        except KeyError:
+            return False
+
+    def _on_alarm(self, alarm: Alarm) -> None:
+        """A meter-level alarm (profile mismatch): re-derive the reliability of the meter's status object."""
+        if alarm.point == "" and (alarm.meter_id, COMM_STATUS) in self._by_point:
+            self._on_change(alarm.meter_id, COMM_STATUS, None, self.table.get(alarm.meter_id, COMM_STATUS))
 
     def _on_change(self, meter_id: str, point: str, old: PointValue, new: PointValue) -> None:
         """Push a table change into the objects: present value, then reliability (with its own COV)."""
@@ -888,7 +994,7 @@ class BacnetServer(Server):
         except Exception:
             value = "(undecodable)"
         meter = spec.meter_id if spec is not None else ""
-        self.gateway.write_service.refuse(
+        self._writes().refuse(
             WriteRequest("bacnet", _source.get() or "unknown", meter, f"{target}/{prop}", value[:80]), reason
         )
 
@@ -909,9 +1015,7 @@ class BacnetServer(Server):
         except (TypeError, ValueError) as exc:
             raise ExecutionError(errorClass="property", errorCode="invalidDataType") from exc
         source = _source.get() or "unknown"
-        result = await self.gateway.write_service.write(
-            WriteRequest("bacnet", source, spec.meter_id, spec.point.name, value)
-        )
+        result = await self._writes().write(WriteRequest("bacnet", source, spec.meter_id, spec.point.name, value))
         self._raise_for(result)
 
     async def command(self, obj: GwBinaryOutput, value: int | None, priority: int) -> None:
@@ -931,7 +1035,7 @@ class BacnetServer(Server):
             detail = f"active at priority {priority}, below the command at priority {current}: not executed"
         else:
             detail = f"{'active' if value else 'inactive'} at priority {priority}"
-        result = await self.gateway.write_service.write(
+        result = await self._writes().write(
             WriteRequest("bacnet", _source.get() or "unknown", spec.meter_id, spec.point.name, int(executes), detail)
         )
         self._raise_for(result)

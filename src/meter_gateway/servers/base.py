@@ -6,7 +6,8 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..app import Gateway
+    from ..ports import ServerPorts
+    from ..writes import WriteService
 
 
 class ServerStartError(RuntimeError):
@@ -14,12 +15,22 @@ class ServerStartError(RuntimeError):
 
 
 class Server(ABC):
-    """An upstream server built from the running Gateway; answers from gateway.table only."""
+    """An upstream server built from the gateway's narrow interfaces (ports.ServerPorts); answers from the point
+    table only."""
 
     name: str = "server"
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, ports: ServerPorts) -> None:
+        self.ports = ports
+        self.facts = ports.facts  # the running configuration (swapped in place on reload)
+        self.table = ports.table
+
+    def _writes(self) -> WriteService:
+        """The current write service (the gateway keeps one while any upstream server runs)."""
+        ws = self.ports.writes()
+        if ws is None:
+            raise RuntimeError("the write service is not running")
+        return ws
 
     @abstractmethod
     async def start(self) -> None:
@@ -34,7 +45,7 @@ class Server(ABC):
         return None
 
     def meters_changed(self, meter_ids: set[str]) -> bool:
-        """Reload: these meters were added, removed or changed (gateway.config is the new one already).
+        """Reload: these meters were added, removed or changed (self.facts.config is the new one already).
 
         Return True when the server now serves them without a restart; False (the default) makes the gateway
         restart this server.

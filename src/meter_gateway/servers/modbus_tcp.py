@@ -19,6 +19,7 @@ import math
 import socket
 import struct
 import time
+from typing import TYPE_CHECKING
 
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse
@@ -36,6 +37,9 @@ from ..core.upstream_map import DIAGNOSTICS, NEVER, TABLE_FC, UpstreamMap, journ
 from ..ratelog import OnceLog
 from ..writes import Decision, WriteRequest
 from .base import Server, ServerStartError
+
+if TYPE_CHECKING:
+    from ..ports import ServerPorts
 
 log = logging.getLogger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # it logs bad input with tracebacks: we log our own line
@@ -269,7 +273,8 @@ class GatewayContext:
 
     def __init__(self, server: ModbusTcpGatewayServer) -> None:
         self.srv = server
-        self.gw = server.gateway
+        self.table = server.table
+        self.status = server.ports.status
         self.map = server.map
         self._echo: dict[tuple[int, int], list[bool]] = {}
         self._encoded: dict[tuple[str, object], list[int]] = {}  # (point, value) -> registers: values repeat a lot
@@ -333,7 +338,7 @@ class GatewayContext:
         if not self.map.in_map(table, address, count):
             return ExcCodes.ILLEGAL_ADDRESS
         touched = self.map.points_in(table, address, count)
-        table_ = self.gw.table
+        table_ = self.table
         if not table_.is_online(meter_id) and any(p.name != COMM_STATUS for p in touched):
             return ExcCodes.GATEWAY_NO_RESPONSE  # never let SCADA take a stale value for a fresh one
         values = {p.name: table_.get(meter_id, p.name) for p in touched}
@@ -376,10 +381,10 @@ class GatewayContext:
         return bool(v) if v is not None else False
 
     def _diagnostics(self, meter_id: str) -> dict[int, int]:
-        t = self.gw.table
+        t = self.table
         values = t.meter_values(meter_id)
         state = t.meter(meter_id)
-        runner = self.gw.runner_of(meter_id) if meter_id in self.gw.table.meter_ids else None
+        runner = self.status.runner_of(meter_id) if meter_id in t.meter_ids else None
         stats = runner.driver.stats if runner is not None and hasattr(runner, "driver") else None
         online = state.online
         fields: dict[str, int] = {"comm_state": 2 if online is None else int(online)}
@@ -396,10 +401,11 @@ class GatewayContext:
         fields["points_not_good"] = sum(
             1 for n, v in values.items() if n in state.points and v.quality not in (Quality.GOOD, Quality.UNSUPPORTED)
         )
-        journal = self.gw.journal
+        journal = self.status.journal
         fields["journal_state"] = (
             journal_state_code(None) if journal is None else journal_state_code(journal.state, journal.disk_full)
         )
+        fields["profile_mismatch"] = int(bool(state.profile_warning))
         out: dict[int, int] = {}
         order = WordOrder(self.srv.word_order)
         for d in DIAGNOSTICS:
@@ -435,11 +441,11 @@ class GatewayContext:
         for pname, value in writes:
             req = WriteRequest("modbus", _peer.get() or "unknown", meter_id, pname, value)
             if isinstance(value, float) and not math.isfinite(value):
-                self.gw.write_service.refuse(
+                self.srv._writes().refuse(
                     req, f"{value} is not a number: answered exception 0x03", Decision.OUT_OF_RANGE
                 )
                 return ExcCodes.ILLEGAL_VALUE
-            result = await self.gw.write_service.write(req)
+            result = await self.srv._writes().write(req)
             if result.decision is not Decision.ACCEPTED:
                 return DECISION_CODE[result.decision]
         if func_code == 5:
@@ -454,7 +460,7 @@ class GatewayContext:
         target = f"{table} {address}" + (f"-{address + len(regs) - 1}" if len(regs) > 1 else "")
         decision = Decision.OUT_OF_RANGE if out_of_range else Decision.DENIED
         req = WriteRequest("modbus", _peer.get() or "unknown", meter_id, target, regs if len(regs) > 1 else regs[0])
-        self.gw.write_service.refuse(req, f"FC {fc} to {target}: {why}", decision)
+        self.srv._writes().refuse(req, f"FC {fc} to {target}: {why}", decision)
 
     def _split(self, table: str, address: int, values: list) -> list[tuple[str, float | int | bool]] | None:
         """Cut a write into whole points; None when it does not cover whole, known points."""
@@ -487,12 +493,13 @@ class ModbusTcpGatewayServer(Server):
 
     name = "modbus_tcp"
 
-    def __init__(self, gateway) -> None:
-        super().__init__(gateway)
-        cfg = gateway.config.upstream.modbus_tcp
+    def __init__(self, ports: ServerPorts) -> None:
+        super().__init__(ports)
+        config = self.facts.config
+        cfg = config.upstream.modbus_tcp
         self.bind, self.port, self.word_order = cfg.bind, cfg.port, cfg.word_order
-        self.map = UpstreamMap(gateway.catalogue, WordOrder(cfg.word_order))
-        self.units = {m.modbus_unit: m.id for m in gateway.config.meters if m.enabled and m.modbus_unit is not None}
+        self.map = UpstreamMap(self.facts.catalogue, WordOrder(cfg.word_order))
+        self.units = {m.modbus_unit: m.id for m in config.meters if m.enabled and m.modbus_unit is not None}
         self.idle_timeout = cfg.idle_timeout
         self.once = OnceLog(log)  # bad input: one line per client and kind
         self._server: _TcpServer | None = None
@@ -507,7 +514,7 @@ class ModbusTcpGatewayServer(Server):
         devices = [SimDevice(id=u, simdata=[SimData(0, count=1, datatype=SimType.REGISTERS)]) for u in self.units]
         devices = devices or [SimDevice(id=0, simdata=[SimData(0, count=1, datatype=SimType.REGISTERS)])]
         self._server = _TcpServer(devices, address=(self.bind, port))
-        cfg = self.gateway.config.upstream.modbus_tcp
+        cfg = self.facts.config.upstream.modbus_tcp
         self._server.max_connections = cfg.max_connections
         self._server.max_per_address = cfg.max_connections_per_address
         self._server.owner = self
@@ -552,7 +559,7 @@ class ModbusTcpGatewayServer(Server):
         self, peer: str, unit: int, fc: int, pdu_hex: str, why: str, decision: Decision = Decision.DENIED
     ) -> None:
         """Audit a write request refused before it could name a point (unsupported function, malformed frame)."""
-        ws = self.gateway.write_service
+        ws = self.ports.writes()
         if ws is None:
             return
         meter_id = self.units.get(unit, f"unit {unit}")
@@ -577,7 +584,7 @@ class ModbusTcpGatewayServer(Server):
 
     def meters_changed(self, meter_ids: set[str]) -> bool:
         """Reload: serve the new unit map; connected clients stay connected."""
-        cfg = self.gateway.config
+        cfg = self.facts.config
         self.units = {m.modbus_unit: m.id for m in cfg.meters if m.enabled and m.modbus_unit is not None}
         if self._server is not None:
             self._server.context.invalidate_all()

@@ -6,8 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from .http import HttpServer, Response
+
+if TYPE_CHECKING:
+    from ..ports import ConfigFacts
 
 log = logging.getLogger(__name__)
 TURTLE = "text/turtle; charset=utf-8"
@@ -18,26 +22,26 @@ ZINC = "text/zinc; charset=utf-8"
 class ModelRoutes:
     """Serves the Brick and Haystack models of the running gateway's configuration."""
 
-    def __init__(self, gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, facts: ConfigFacts) -> None:
+        self.facts = facts
         self._cache: dict[str, tuple[object, bytes]] = {}  # name -> (config it was built from, body)
         self._lock = asyncio.Lock()
         self._warned = False
 
     def add_to(self, http: HttpServer) -> None:
         """Register the routes on an HTTP server."""
-        http.route("/model/brick.ttl", self._brick)
-        http.route("/model/haystack.json", self._haystack_json)
-        http.route("/model/haystack.zinc", self._haystack_zinc)
-        http.route("/openapi.json", self._openapi)
+        http.route("/model/brick.ttl", self._brick, "viewer")
+        http.route("/model/haystack.json", self._haystack_json, "viewer")
+        http.route("/model/haystack.zinc", self._haystack_zinc, "viewer")
+        http.route("/openapi.json", self._openapi)  # the API description is public
 
     def _inputs(self):
-        gw = self.gateway
-        enabled = [m.id for m in gw.config.meters if m.enabled]
-        return gw.config, gw.catalogue, {m: gw.meter_points(m) for m in enabled}
+        facts = self.facts
+        enabled = [m.id for m in facts.config.meters if m.enabled]
+        return facts.config, facts.catalogue, {m: facts.meter_points(m) for m in enabled}
 
     async def _built(self, name: str, build) -> bytes:
-        cfg = self.gateway.config
+        cfg = self.facts.config
         async with self._lock:
             hit = self._cache.get(name)
             if hit is not None and hit[0] is cfg:

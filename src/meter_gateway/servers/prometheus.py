@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -22,6 +23,9 @@ from ..drivers.base import CYCLE_BUCKETS
 from .base import Server
 from .http import HttpServer, Response
 from .model_routes import ModelRoutes
+
+if TYPE_CHECKING:
+    from ..ports import ConfigFacts, ServerPorts
 
 P = "meter_gateway_"
 log = logging.getLogger(__name__)
@@ -87,8 +91,8 @@ def _counter_or_gauge(name: str, doc: str, labels: list[str]) -> Metric:
 class GatewayCollector:
     """Builds every metric from one consistent snapshot of the table and the bus statistics."""
 
-    def __init__(self, gateway) -> None:
-        self.gw = gateway
+    def __init__(self, ports: ServerPorts) -> None:
+        self.ports = ports
 
     def describe(self) -> list[Metric]:
         """No fixed description: collect() is cheap and called per scrape only."""
@@ -96,10 +100,10 @@ class GatewayCollector:
 
     def collect(self) -> Iterator[Metric]:
         """All metrics for one scrape."""
-        gw = self.gw
-        snap = gw.table.snapshot()
+        ports, table, facts = self.ports, self.ports.table, self.ports.facts
+        snap = table.snapshot()
         now = time.time()
-        meters = {m.id: m for m in gw.config.meters if m.id in snap}
+        meters = {m.id: m for m in facts.config.meters if m.id in snap}
         families: dict[str, Metric] = {}
         base = ["meter", "tenant"]
         for mid, vals in snap.items():
@@ -146,8 +150,8 @@ class GatewayCollector:
         for mid, vals in snap.items():
             m = meters[mid]
             up.add_metric([mid, m.tenant, m.bus], 1.0 if vals[COMM_STATUS].value else 0.0)
-            mismatch.add_metric([mid, m.tenant, m.profile], 1.0 if gw.table.meter(mid).profile_warning else 0.0)
-            for p in gw.catalogue:
+            mismatch.add_metric([mid, m.tenant, m.profile], 1.0 if table.meter(mid).profile_warning else 0.0)
+            for p in facts.catalogue:
                 v = vals[p.name]
                 if v.quality is Quality.UNSUPPORTED or p.kind is PointKind.COMMAND or p.name == COMM_STATUS:
                     continue
@@ -167,17 +171,17 @@ class GatewayCollector:
             P + "comm_losses", "Times the meter went into communication failure", labels=["meter"]
         )
         for mid in snap:
-            st = gw.table.meter(mid)
+            st = table.meter(mid)
             alarms.add_metric([mid], st.bad_data)
             losses.add_metric([mid], st.errors)
         yield from (alarms, losses)
         yield from self._bus_metrics()
         writes = CounterMetricFamily(P + "write_attempts", "Upstream write attempts by decision", labels=["decision"])
-        ws = gw.write_service
+        ws = ports.writes()
         for decision in ("accepted", "denied", "out-of-range", "failed"):
             writes.add_metric([decision], ws.counts.get(decision, 0) if ws is not None else 0)
         yield writes
-        rec = gw.journal
+        rec = ports.status.journal
         if rec is not None:
             jok = GaugeMetricFamily(
                 P + "journal_ok", "1 while the billing journal is written, 0 when it cannot be (or was damaged)"
@@ -199,7 +203,7 @@ class GatewayCollector:
             for scope, name, period, _kwh in rec.active_alerts(time.time()):
                 alerts.add_metric([scope, name, period], 1.0)
             yield alerts
-        fd = _foreign_registration(gw)
+        fd = ports.status.foreign_registration()
         if fd is not None:
             reg = GaugeMetricFamily(
                 P + "bacnet_foreign_registered",
@@ -208,8 +212,13 @@ class GatewayCollector:
             )
             reg.add_metric([fd], 1.0 if fd == "registered" else 0.0)
             yield reg
+        events = ports.status.bacnet_events()
+        if events is not None:
+            from .bacnet_events import event_metrics
+
+            yield from event_metrics(events, P)
         info = GaugeMetricFamily(P + "build_info", "Gateway version and name", labels=["version", "gateway"])
-        info.add_metric([__version__, gw.config.gateway.name], 1.0)
+        info.add_metric([__version__, facts.config.gateway.name], 1.0)
         yield info
 
     def _bus_metrics(self) -> Iterator[Metric]:
@@ -233,7 +242,7 @@ class GatewayCollector:
             labels=["bus"],
         )
         now = time.monotonic()
-        for bus_id, runner in self.gw.buses.items():
+        for bus_id, runner in self.ports.status.buses.items():
             st = runner.driver.stats
             for k, fam in fams.items():
                 fam.add_metric([bus_id], getattr(st, k))
@@ -248,20 +257,34 @@ class GatewayCollector:
         yield from (sent, busy, hist)
 
 
-def _foreign_registration(gw) -> str | None:
-    """The BACnet foreign-device registration state, None when the device does not register."""
-    server = next((s for s in getattr(gw, "servers", ()) if s.name == "bacnet"), None)
-    return server.foreign_registration() if server is not None else None
+def _tls_context(facts: ConfigFacts):
+    """The HTTPS context of upstream.http.tls (paths relative to the configuration's folder), or None."""
+    import ssl
+    from pathlib import Path
+
+    tls = facts.config.upstream.http.tls
+    if tls is None:
+        return None
+    base = Path(facts.config_path).parent if facts.config_path else Path.cwd()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(base / tls.cert, base / tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        from .base import ServerStartError
+
+        raise ServerStartError(f"prometheus: cannot use upstream.http.tls: {exc}") from exc
+    return ctx
 
 
-def health(gw) -> tuple[int, dict]:
+def health(ports: ServerPorts) -> tuple[int, dict]:
     """Health of buses and meters: 200 when ok or degraded, 503 when failed (see docs/metrics.md)."""
+    table, parts = ports.table, ports.status
     meters = {}
-    for mid in gw.table.meter_ids:
-        online = gw.table.meter(mid).online
+    for mid in table.meter_ids:
+        online = table.meter(mid).online
         meters[mid] = "ok" if online else ("starting" if online is None else "failed")
     buses = {}
-    for bus_id, runner in gw.buses.items():
+    for bus_id, runner in parts.buses.items():
         states = [meters[m.id] for m in runner.meters]
         if all(s == "failed" for s in states):
             buses[bus_id] = "failed"
@@ -269,26 +292,26 @@ def health(gw) -> tuple[int, dict]:
             buses[bus_id] = "degraded"
         else:
             buses[bus_id] = "ok"
-    if not gw.started or (buses and all(s == "failed" for s in buses.values())):
+    if not parts.started or (buses and all(s == "failed" for s in buses.values())):
         status = "failed"
     elif any(s != "ok" for s in buses.values()):
         status = "degraded"
     else:
         status = "ok"
     doc = {"status": status, "buses": buses, "meters": meters}
-    mismatches = {mid: gw.table.meter(mid).profile_warning for mid in gw.table.meter_ids}
+    mismatches = {mid: table.meter(mid).profile_warning for mid in table.meter_ids}
     if any(mismatches.values()):  # a meter read with the wrong profile gives wrong values: not a healthy gateway
         doc["profile_mismatch"] = {mid: msg for mid, msg in mismatches.items() if msg}
         if doc["status"] == "ok":
             doc["status"] = "degraded"
-    rec = getattr(gw, "journal", None)
+    rec = parts.journal
     if rec is not None:
         doc["journal"] = {"state": rec.state, "problem": rec.problem, "error": rec.error, "disk_full": rec.disk_full}
         if rec.last_checkpoint is not None:
             doc["journal"]["checkpoint"] = rec.last_checkpoint
         if rec.state != "ok" and status == "ok":
             doc["status"] = "degraded"
-    fd = _foreign_registration(gw)
+    fd = parts.foreign_registration()
     if fd is not None:
         doc["bacnet_foreign_device"] = fd
         if fd in ("no-answer", "refused", "expired") and status == "ok":
@@ -301,11 +324,16 @@ class PrometheusServer(Server):
 
     name = "prometheus"
 
-    def __init__(self, gateway) -> None:
-        super().__init__(gateway)
-        cfg = gateway.config.upstream.prometheus
+    def __init__(self, ports: ServerPorts) -> None:
+        super().__init__(ports)
+        from ..web.api import WebApi
+        from ..web.auth import METRICS, Auth
+
+        cfg = self.facts.config.upstream.prometheus
+        http_cfg = self.facts.config.upstream.http
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(GatewayCollector(gateway))
+        self.registry.register(GatewayCollector(ports))
+        self.auth = Auth.from_config(http_cfg, tls=http_cfg.tls is not None, body_timeout=cfg.idle_timeout)
         self.http = HttpServer(
             cfg.bind,
             cfg.port,
@@ -313,15 +341,19 @@ class PrometheusServer(Server):
             max_connections=cfg.max_connections,
             max_per_address=cfg.max_connections_per_address,
             idle_timeout=cfg.idle_timeout,
+            max_body=http_cfg.max_body,
+            ssl_context=_tls_context(self.facts),
+            authorize=self.auth.authorize,
         )
-        self.http.route("/metrics", self._metrics)
+        self.http.route("/metrics", self._metrics, METRICS)
         self.http.route("/health", self._health)
-        self.http.route("/export", self._export)
-        self.http.route("/values", self._values)
-        self.http.route("/trace", self._trace)
-        self.http.route("/scan", self._scan)
-        self.http.route("/", self._index)
-        ModelRoutes(gateway).add_to(self.http)  # /model/brick.ttl, /model/haystack.json|zinc, /openapi.json
+        self.http.route("/export", self._export, "viewer")
+        self.http.route("/values", self._values, "viewer")
+        self.http.route("/trace", self._trace, "admin")
+        self.http.route("/scan", self._scan, "admin")
+        ModelRoutes(self.facts).add_to(self.http)  # /model/brick.ttl, /model/haystack.json|zinc, /openapi.json
+        self.web = WebApi(ports, self.http, self.auth)  # /, /login, /logout, /api/*, /ui/
+        self.web.add_routes()
         self._bound: tuple[str, int] | None = None
         self._scrape_lock = asyncio.Lock()
         self._exports = 0  # exports running
@@ -340,54 +372,45 @@ class PrometheusServer(Server):
         return Response(200, body, CONTENT_TYPE_LATEST)
 
     def _health(self, _query) -> Response:
-        code, doc = health(self.gateway)
+        code, doc = health(self.ports)
         return Response(code, (json.dumps(doc, indent=2) + "\n").encode(), "application/json")
 
     def _values(self, query) -> Response:
         """Live values with quality and age: ?meter=ID (repeatable; all meters without it)."""
         from ..live import values_document
 
-        gw = self.gateway
-        doc = values_document(gw.table, gw.config.gateway.name, query.get("meter"))
+        doc = values_document(self.table, self.facts.config.gateway.name, query.get("meter"))
         return Response(200, (json.dumps(doc, indent=1) + "\n").encode(), "application/json")
 
     def _trace(self, query) -> Response:
         """Frames of one bus for commissioning: ?bus=ID[&after=SEQ] (see `meter-gateway trace`)."""
         from ..live import trace_document
 
-        gw = self.gateway
+        lines = self.ports.lines
         bus_id = query.get("bus", [""])[0]
-        runner = gw.buses.get(bus_id)
-        if runner is None:
-            return Response(404, f"no polled bus {bus_id!r}; buses: {', '.join(gw.buses)}\n".encode())
+        if bus_id not in lines.bus_ids():
+            return Response(404, f"no polled bus {bus_id!r}; buses: {', '.join(lines.bus_ids())}\n".encode())
         try:
             after = int(query.get("after", ["0"])[0])
         except ValueError:
             return Response(400, b"after must be a number\n")
-        doc = trace_document(bus_id, runner.driver, gw.config.bus(bus_id).type, after)
+        doc = trace_document(bus_id, lines.driver(bus_id), lines.bus_type(bus_id), after)
         return Response(200, (json.dumps(doc) + "\n").encode(), "application/json")
 
     async def _scan(self, query) -> Response:
-        """Scan a bus between polls: ?bus=ID[&first=N&last=N&secondary=0]; served only on a loopback bind."""
-        import ipaddress
-
+        """Scan a bus between polls: ?bus=ID[&first=N&last=N&secondary=0] (admin)."""
         from ..live import scan_document
 
-        bind = self.gateway.config.upstream.prometheus.bind
-        if not ipaddress.ip_address(bind).is_loopback:
-            return Response(
-                403, b"scanning over HTTP is served only when upstream.prometheus binds a loopback address\n"
-            )
-        gw = self.gateway
+        lines = self.ports.lines
         bus_id = query.get("bus", [""])[0]
-        if bus_id not in gw.buses:
-            return Response(404, f"no polled bus {bus_id!r}; buses: {', '.join(gw.buses)}\n".encode())
+        if bus_id not in lines.bus_ids():
+            return Response(404, f"no polled bus {bus_id!r}; buses: {', '.join(lines.bus_ids())}\n".encode())
         try:
             first = int(query["first"][0]) if "first" in query else None
             last = int(query["last"][0]) if "last" in query else None
         except ValueError:
             return Response(400, b"first and last must be numbers\n")
-        found = await gw.scan_bus(bus_id, first, last, query.get("secondary", ["1"])[0] != "0")
+        found = await lines.scan(bus_id, first, last, query.get("secondary", ["1"])[0] != "0")
         return Response(200, (json.dumps(scan_document(bus_id, found)) + "\n").encode(), "application/json")
 
     async def _export(self, query) -> Response:
@@ -395,13 +418,13 @@ class PrometheusServer(Server):
 
         Computed in a worker thread on its own read-only connection and streamed; at most MAX_CONCURRENT at once.
         """
-        rec = self.gateway.journal
+        rec = self.ports.status.journal
         if rec is None:
             return Response(404, b"the journal is not enabled (journal.enabled: true)\n")
         from ..journal.dates import parse_local
         from ..journal.export import MAX_CONCURRENT, ExportRequestError, check_request
 
-        cfg = self.gateway.config
+        cfg = self.facts.config
         try:
             start = parse_local(query.get("from", [""])[0], cfg.gateway.timezone)
             end = parse_local(query.get("to", [""])[0], cfg.gateway.timezone)
@@ -449,8 +472,8 @@ class PrometheusServer(Server):
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue(maxsize=4)
         stop = threading.Event()
-        path = journal_path(self.gateway)
-        cfg = self.gateway.config
+        path = journal_path(self.facts)
+        cfg = self.facts.config
         done = object()
 
         def put(item) -> None:
@@ -493,16 +516,19 @@ class PrometheusServer(Server):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(worker), 10)
 
-    def _index(self, _query) -> Response:
-        paths = "\n".join(sorted(self.http.routes))
-        return Response(200, f"meter-gateway {__version__}\n{paths}\n".encode())
-
     async def start(self) -> None:
-        """Bind and serve."""
+        """Bind and serve; write the control token for the local CLI."""
         self._bound = await self.http.start()
+        if self.facts.config.upstream.http.control_token and self.facts.config_path is not None:
+            self.auth.write_control_token(self.facts.state_dir)
+        else:  # a gateway built in a program (tests, `read`): the token stays in memory (self.auth.control_token)
+            self.auth.new_control_token()
+        await self.web.start()
 
     async def stop(self) -> None:
-        """Stop serving."""
+        """Stop serving; remove the control token."""
+        await self.web.stop()
+        self.auth.remove_control_token()
         await self.http.stop()
 
     def address(self) -> tuple[str, int] | None:

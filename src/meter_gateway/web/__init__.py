@@ -1,0 +1,1 @@
+"""The HTTP side beyond metrics: logins and roles, the JSON/SSE API, the pages."""
