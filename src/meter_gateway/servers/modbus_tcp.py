@@ -294,7 +294,7 @@ class GatewayContext:
             return None
         state = entry[0]
         try:
-            current = self.gw.table.meter(meter_id)
+            current = self.table.meter(meter_id)
         except KeyError:
             return None
         return reply if current is state and state.online else None
@@ -308,7 +308,7 @@ class GatewayContext:
         self._replies.clear()
 
     def _remember(self, meter_id: str, func_code: int, address: int, regs: list[int]) -> None:
-        state = self.gw.table.meter(meter_id)
+        state = self.table.meter(meter_id)
         entry = self._replies.get(meter_id)
         if entry is None or entry[0] is not state or len(entry[1]) >= REPLY_CACHE_PER_METER:
             entry = self._replies[meter_id] = (state, {})
@@ -520,7 +520,7 @@ class ModbusTcpGatewayServer(Server):
         self._server.owner = self
         self._server.context = ctx = GatewayContext(self)
         self._listening = ctx.invalidate
-        self.gateway.table.add_listener(ctx.invalidate)
+        self.table.add_listener(ctx.invalidate)
         try:
             await self._server.serve_forever(background=True)
         except (RuntimeError, OSError) as exc:
@@ -572,7 +572,7 @@ class ModbusTcpGatewayServer(Server):
             self._sweeper.cancel()
             self._sweeper = None
         if self._listening is not None:
-            self.gateway.table.remove_listener(self._listening)
+            self.table.remove_listener(self._listening)
             self._listening = None
         if self._server is not None:
             await self._server.shutdown()
