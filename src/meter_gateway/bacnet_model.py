@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import GatewayConfig
+from .config import GatewayConfig, meter_device_instance
 from .core.catalogue import Catalogue, PointDef
 from .core.table import COMM_STATUS
 
@@ -73,14 +73,26 @@ def object_type_of(point: PointDef, energy_object: str) -> str:
 def object_specs(
     config: GatewayConfig, catalogue: Catalogue, meter_points: dict[str, frozenset[str]]
 ) -> list[ObjectSpec]:
-    """Every object of the device: one per supported point per enabled meter, instance = base + fixed index."""
+    """Every point object: one per supported point per enabled meter.
+
+    Single device: instance = the meter's bacnet_instance_base + the point's fixed index, name `<meter>.<Point>`.
+    Per-meter devices: each meter's objects are in its own device, instance = the fixed index, name `<Point>`, the
+    same in every meter device (a head-end template fits every meter).
+    """
     out = []
     energy_object = config.upstream.bacnet.energy_object
+    per_meter = config.upstream.bacnet.devices == "per-meter"
     for m in config.meters:
         if not m.enabled:
             continue
-        if m.bacnet_instance_base is None:  # allowed while BACnet is off: the meter has no objects
+        if per_meter:
+            if meter_device_instance(m) is None:
+                continue
+            base, prefix = 0, ""
+        elif m.bacnet_instance_base is None:  # allowed while BACnet is off: the meter has no objects
             continue
+        else:
+            base, prefix = m.bacnet_instance_base, f"{m.id}."
         pts = meter_points.get(m.id)
         if pts is None:  # `profile: auto` not identified (yet): no objects until it is
             continue
@@ -89,14 +101,7 @@ def object_specs(
                 continue
             desc = p.description if not m.name else f"{p.description} ({m.name})"
             out.append(
-                ObjectSpec(
-                    m.id,
-                    p,
-                    object_type_of(p, energy_object),
-                    m.bacnet_instance_base + p.index,
-                    f"{m.id}.{p.name}",
-                    desc[:255],
-                )
+                ObjectSpec(m.id, p, object_type_of(p, energy_object), base + p.index, f"{prefix}{p.name}", desc[:255])
             )
             if p.name in DATETIME_POINTS:
                 out.append(
@@ -104,11 +109,70 @@ def object_specs(
                         m.id,
                         p,
                         "datetime-value",
-                        m.bacnet_instance_base + p.index,
-                        f"{m.id}.{DATETIME_POINTS[p.name]}",
+                        base + p.index,
+                        f"{prefix}{DATETIME_POINTS[p.name]}",
                         f"{desc} (date and time)"[:255],
                     )
                 )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class MeterDeviceSpec:
+    """Per-meter devices: the BACnet device of one meter on the virtual network."""
+
+    meter_id: str
+    instance: int
+    name: str
+    description: str
+    location: str
+    serial_number: str
+    model_name: str
+
+    @property
+    def mac(self) -> bytes:
+        """Its address on the virtual network: the device instance in 3 octets (stable, unique)."""
+        return self.instance.to_bytes(3, "big")
+
+
+def device_of(config: GatewayConfig, meter_id: str) -> tuple[int, str]:
+    """(instance, name) of the device holding a meter's objects: its own in per-meter mode, else the gateway's."""
+    bac = config.upstream.bacnet
+    if bac.devices == "per-meter":
+        m = config.meter(meter_id)
+        dev = meter_device_instance(m)
+        if dev is not None:
+            return dev, m.name or m.id
+    return bac.device_instance, bac.device_name or config.gateway.name
+
+
+#: the router's own address on the virtual network (the wildcard instance, which no device has)
+ROUTER_MAC = (4194303).to_bytes(3, "big")
+
+
+def meter_devices(config: GatewayConfig) -> list[MeterDeviceSpec]:
+    """The meter devices of per-meter mode (empty in single mode), from each enabled meter's configuration."""
+    bac = config.upstream.bacnet
+    if bac.devices != "per-meter":
+        return []
+    out = []
+    for m in config.meters:
+        dev = meter_device_instance(m)
+        if not m.enabled or dev is None:
+            continue
+        where = ", ".join(x for x in (m.building, m.floor, m.zone) if x)
+        desc = f"Submeter {m.id} ({m.profile})" + (f", tenant {m.tenant}" if m.tenant else "")
+        out.append(
+            MeterDeviceSpec(
+                m.id,
+                dev,
+                (m.name or m.id)[:255],
+                desc[:255],
+                (where or bac.location or config.gateway.location)[:255],
+                m.serial_number[:255],
+                m.profile[:255],
+            )
+        )
     return out
 
 

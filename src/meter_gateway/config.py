@@ -126,6 +126,12 @@ class MeterConfig(_Strict):
     bacnet_instance_base: int | None = Field(
         None, ge=0, le=4194200, description="first BACnet instance of this meter (required when BACnet is enabled)"
     )
+    bacnet_device_instance: int | None = Field(
+        None,
+        ge=0,
+        le=4194302,
+        description="upstream.bacnet.devices per-meter: this meter's device instance (default: bacnet_instance_base)",
+    )
     modbus_unit: int | None = Field(
         None,
         ge=1,
@@ -331,6 +337,17 @@ class BacnetSection(_Strict):
         [],
         description="BBMDs (host[:port]) whose Forwarded-NPDU carry a trusted original source (BDT peers and "
         "foreign_bbmd are trusted too)",
+    )
+    devices: Literal["single", "per-meter"] = Field(
+        "single",
+        description="single: one device with every meter's objects; per-meter: the gateway routes to a virtual "
+        "network with one device per meter (docs/bacnet-router.md)",
+    )
+    virtual_network: int | None = Field(
+        None, ge=1, le=65534, description="network number of the meters' virtual network (required for per-meter)"
+    )
+    network_number: int | None = Field(
+        None, ge=1, le=65534, description="network number of the BACnet/IP network the gateway is on, if known"
     )
 
 
@@ -592,7 +609,7 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
                 )
             addrs.setdefault(key, i)
         if m.bacnet_instance_base is None:
-            if cfg.upstream.bacnet.enabled and m.enabled:
+            if cfg.upstream.bacnet.enabled and m.enabled and not _own_device(cfg, m):
                 free = max((r[1] for r in ranges), default=999) + 1
                 errs.append(
                     (
@@ -661,6 +678,7 @@ def _cross_checks(cfg: GatewayConfig, profiles: Any | None) -> list[tuple[tuple[
                                 f"profile {m.profile!r} is for {proto} meters but bus {m.bus!r} is {btype}",
                             )
                         )
+    errs += _router_errors(cfg)
     tenants = {m.tenant for m in cfg.meters if m.tenant}
     for i, rule in enumerate(cfg.journal.alerts):
         where = ("journal", "alerts", i)
@@ -687,6 +705,59 @@ def _catalogue() -> Any:
     from .core.catalogue import load_catalogue
 
     return load_catalogue()
+
+
+def _own_device(cfg: GatewayConfig, m: MeterConfig) -> bool:
+    """Whether a meter has a device instance of its own without an instance base (per-meter devices)."""
+    return cfg.upstream.bacnet.devices == "per-meter" and m.bacnet_device_instance is not None
+
+
+def meter_device_instance(m: MeterConfig) -> int | None:
+    """A meter's device instance in per-meter mode: bacnet_device_instance, else bacnet_instance_base."""
+    return m.bacnet_device_instance if m.bacnet_device_instance is not None else m.bacnet_instance_base
+
+
+def _router_errors(cfg: GatewayConfig) -> list[tuple[tuple[Any, ...], str]]:
+    """Per-meter devices: a virtual network number, unique device instances and device names."""
+    bac = cfg.upstream.bacnet
+    if not bac.enabled or bac.devices != "per-meter":
+        return []
+    errs: list[tuple[tuple[Any, ...], str]] = []
+    if bac.virtual_network is None:
+        errs.append(
+            (
+                ("upstream", "bacnet", "devices"),
+                "devices: per-meter needs `virtual_network:` (a network number 1-65534)",
+            )
+        )
+    elif bac.virtual_network == bac.network_number:
+        errs.append(
+            (
+                ("upstream", "bacnet", "virtual_network"),
+                f"virtual network {bac.virtual_network} is the BACnet/IP network's number (network_number): "
+                "the two networks need different numbers",
+            )
+        )
+    instances: dict[int, str] = {bac.device_instance: "the gateway's own device (upstream.bacnet.device_instance)"}
+    names: dict[str, str] = {bac.device_name or cfg.gateway.name: "the gateway's own device"}
+    for i, m in enumerate(cfg.meters):
+        if not m.enabled:
+            continue
+        dev = meter_device_instance(m)
+        key = "bacnet_device_instance" if m.bacnet_device_instance is not None else "bacnet_instance_base"
+        if dev is not None and dev in instances:
+            errs.append(
+                (("meters", i, key), f"device instance {dev} of meter {m.id!r} is already used by {instances[dev]}")
+            )
+        elif dev is not None:
+            instances[dev] = f"meter {m.id!r}"
+        name = m.name or m.id
+        if name in names:
+            errs.append(
+                (("meters", i, "name"), f"device name {name!r} of meter {m.id!r} is already used by {names[name]}")
+            )
+        names.setdefault(name, f"meter {m.id!r}")
+    return errs
 
 
 def _hierarchy_errors(cfg: GatewayConfig, ids: dict[str, int]) -> list[tuple[tuple[Any, ...], str]]:

@@ -301,6 +301,21 @@ class RawClient:
         self.log: list[tuple[float, tuple[str, int], tuple[str, int], bytes]] = []  # time, src, dst, BVLL datagram
         self.notifications: list[Notification] = []
         self.unconfirmed: list[tuple[int, bytes, tuple[str, int]]] = []
+        #: (DNET, DADR) of a device behind the router at `target` (clause 6.2.2); None: the device at `target`
+        self.route: tuple[int, bytes] | None = None
+        #: (SNET, SADR) of the last NPDU received (None: from the local network)
+        self.last_source: tuple[int, bytes] | None = None
+        #: every (SNET, SADR) an answer or notification came from
+        self.sources: list[tuple[int, bytes] | None] = []
+
+    def npci(self, expecting_reply: bool, route: tuple[int, bytes] | None = None) -> bytes:
+        """NPDU header (clause 6.2): version 1, control, and when routed DNET, DLEN, DADR and hop count 255."""
+        route = route or self.route
+        if route is None:
+            return bytes([0x01, 0x04 if expecting_reply else 0x00])
+        dnet, dadr = route
+        control = 0x20 | (0x04 if expecting_reply else 0)
+        return bytes([0x01, control]) + struct.pack(">HB", dnet, len(dadr)) + dadr + b"\xff"
 
     def close(self) -> None:
         """Close the socket."""
@@ -338,11 +353,14 @@ class RawClient:
         if control & 0x20:
             dlen = body[i + 2]
             i += 3 + dlen
+        self.last_source = None
         if control & 0x08:
             slen = body[i + 2]
+            self.last_source = (struct.unpack_from(">H", body, i)[0], bytes(body[i + 3 : i + 3 + slen]))
             i += 3 + slen
         if control & 0x20:
             i += 1
+        self.sources.append(self.last_source)
         return body[i:], src
 
     def _dispatch_unsolicited(self, apdu: bytes, src) -> None:
@@ -354,7 +372,8 @@ class RawClient:
                 self.unconfirmed.append((apdu[1], apdu[2:], src))
         elif pdu_type == 0 and apdu[3] == SC_CONFIRMED_COV_NOTIFICATION:  # confirmed COV notification: ACK it
             self.notifications.append(self._notification(apdu[4:], confirmed=True))
-            self.send(bytes([0x01, 0x00, 0x20, apdu[2], SC_CONFIRMED_COV_NOTIFICATION]), to=src)
+            ack = bytes([0x20, apdu[2], SC_CONFIRMED_COV_NOTIFICATION])
+            self.send(self.npci(False, self.last_source) + ack, to=src)  # routed back when it came routed
 
     @staticmethod
     def _notification(params: bytes, confirmed: bool) -> Notification:
@@ -388,7 +407,7 @@ class RawClient:
         """Send a confirmed request (max APDU 1476 unless told, no segmentation) and wait for its answer."""
         self.invoke = (self.invoke + 1) % 256
         inv = self.invoke
-        self.send(bytes([0x01, 0x04, 0x00, max_apdu_code, inv, service]) + params)
+        self.send(self.npci(True) + bytes([0x00, max_apdu_code, inv, service]) + params)
         until = time.monotonic() + self.timeout
         while (got := self._recv(until)) is not None:
             apdu, src = got
@@ -460,7 +479,7 @@ class RawClient:
         if low is not None:
             params = ctx(0, unsigned_bytes(low)) + ctx(1, unsigned_bytes(high if high is not None else low))
         self.unconfirmed = []
-        self.send(bytes([0x01, 0x00, 0x10, UC_WHO_IS]) + params, broadcast=broadcast, to=to)
+        self.send(self.npci(False) + bytes([0x10, UC_WHO_IS]) + params, broadcast=broadcast, to=to)
         until = time.monotonic() + wait
         while not any(s == UC_I_AM for s, _, _ in self.unconfirmed) and (got := self._recv(until)) is not None:
             self._dispatch_unsolicited(*got)
@@ -476,7 +495,7 @@ class RawClient:
         """Who-Has by object name or identifier; the I-Have answers as (device, object, name)."""
         params = ctx(3, b"\x00" + name.encode()) if name is not None else ctx(2, object_id(*obj))
         self.unconfirmed = []
-        self.send(bytes([0x01, 0x00, 0x10, UC_WHO_HAS]) + params)
+        self.send(self.npci(False) + bytes([0x10, UC_WHO_HAS]) + params)
         until = time.monotonic() + wait
         while not any(s == UC_I_HAVE for s, _, _ in self.unconfirmed) and (got := self._recv(until)) is not None:
             self._dispatch_unsolicited(*got)

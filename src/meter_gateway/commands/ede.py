@@ -6,7 +6,7 @@ import csv
 import time
 from pathlib import Path
 
-from ..bacnet_model import gateway_objects, object_specs
+from ..bacnet_model import gateway_objects, meter_devices, object_specs
 from ..config_events import limit_for
 from ..core.catalogue import load_catalogue
 from ._common import add_config_arg, load_or_exit
@@ -21,6 +21,8 @@ OBJECT_TYPE_NUMBER = {
     "accumulator": 23,
     "datetime-value": 44,
 }
+#: EDE object type number of a device (per-meter mode lists the router and every meter device)
+DEVICE_TYPE = 8
 # BACnet engineering unit numbers of the units the catalogue uses
 UNIT_NUMBER = {
     "kilowattHours": 19,
@@ -57,8 +59,17 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
     dev = cfg.upstream.bacnet.device_instance
     states: dict[tuple[str, ...], int] = {}
     rows = []
+    # per-meter devices: the router (the gateway's device) and one device per meter, each meter's objects in it
+    devices = {d.meter_id: d for d in meter_devices(cfg)}
+    if devices:
+        name = cfg.upstream.bacnet.device_name or cfg.gateway.name
+        rows.append(_device_row(name, dev, "BACnet router to the meters' virtual network", "gateway"))
+        for d in devices.values():
+            rows.append(_device_row(d.name, d.instance, d.description, f"{d.meter_id}/device"))
     for s in specs:
         p = s.point
+        in_device = devices[s.meter_id].instance if s.meter_id in devices else dev
+        key = f"{s.meter_id}.{s.name}" if s.meter_id in devices else s.name
         ref = ""
         if p.states and s.object_type in ("binary-input", "binary-output", "multi-state-value"):
             ref = str(states.setdefault(tuple(p.states), len(states) + 1))
@@ -68,8 +79,8 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
         hl, ll = ("" if x is None else f"{x:g}" for x in ((lim.high, lim.low) if lim else (None, None)))
         rows.append(
             [
-                s.name,
-                str(dev),
+                key,
+                str(in_device),
                 s.name,
                 str(OBJECT_TYPE_NUMBER[s.object_type]),
                 str(s.instance),
@@ -97,6 +108,12 @@ def ede_rows(cfg, profiles) -> tuple[list[list[str]], list[list[str]]]:
         rows[-1].append(f"{t.key}/trend")
     state_rows = [[str(ref), *texts] for texts, ref in states.items()]
     return rows, state_rows
+
+
+def _device_row(name: str, instance: int, description: str, address: str) -> list[str]:
+    """The EDE row of a device object (per-meter mode lists every device)."""
+    row = [f"device.{instance}", str(instance), name, str(DEVICE_TYPE), str(instance), description]
+    return [*row, "", "", "", "N", "N", "", "", "", "", address]
 
 
 def ede_header(name: str, stamp: str | None = None) -> list[list[str]]:

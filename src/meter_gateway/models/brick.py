@@ -6,6 +6,7 @@ from __future__ import annotations
 from rdflib import BNode, Graph, Literal, Namespace, URIRef
 from rdflib.namespace import RDF, RDFS, SKOS, XSD
 
+from ..bacnet_model import device_of
 from ..config import GatewayConfig
 from ..core.catalogue import Catalogue
 from .common import UNITS, served_meters, slug
@@ -63,13 +64,16 @@ def build_graph(
     g.bind("site", ns)
     _vocabulary(g)
     bac = config.upstream.bacnet
-    dev = None
-    if bac.enabled:
-        dev = ns[f"bacnet-device-{bac.device_instance}"]
-        g.add((dev, RDF.type, BACNET.BACnetDevice))
-        g.add((dev, RDF.type, BACNET.device))  # the class Brick's BACnetReference shape asks of bacnet:contains
-        g.add((dev, BACNET["device-instance"], Literal(bac.device_instance, datatype=XSD.nonNegativeInteger)))
-        g.add((dev, RDFS.label, Literal(bac.device_name or config.gateway.name)))
+
+    def bacnet_device(instance: int, label: str) -> URIRef:
+        node = ns[f"bacnet-device-{instance}"]
+        g.add((node, RDF.type, BACNET.BACnetDevice))
+        g.add((node, RDF.type, BACNET.device))  # the class Brick's BACnetReference shape asks of bacnet:contains
+        g.add((node, BACNET["device-instance"], Literal(instance, datatype=XSD.nonNegativeInteger)))
+        g.add((node, RDFS.label, Literal(label)))
+        return node
+
+    dev = bacnet_device(bac.device_instance, bac.device_name or config.gateway.name) if bac.enabled else None
     mb = config.upstream.modbus_tcp
     served = served_meters(config, catalogue, meter_points)
     enabled = {s.config.id for s in served}
@@ -112,6 +116,10 @@ def build_graph(
             parent = ns[f"meter.{m.parent}"]
             g.add((meter, BRICK.isSubMeterOf, parent))
             g.add((parent, BRICK.hasSubMeter, meter))
+        meter_dev, meter_dev_instance = dev, bac.device_instance
+        if dev is not None and bac.devices == "per-meter":  # the meter's own device, behind the gateway's router
+            meter_dev_instance, label = device_of(config, m.id)
+            meter_dev = bacnet_device(meter_dev_instance, label)
         for spec in sm.objects:  # a point may be served by two objects (Demand_Peak_Timestamp: AI and DateTime)
             p = spec.point
             point = ns[f"point.{m.id}.{p.name}"]
@@ -132,10 +140,11 @@ def build_graph(
                 g.add((ref, BACNET["object-identifier"], Literal(obj)))
                 g.add((ref, BACNET["object-name"], Literal(spec.name)))
                 g.add((ref, BACNET["object-type"], Literal(spec.object_type)))
-                g.add((ref, BACNET.objectOf, dev))
-                g.add((ref, BACNET.contains, dev))
-                g.add((ref, REF.BACnetURI, Literal(f"bacnet://{bac.device_instance}/{obj}/present-value")))
-            if mb.enabled and m.modbus_unit is not None and spec.name == f"{m.id}.{p.name}":  # one register per point
+                g.add((ref, BACNET.objectOf, meter_dev))
+                g.add((ref, BACNET.contains, meter_dev))
+                g.add((ref, REF.BACnetURI, Literal(f"bacnet://{meter_dev_instance}/{obj}/present-value")))
+            # one register per point (not a second time for the DateTime Value of Demand_Peak_Timestamp)
+            if mb.enabled and m.modbus_unit is not None and spec.object_type != "datetime-value":
                 ref = BNode()
                 reg = p.modbus
                 g.add((point, REF.hasExternalReference, ref))

@@ -10,6 +10,7 @@ import math
 import re
 from typing import Any
 
+from ..bacnet_model import device_of
 from ..config import GatewayConfig
 from ..core.catalogue import Catalogue
 from .common import UNITS, served_meters, slug
@@ -148,11 +149,17 @@ def entities(
                 conn["uri"] = f"modbus-tcp://{mb.bind}:{mb.port}/"
             add(conn)
         add(equip)
+        meter_conn = bacnet_conn
+        if bacnet_conn is not None and bac.devices == "per-meter":  # the meter's own device, behind the router
+            dev, label = device_of(config, m.id)
+            meter_conn = Ref(_ref_id(f"conn.bacnet.{dev}"), f"BACnet device {dev} ({label})")
+            add({"id": meter_conn, "dis": meter_conn.dis, "bacnetConn": M, "bacnetDeviceId": Num(dev)})
         for spec in sm.objects:
             if spec.object_type == "datetime-value":
                 continue  # the same point as its analog-input (Demand_Peak_Timestamp), which carries bacnetCur
             p = spec.point
-            rec = {"id": Ref(_ref_id(spec.name), spec.name), "dis": spec.name, "navName": p.name}
+            name = f"{m.id}.{p.name}"  # the object name in single mode; per-meter devices name it p.name
+            rec = {"id": Ref(_ref_id(name), name), "dis": name, "navName": p.name}
             rec.update(point_tags(p.haystack, p.phase))
             rec["point"] = M
             rec["kind"] = "Bool" if spec.object_type in ("binary-input", "binary-output") else "Number"
@@ -167,7 +174,7 @@ def entities(
                 rec["writable"] = M
             if bacnet_conn is not None:
                 rec["cur"] = M
-                rec["bacnetConnRef"] = bacnet_conn
+                rec["bacnetConnRef"] = meter_conn
                 rec["bacnetCur"] = f"{BACNET_ABBR[spec.object_type]}{spec.instance}"
             if modbus_conn is not None:
                 rec["modbusConnRef"] = modbus_conn

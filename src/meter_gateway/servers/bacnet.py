@@ -89,6 +89,7 @@ from ..bacnet_model import (
     ObjectSpec,
     gateway_objects,
     journal_alarm,
+    meter_devices,
     object_specs,
     present_value,
     state_valid,
@@ -350,8 +351,7 @@ class _GatewayApplication(EventServices, CovGuard, ObjectListCache, Application)
 
     async def indication(self, apdu) -> None:  # type: ignore[override]
         """Record the requester for write allowlists; reject services that are not offered."""
-        source = apdu.pduSource
-        peer = str(getattr(source, "addrTuple", (str(source),))[0]) if source is not None else ""
+        peer = self._peer(apdu.pduSource)
         events = self.gw_server is not None and self.gw_server.events.enabled
         served = (
             CONFIRMED_SERVED + ((ReadRangeRequest,) if self._trend_logs() else ()) + (EVENT_REQUESTS if events else ())
@@ -366,6 +366,10 @@ class _GatewayApplication(EventServices, CovGuard, ObjectListCache, Application)
         _source.set(peer)
         self._resolve_wildcard(apdu)
         await super().indication(apdu)
+
+    def _peer(self, source) -> str:
+        """The requester's address as the write allowlists and the audit log see it."""
+        return str(getattr(source, "addrTuple", (str(source),))[0]) if source is not None else ""
 
     def _resolve_wildcard(self, apdu) -> None:
         """Device instance 4194303 names this device (ASHRAE 135 clause 15.5.1.1.1 and others)."""
@@ -559,6 +563,8 @@ class BacnetServer(Server):
         self.trend_logger: TrendLogger | None = None
         #: intrinsic reporting (notification classes, alarm services): docs/bacnet.md, Alarms
         self.events = EventReporting(self.cfg.events, self.zone, self.table)
+        #: per-meter devices: the router and its meter devices (servers/bacnet_router.py), None in single mode
+        self.router: Any = None
 
     # -- start / stop ---------------------------------------------------------------------------------
     def _address(self) -> str:
@@ -621,7 +627,13 @@ class BacnetServer(Server):
             port_obj.bbmdAcceptFDRegistrations = True
             port_obj.bbmdForeignDeviceTable = []
             port_obj.bbmdBroadcastDistributionTable = [BDTEntry(e) for e in self.cfg.bdt]
-        objs = [device, port_obj] + [self._make(spec) for spec in self.specs]
+        router_objs: list[Any] = []
+        if self.cfg.devices == "per-meter":
+            from .bacnet_router import MeterRouter
+
+            self.router = MeterRouter(self)
+            router_objs = self.router.prepare(port_obj)
+        objs = [device, port_obj, *router_objs] + [self._make(spec) for spec in self.specs if self.router is None]
         objs += [self._make_gateway(spec) for spec in self.gateway_specs]
         trend_objs = make_trend_logs(self.trend_specs, self.cfg.trend_logs)
         objs += trend_objs
@@ -635,8 +647,18 @@ class BacnetServer(Server):
         self.app.gw_server = self
         self.events.start(self.app)
         self.app.cov_limits = CovLimits(**self.cfg.cov.model_dump())
+        if self.router is not None:
+            self.router.attach(self.app, port_obj)
         self.bvll_guards = install_guards(self.app, self._trusted_bbmds(), self.bind_info.network)
         await self._verify_bound(host, port)
+        if self.router is not None:
+            try:
+                self.router.start(self.app)
+            except Exception as exc:
+                self.router.stop()
+                self.router = None
+                self.app.close()
+                raise ServerStartError(f"BACnet meter devices cannot start: {exc}") from exc
         self._broadcast_listener = await announce(self.app, self.bind_info, port)
         if self.cfg.foreign_bbmd or self.cfg.bbmd:
             self.fd_monitor = ForeignDeviceMonitor(
@@ -658,7 +680,7 @@ class BacnetServer(Server):
             device.objectName,
             host,
             port,
-            len(self.specs) + len(self.gateway_specs) + len(trend_objs),
+            (len(self.specs) if self.router is None else 0) + len(self.gateway_specs) + len(trend_objs),
             self.database_revision,
         )
 
@@ -695,9 +717,11 @@ class BacnetServer(Server):
     def _database_revision(self) -> int:
         """The persisted database-revision, raised (and saved) when the object set differs from the last run."""
         items = sorted((s.object_type, s.instance, s.name) for s in [*self.specs, *self.gateway_specs])
-        ident = [self.cfg.device_instance, self.cfg.device_name or self.facts.config.gateway.name]
         items += sorted(("trend-log", t.instance, t.name) for t in self.trend_specs)
         items = sorted([*items, *self.events.identities()])
+        ident: list[Any] = [self.cfg.device_instance, self.cfg.device_name or self.facts.config.gateway.name]
+        if self.cfg.devices == "per-meter":  # the meter devices' identities and the network numbers too
+            ident += [self.cfg.virtual_network, [(d.instance, d.name) for d in meter_devices(self.facts.config)]]
         fingerprint = hashlib.sha256(json.dumps([ident, items]).encode()).hexdigest()
         path = self._state_path()
         if path is None:
@@ -770,6 +794,9 @@ class BacnetServer(Server):
             self.fd_monitor.close()
             self.fd_monitor = None
         await self.events.stop()
+        if self.router is not None:
+            self.router.stop()
+            self.router = None
         if self.app is not None:
             self.app.close()
             self.app = None
@@ -795,6 +822,12 @@ class BacnetServer(Server):
         if [t.identity for t in trend_specs(self.cfg.trend_logs, specs)] != [t.identity for t in self.trend_specs]:
             return False  # other Trend Logs: the device restarts (their records come back from the journal)
         self.specs = specs
+        if self.router is not None:  # per-meter devices: those meters' devices are replaced
+            self.database_revision = self._database_revision()
+            if self.device is not None:
+                self.device.databaseRevision = self.database_revision
+            self.router.meters_changed(meter_ids)
+            return True
 
         def same(a: list[ObjectSpec], b: list[ObjectSpec]) -> bool:
             return [(x.point.name, x.object_type, x.instance, x.name) for x in a] == [
