@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import platform
 import sys
 import time
@@ -27,9 +28,10 @@ async def main() -> dict:
         "machine": {
             "python": platform.python_version(),
             "platform": platform.platform(),
-            "cpus": __import__("os").cpu_count(),
+            "cpus": os.cpu_count(),
         },
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_before": [round(x, 2) for x in os.getloadavg()],
     }
     eff = []
     for profile in ("generic", "eastron_sdm630"):
@@ -48,18 +50,25 @@ async def main() -> dict:
         r = await bus.capacity("generic", baud)
         cap.append(r)
         print(
-            f"capacity        generic @ {baud:5} Bd: measured {r['measured_max_meters']} meters, "
-            f"computed {r['computed_max_meters']} (ratio {r['ratio']})",
+            f"capacity        generic @ {baud:5} Bd: {r['measured_max_meters']} meters keep up (run: "
+            + ", ".join(
+                f"{k} meters {v['seconds']} s" + (f", {n_f} failed" if (n_f := v["failed_transactions"]) else "")
+                for k, v in r["runs"].items()
+            )
+            + f" per minute of reads), wire bound {r['computed_max_meters']} (ratio {r['ratio']})",
             flush=True,
         )
     results["capacity"] = cap
     mb = await upstream_modbus.run()
     results["modbus_tcp"] = mb
-    print(
-        f"modbus tcp      50 regs: 1 client {mb['gateway_rps_1']} req/s (bare {mb['bare_pymodbus_rps_1']}), "
-        f"8 clients {mb['gateway_rps_8']} req/s (bare {mb['bare_pymodbus_rps_8']})",
-        flush=True,
-    )
+    for n in upstream_modbus.CONNECTIONS:
+        lo, hi = mb[f"ratio_{n}_range"]
+        print(
+            f"modbus tcp      50 regs, {n} conn: gateway {mb[f'gateway_rps_{n}']} req/s, bare pymodbus "
+            f"{mb[f'bare_pymodbus_rps_{n}']} req/s (medians of {mb['rounds']} rounds): ratio {mb[f'ratio_{n}']} "
+            f"(range {lo}-{hi})",
+            flush=True,
+        )
     bn = await bacnet_throughput.run()
     results["bacnet"] = bn
     print(
@@ -82,14 +91,19 @@ async def main() -> dict:
         f"{fr['missed']} missed",
         flush=True,
     )
-    sc = await scale.run(250, 20.0)
-    results["scale"] = sc
-    print(
-        f"scale           {sc['meters']} meters: full table {sc['startup_to_full_table_s']} s, "
-        f"{sc['rss_mib']} MiB, CPU {sc['cpu_share_steady'] * 100:.1f} %",
-        flush=True,
-    )
+    for key, ups, label in (
+        ("scale", True, "all upstreams"),
+        ("scale_without_bacnet", ("modbus_tcp", "prometheus"), "no BACnet"),
+    ):
+        sc = await scale.run(250, 20.0, ups)
+        results[key] = sc
+        print(
+            f"scale           {sc['meters']} meters, {label:13}: full table {sc['startup_to_full_table_s']} s "
+            f"(servers up at {sc['started_s']} s), {sc['rss_mib']} MiB, CPU {sc['cpu_share_steady'] * 100:.1f} %",
+            flush=True,
+        )
     results["duration_s"] = round(time.monotonic() - t0, 1)
+    results["load_after"] = [round(x, 2) for x in os.getloadavg()]
     return results
 
 
@@ -105,8 +119,11 @@ if __name__ == "__main__":
         "capacity_19200": res["capacity"][1]["measured_max_meters"],
         "modbus_rps_1": res["modbus_tcp"]["gateway_rps_1"],
         "modbus_rps_8": res["modbus_tcp"]["gateway_rps_8"],
+        "modbus_ratio_1": res["modbus_tcp"]["ratio_1"],
+        "modbus_ratio_8": res["modbus_tcp"]["ratio_8"],
         "bacnet_rp_per_s": res["bacnet"]["read_property_per_s"],
         "bacnet_rpm_points_per_s": res["bacnet"]["rpm_points_per_s"],
+        "scale_250_full_table_s": res["scale"]["startup_to_full_table_s"],
         "scale_250_rss_mib": res["scale"]["rss_mib"],
         "scale_250_cpu": res["scale"]["cpu_share_steady"],
         "freshness_modbus_p50_ms": res["freshness"]["freshness_modbus_p50_ms"],

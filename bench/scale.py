@@ -1,12 +1,17 @@
 """Scale benchmark: 250 meters x every point, simulated in a separate process, polled over Modbus TCP.
 
-Measures start-up time to the first full table, resident memory and the gateway's CPU share at steady polling.
+The gateway runs in its own process (`scale.py child`, fed the configuration on stdin) with every upstream on
+(BACnet/IP, Modbus TCP, HTTP/Prometheus, all on loopback; SCALE_UPSTREAMS=none or e.g. modbus_tcp,prometheus).
+Measures the time from before parsing the configuration to the first full table (every supported point good),
+that process's resident memory and its CPU share while polling at the configured rates (the profile's default
+intervals). SCALE_PROFILE=FILE records the gateway process with py-spy (raw format) while it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import resource
@@ -14,17 +19,12 @@ import subprocess
 import sys
 import time
 
-from meter_gateway.app import Gateway
-from meter_gateway.config import parse_config
-from meter_gateway.core.quality import Quality
-from meter_gateway.profiles import load_profiles
-
 PER_SIM = 125  # meters per simulator endpoint (unit ids 1-125)
 
 
-def rss_mib() -> float:
-    """Resident memory of this process in MiB."""
-    with open("/proc/self/status") as fh:
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident memory of a process in MiB."""
+    with open(f"/proc/{pid}/status") as fh:
         m = re.search(r"VmRSS:\s+(\d+) kB", fh.read())
     return int(m.group(1)) / 1024 if m else float("nan")
 
@@ -51,8 +51,13 @@ async def start_simulator(units: str) -> tuple[subprocess.Popen, int]:
     return proc, int(m.group(1))
 
 
-def build_config(n: int, ports: list[int], servers: bool) -> str:
-    """A config with n generic meters spread over the simulator endpoints."""
+UPSTREAMS = ("bacnet", "modbus_tcp", "prometheus")
+
+
+def build_config(n: int, ports: list[int], servers: bool | tuple[str, ...]) -> str:
+    """A config with n generic meters spread over the simulator endpoints; upstreams on (loopback): all, none or
+    the ones named."""
+    on = UPSTREAMS if servers is True else () if servers is False else servers
     buses = "\n".join(
         f"  - {{id: tcp{j}, type: modbus_tcp, host: 127.0.0.1, port: {p}, timeout: 2}}" for j, p in enumerate(ports)
     )
@@ -63,60 +68,120 @@ def build_config(n: int, ports: list[int], servers: bool) -> str:
             f"  - {{id: m{i + 1}, bus: tcp{j}, address: {unit + 1}, profile: generic, "
             f"bacnet_instance_base: {10000 + 100 * i}" + (f", modbus_unit: {i + 1}}}" if i < 247 else "}")
         )
-    up = "enabled: true, bind: 127.0.0.1, port: 0" if servers else "enabled: false"
-    return (
-        f"gateway: {{name: scale}}\nbuses:\n{buses}\nmeters:\n" + "\n".join(meters) + "\n"
-        f"upstream: {{bacnet: {{enabled: false}}, modbus_tcp: {{{up}}}, prometheus: {{{up}}}}}\n"
-    )
+    lines = {
+        "bacnet": "bacnet: {enabled: true, bind: 127.0.0.1, netmask: 8, port: 0, device_instance: 599}",
+        "modbus_tcp": "modbus_tcp: {enabled: true, bind: 127.0.0.1, port: 0}",
+        "prometheus": "prometheus: {enabled: true, bind: 127.0.0.1, port: 0}",
+    }
+    up = "".join(f"  {lines[k]}\n" if k in on else f"  {k}: {{enabled: false}}\n" for k in UPSTREAMS)
+    return f"gateway: {{name: scale}}\nbuses:\n{buses}\nmeters:\n" + "\n".join(meters) + f"\nupstream:\n{up}"
 
 
-async def run(n: int = 250, steady_s: float = 30.0, servers: bool = False) -> dict:
-    """Start the gateway on n simulated meters and measure it."""
+async def measure(text: str, steady_s: float) -> dict:
+    """In the gateway's own process: parse, start, wait for the full table, then watch the steady state."""
+    from meter_gateway.app import Gateway
+    from meter_gateway.config import parse_config
+    from meter_gateway.core.quality import Quality
+    from meter_gateway.profiles import load_profiles
+
+    rss0 = rss_mib()
+    t0 = time.monotonic()
+    profiles = load_profiles()
+    gw = Gateway(parse_config(text, profiles=profiles), profiles)
+    built = time.monotonic() - t0
+    await gw.start()
+    started = time.monotonic() - t0
+    try:
+        ids = gw.table.meter_ids
+        skip = {"Reset_Demand_Peak", "Sync_Clock", "Communication_Status"}
+        wanted = [(mid, p) for mid in ids for p in gw.meter_points(mid) - skip]
+        pending = set(wanted)
+        done = asyncio.Event()
+
+        def listener(mid: str, point: str, old, new) -> None:  # O(1) per change: the watch costs the gateway little
+            if new.quality is Quality.GOOD and (mid, point) in pending:
+                pending.discard((mid, point))
+                if not pending:
+                    done.set()
+
+        gw.table.add_listener(listener)
+        try:
+            while True:
+                pending.intersection_update(
+                    [(m, p) for m, p in pending if gw.table.get(m, p).quality is not Quality.GOOD]
+                )
+                if pending:
+                    done.clear()
+                    remaining = 300 - (time.monotonic() - t0)
+                    try:
+                        await asyncio.wait_for(done.wait(), max(remaining, 0.01))
+                    except TimeoutError:
+                        raise RuntimeError(f"table not full after 300 s ({len(pending)} points missing)") from None
+                # every point was good at least once: check they are good at one instant, else wait for the others
+                pending.update((m, p) for m, p in wanted if gw.table.get(m, p).quality is not Quality.GOOD)
+                if not pending:
+                    break
+        finally:
+            gw.table.remove_listener(listener)
+        points = len(wanted)
+        full = time.monotonic() - t0
+        rss_full = rss_mib()
+        c0, w0 = cpu_seconds(), time.monotonic()
+        await asyncio.sleep(steady_s)
+        cpu_share = (cpu_seconds() - c0) / (time.monotonic() - w0)
+        tx = sum(r.driver.stats.transactions for r in gw.buses.values())
+        return {
+            "meters": len(ids),
+            "points": points,
+            "built_s": round(built, 2),
+            "started_s": round(started, 2),
+            "startup_to_full_table_s": round(full, 2),
+            "rss_mib": round(rss_mib(), 1),
+            "rss_at_full_table_mib": round(rss_full, 1),
+            "rss_before_start_mib": round(rss0, 1),
+            "cpu_share_steady": round(cpu_share, 4),
+            "steady_window_s": steady_s,
+            "transactions": tx,
+            "upstream_servers": [s.name for s in gw.servers],
+        }
+    finally:
+        await gw.stop()
+
+
+async def run(
+    n: int = 250, steady_s: float = 30.0, servers: bool | tuple[str, ...] = True, profile: str | None = None
+) -> dict:
+    """Start n simulated meters (other processes) and the gateway in its own process; its figures.
+
+    `profile`: a py-spy output file to record the gateway's process into (start-up and steady state)."""
     sims = []
     try:
         for k in range((n + PER_SIM - 1) // PER_SIM):
             count = min(PER_SIM, n - k * PER_SIM)
             sims.append(await start_simulator(f"1-{count}"))
-        profiles = load_profiles()
         text = build_config(n, [p for _, p in sims], servers)
-        # Modbus TCP unit ids stop at 247: meters beyond that are served over BACnet and Prometheus only
-        cfg = parse_config(text, profiles=profiles)
-        rss0 = rss_mib()
-        gw = Gateway(cfg, profiles)
-        t0 = time.monotonic()
-        await gw.start()
-        try:
-            ids = gw.table.meter_ids
-            supported = {
-                mid: gw.meter_points(mid) - {"Reset_Demand_Peak", "Sync_Clock", "Communication_Status"} for mid in ids
-            }
-
-            def full() -> bool:
-                snap = gw.table.snapshot()
-                return all(snap[mid][p].quality is Quality.GOOD for mid in ids for p in supported[mid])
-
-            while not full():
-                if time.monotonic() - t0 > 300:
-                    raise RuntimeError("table not full after 300 s")
-                await asyncio.sleep(0.1)
-            startup = time.monotonic() - t0
-            c0, w0 = cpu_seconds(), time.monotonic()
-            await asyncio.sleep(steady_s)
-            cpu_share = (cpu_seconds() - c0) / (time.monotonic() - w0)
-            tx = sum(r.driver.stats.transactions for r in gw.buses.values())
-            return {
-                "meters": n,
-                "points": sum(len(s) for s in supported.values()),
-                "startup_to_full_table_s": round(startup, 2),
-                "rss_mib": round(rss_mib(), 1),
-                "rss_before_start_mib": round(rss0, 1),
-                "cpu_share_steady": round(cpu_share, 4),
-                "steady_window_s": steady_s,
-                "transactions": tx,
-                "upstream_servers": servers,
-            }
-        finally:
-            await gw.stop()
+        load = list(os.getloadavg())
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "child", str(steady_s)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        spy = None
+        if profile:
+            spy = subprocess.Popen(
+                ["py-spy", "record", "-p", str(proc.pid), "-o", profile, "-f", "raw", "-r", "200"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        out, _ = await asyncio.to_thread(proc.communicate, text, steady_s + 330)
+        if spy is not None:
+            spy.wait(timeout=30)
+        if proc.returncode != 0:
+            raise RuntimeError(f"scale run failed (exit {proc.returncode})")
+        res = json.loads(out.strip().splitlines()[-1])
+        res["load_before"] = load
+        return res
     finally:
         for proc, _ in sims:
             proc.terminate()
@@ -127,7 +192,14 @@ async def run(n: int = 250, steady_s: float = 30.0, servers: bool = False) -> di
 
 
 if __name__ == "__main__":
-    import json
+    if len(sys.argv) > 1 and sys.argv[1] == "child":
+        import logging
 
-    n = int(os.environ.get("SCALE_METERS", "250"))
-    print(json.dumps(asyncio.run(run(n, float(os.environ.get("SCALE_STEADY_S", "30"))))))
+        logging.basicConfig(level=logging.ERROR)  # the gateway's errors only (a bench run must have none)
+        print(json.dumps(asyncio.run(measure(sys.stdin.read(), float(sys.argv[2])))))
+    else:
+        n = int(os.environ.get("SCALE_METERS", "250"))
+        ups = os.environ.get("SCALE_UPSTREAMS", "all")  # all, none, or e.g. modbus_tcp,prometheus
+        on = True if ups == "all" else False if ups == "none" else tuple(ups.split(","))
+        steady = float(os.environ.get("SCALE_STEADY_S", "30"))
+        print(json.dumps(asyncio.run(run(n, steady, on, os.environ.get("SCALE_PROFILE")))))

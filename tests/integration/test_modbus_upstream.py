@@ -273,3 +273,25 @@ async def test_beyond_the_connection_limit_the_longest_idle_client_makes_room(ga
         assert (await ask(r, w))[7] == 3
     for _r, w in kept:
         w.close()
+
+
+async def test_repeated_reads_follow_every_table_change(gateways):
+    """Replies to a repeated read are remembered between table changes: each change must show in the next read."""
+    gw = await gateways(READ_YAML)
+    await _settled(gw)
+    c = await _client(gw)
+    sim = gw.simulators["gen"]
+    volts = CAT.get("Voltage_L1_N").modbus.address
+    try:
+        first = await c.read_holding_registers(0, count=50, device_id=1)
+        again = await c.read_holding_registers(0, count=50, device_id=1)
+        assert not first.isError() and first.registers == again.registers
+        for marker in (231.5, 229.25, 231.5):
+            sim.model.values["Voltage_L1_N"] = marker
+            assert await wait_for(lambda m=marker: gw.table.get("gen", "Voltage_L1_N").value == m, 10)
+            r = await c.read_holding_registers(0, count=50, device_id=1)
+            got = AsyncModbusTcpClient.convert_from_registers(r.registers[volts : volts + 2], DT.FLOAT32)
+            assert got == marker
+            assert r.registers[:volts] == first.registers[:volts]  # the rest of the block is unchanged
+    finally:
+        c.close()

@@ -1,9 +1,13 @@
 """Upstream Modbus TCP slave: one unit id per meter, the canonical register map, answers from the table only.
 
 pymodbus 3.16 is used for framing and transport. Requests reach `GatewayContext`, which stands where pymodbus puts
-its SimCore (same three methods), so every read is built from the point table at request time and every write goes
-through the write service. A small request-handler subclass records the client's address (for write allowlists) and
-answers each request with its own transaction id even when a client pipelines requests during a slow meter write.
+its SimCore (same three methods), so every read is built from the point table and every write goes through the
+write service. Register reads (functions 3 and 4), the bulk of SCADA traffic, are answered by the request handler
+itself, synchronously and in order, from `GatewayContext.read` (no pymodbus decoding, no task per request); a read
+already answered is answered again with the same bytes until a value of its meter changes in the table (a table
+listener drops that meter's replies), the meter goes offline or is re-added; reads touching the diagnostics block
+are always built afresh. The request-handler subclass also records the client's address (for write allowlists)
+and answers each request with its own transaction id even when a client pipelines requests during a slow write.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ..core.catalogue import PointKind
 from ..core.codec import CodecError, WordOrder, encode
 from ..core.codec import DataType as CodecType
 from ..core.quality import Quality
-from ..core.table import COMM_STATUS
+from ..core.table import COMM_STATUS, MeterState
 from ..core.upstream_map import DIAGNOSTICS, NEVER, TABLE_FC, UpstreamMap, journal_state_code
 from ..ratelog import OnceLog
 from ..writes import Decision, WriteRequest
@@ -61,6 +65,7 @@ WRITE_FC = {
 #: function codes served; every other one (and FC 8 with another sub-function than 0) is answered 0x01
 SERVED_FC = {1, 2, 3, 4, 5, 6, 8, 15, 16}
 MAX_ADU = 260  # MBAP header (7) + the longest PDU (253)
+REPLY_CACHE_PER_METER = 64  # distinct register reads remembered per meter (SCADA repeats a handful)
 
 
 def screen(pdu: bytes) -> tuple[int, str] | None:
@@ -126,7 +131,17 @@ class _Handler(ServerRequestHandler):
                 break  # wait for the rest (the idle time-out closes a connection that never completes it)
             pdu = frame[7 : 6 + length]
             self.last_active = time.monotonic()
+            reply = self.server.context.cached_reply(unit, pdu)
+            if reply is not None:  # a register read answered before, nothing changed since: send the same PDU
+                used += 6 + length
+                self.send(struct.pack(">HHHB", tid, 0, len(reply) + 1, unit) + reply)
+                continue
             refused = screen(pdu)
+            if refused is None and pdu[0] in (3, 4):  # register reads: answered here, from the table, in order
+                used += 6 + length
+                reply = self._read_registers(unit, pdu)
+                self.send(struct.pack(">HHHB", tid, 0, len(reply) + 1, unit) + reply)
+                continue
             if refused is None:
                 super().callback_data(frame[: 6 + length], addr)  # decodes it into last_pdu (or answers 0x01)
                 used += 6 + length
@@ -152,6 +167,19 @@ class _Handler(ServerRequestHandler):
             fc = pdu[0] | 0x80
             self.send(struct.pack(">HHHBBB", tid, 0, 3, unit, fc, code))
         return used
+
+    def _read_registers(self, unit: int, pdu: bytes) -> bytes:
+        """The reply PDU to a screened register read (function 3 or 4), or its exception PDU."""
+        fc = pdu[0]
+        address, count = struct.unpack(">HH", pdu[1:5])
+        try:
+            regs = self.server.context.read(unit, fc, address, count)
+        except Exception as exc:  # a bug must not kill the connection: answer "device failure", log it once
+            self.server.bad_input(self.peer_ip, f"internal error {type(exc).__name__}", f"{pdu.hex()}: {exc}")
+            return bytes([fc | 0x80, ExcCodes.DEVICE_FAILURE])
+        if isinstance(regs, ExcCodes):
+            return bytes([fc | 0x80, regs])
+        return struct.pack(f">BB{count}H", fc, 2 * count, *regs)
 
     def handle_later(self) -> None:
         """Not used: callback_data starts a task per request itself (pymodbus' way loses pipelined requests)."""
@@ -250,6 +278,43 @@ class GatewayContext:
         self.map = server.map
         self._echo: dict[tuple[int, int], list[bool]] = {}
         self._encoded: dict[tuple[str, object], list[int]] = {}  # (point, value) -> registers: values repeat a lot
+        #: meter -> (its table state, request PDU -> reply PDU) for register reads of an online meter outside the
+        #: diagnostics block; dropped on any change of the meter's values (table listener) or when the meter's
+        #: state is replaced (reload, identification), so a reply is never older than the table
+        self._replies: dict[str, tuple[MeterState, dict[bytes, bytes]]] = {}
+
+    def cached_reply(self, unit: int, pdu: bytes) -> bytes | None:
+        """The reply PDU to a register read answered before when nothing it depends on changed since, else None."""
+        meter_id = self.srv.units.get(unit)
+        entry = self._replies.get(meter_id) if meter_id is not None else None
+        if entry is None:
+            return None
+        reply = entry[1].get(pdu)
+        if reply is None:
+            return None
+        state = entry[0]
+        try:
+            current = self.table.meter(meter_id)
+        except KeyError:
+            return None
+        return reply if current is state and state.online else None
+
+    def invalidate(self, meter_id: str, point: str, old: object, new: object) -> None:
+        """Table listener: a value or quality of the meter changed, its cached replies go."""
+        self._replies.pop(meter_id, None)
+
+    def invalidate_all(self) -> None:
+        """Forget every cached reply (unit map reloaded)."""
+        self._replies.clear()
+
+    def _remember(self, meter_id: str, func_code: int, address: int, regs: list[int]) -> None:
+        state = self.table.meter(meter_id)
+        entry = self._replies.get(meter_id)
+        if entry is None or entry[0] is not state or len(entry[1]) >= REPLY_CACHE_PER_METER:
+            entry = self._replies[meter_id] = (state, {})
+        count = len(regs)
+        key = struct.pack(">BHH", func_code, address, count)
+        entry[1][key] = struct.pack(f">BB{count}H", func_code, 2 * count, *regs)
 
     def device_ids(self) -> list[int]:
         """Unit ids served."""
@@ -258,6 +323,10 @@ class GatewayContext:
     # -- reads ------------------------------------------------------------------------------------
     async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1):
         """Registers or bits for a read (or for the echo of a write)."""
+        return self.read(device_id, func_code, address, count)
+
+    def read(self, device_id: int, func_code: int, address: int, count: int = 1):
+        """Registers or bits for a read (or for the echo of a write), or an exception code; never waits."""
         meter_id = self.srv.units.get(device_id)
         if meter_id is None:
             return ExcCodes.GATEWAY_PATH_UNAVIABLE
@@ -291,6 +360,8 @@ class GatewayContext:
                 v = values[p.name]
                 cache[p.name] = self._encode(p, v.value if v.quality is not Quality.UNSUPPORTED else None)
             regs.append(cache[p.name][k])
+        if not diag and func_code in (3, 4) and table_.is_online(meter_id):
+            self._remember(meter_id, func_code, address, regs)
         return regs
 
     def _encode(self, p, value) -> list[int]:
@@ -434,6 +505,7 @@ class ModbusTcpGatewayServer(Server):
         self._server: _TcpServer | None = None
         self._sweeper: asyncio.Task | None = None
         self._bound: tuple[str, int] | None = None
+        self._listening = None  # the reply cache's table listener while serving
 
     async def start(self) -> None:
         """Bind (checking the port is really ours) and serve in the background."""
@@ -446,7 +518,9 @@ class ModbusTcpGatewayServer(Server):
         self._server.max_connections = cfg.max_connections
         self._server.max_per_address = cfg.max_connections_per_address
         self._server.owner = self
-        self._server.context = GatewayContext(self)
+        self._server.context = ctx = GatewayContext(self)
+        self._listening = ctx.invalidate
+        self.table.add_listener(ctx.invalidate)
         try:
             await self._server.serve_forever(background=True)
         except (RuntimeError, OSError) as exc:
@@ -497,6 +571,9 @@ class ModbusTcpGatewayServer(Server):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._listening is not None:
+            self.table.remove_listener(self._listening)
+            self._listening = None
         if self._server is not None:
             await self._server.shutdown()
             self._server = None
@@ -509,5 +586,7 @@ class ModbusTcpGatewayServer(Server):
         """Reload: serve the new unit map; connected clients stay connected."""
         cfg = self.facts.config
         self.units = {m.modbus_unit: m.id for m in cfg.meters if m.enabled and m.modbus_unit is not None}
+        if self._server is not None:
+            self._server.context.invalidate_all()
         log.info("Modbus TCP server: units %s", ", ".join(f"{u}={m}" for u, m in sorted(self.units.items())))
         return True
