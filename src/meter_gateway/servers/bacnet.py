@@ -97,6 +97,7 @@ from ..config import state_path
 from ..core.quality import PointValue, Quality
 from ..writes import Decision, WriteRequest, WriteResult
 from .bacnet_cov import CovGuard, CovLimits
+from .bacnet_fast import FastCached, FastReadApplication
 from .bacnet_net import ForeignDeviceMonitor, announce, host_port, install_guards, quiet_library_logs, resolve_bind
 from .bacnet_segment import ObjectListCache, fit_segments
 from .base import Server, ServerStartError
@@ -198,7 +199,7 @@ class _StandardPropertyList:
         """Ignored: the list is derived from the object's properties."""
 
 
-class _GatewayPoint(_StandardPropertyList):
+class _GatewayPoint(FastCached, _StandardPropertyList):
     """Mixin: a point object; the application decides its writes, this is the last line of defence."""
 
     # set after construction: _gw_spec (ObjectSpec) and _gw_server (BacnetServer); no annotations here, the
@@ -332,11 +333,12 @@ def services_supported() -> ServicesSupported:
     return ss
 
 
-class _GatewayApplication(CovGuard, ObjectListCache, Application):
+class _GatewayApplication(FastReadApplication, CovGuard, ObjectListCache, Application):
     """The bacpypes3 application: only the offered services, writes answered by the gateway's own rules."""
 
     gw_server: BacnetServer | None = None
     _logged_services: set[str]
+    fast_classes = frozenset({*CLASSES.values(), GwGatewayBinaryInput})
 
     async def indication(self, apdu) -> None:  # type: ignore[override]
         """Record the requester for write allowlists; reject services that are not offered."""
@@ -575,6 +577,8 @@ class BacnetServer(Server):
         self.app.cov_limits = CovLimits(**self.cfg.cov.model_dump())
         self.bvll_guards = install_guards(self.app, self._trusted_bbmds(), self.bind_info.network)
         await self._verify_bound(host, port)
+        if self.app.fast_reads is not None:  # reads of the point objects answered from the socket (bacnet_fast)
+            self.app.fast_reads.install()
         self._broadcast_listener = await announce(self.app, self.bind_info, port)
         if self.cfg.foreign_bbmd or self.cfg.bbmd:
             self.fd_monitor = ForeignDeviceMonitor(
