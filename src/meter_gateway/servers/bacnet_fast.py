@@ -20,8 +20,10 @@ both for every object type and property served).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import struct
+from functools import partial
 from typing import Any
 
 from bacpypes3.apdu import ReadPropertyACK, ReadPropertyMultipleACK
@@ -32,6 +34,7 @@ from bacpypes3.basetypes import (
     ReadAccessResultElementChoice,
 )
 from bacpypes3.constructeddata import Any as AnyValue
+from bacpypes3.local.object import Object as _LocalObject
 from bacpypes3.pdu import IPv4Address
 
 log = logging.getLogger(__name__)
@@ -51,23 +54,97 @@ _BVLC = struct.Struct(">BBH")
 REPLY_NPDU = b"\x01\x00"
 
 
+def _sync_attrs(cls: type) -> frozenset[str]:
+    """The properties of a class that bacpypes3 reads and assigns directly: all but coroutine Python properties."""
+    found = _SYNC.get(cls)
+    if found is None:
+        found = frozenset(
+            name
+            for name in cls._elements  # type: ignore[attr-defined]
+            if not (
+                isinstance(p := inspect.getattr_static(cls, name, None), property)
+                and (inspect.iscoroutinefunction(p.fget) or inspect.iscoroutinefunction(p.fset))
+            )
+        )
+        _SYNC[cls] = found
+    return found
+
+
+_SYNC: dict[type, frozenset[str]] = {}
+
+
 class FastCached:
-    """Mixin for point objects: assigning a property forgets the object's encoded property values."""
+    """Mixin for point objects (put before the bacpypes3 classes): assigning a property forgets the object's
+    encoded property values; properties are read and assigned without `inspect`.
+
+    bacpypes3's local `Object.__getattribute__` and `__setattr__` look the attribute up with `inspect.getattr_static`
+    at every access, only to find Python properties with coroutine getters or setters (which they run in a thread).
+    A class's properties do not change, so that is decided here once per class; for every other property this does
+    what bacpypes3 does, in the same order. Reading: the element's get_attribute with the next class's getter.
+    Assigning: cast to the property's type, compare with the current value (no change: no effect), the element's
+    set_attribute through the next class's setter, then the property monitors (COV detection).
+    """
 
     # no annotation: the bacpypes3 object metaclass evaluates the type hints of every class in the hierarchy
     _gw_enc = None
 
+    def __getattribute__(self, attr: str) -> Any:
+        """Read as bacpypes3 does, without `inspect`."""
+        if attr.startswith("_"):
+            return object.__getattribute__(self, attr)
+        cls = type(self)
+        sync = _SYNC.get(cls)
+        if sync is None:
+            sync = _sync_attrs(cls)
+        if attr not in sync:
+            return super().__getattribute__(attr)
+        below = super(_LocalObject, self)
+        return cls._elements[attr].get_attribute(  # type: ignore[attr-defined]
+            getter=partial(below.__getattribute__, attr)
+        )
+
     def __setattr__(self, attr: str, value: Any) -> None:
         """Assign as bacpypes3 does; a property (not a private attribute) invalidates the encodings."""
-        if attr[0] == "_":
+        if attr.startswith("_"):
             object.__setattr__(self, attr, value)
             return
+        cls = type(self)
+        sync = _SYNC.get(cls)
+        if sync is None:
+            sync = _sync_attrs(cls)
+        if attr not in sync:
+            try:
+                super().__setattr__(attr, value)
+            finally:
+                _forget(self)
+            return
+        element = cls._elements[attr]  # type: ignore[attr-defined]
+        if value.__class__ != element:
+            value = element(element.cast(value))
+        below = super(_LocalObject, self)
+        current = below.__getattribute__(attr)
+        if value == current:
+            return
         try:
-            super().__setattr__(attr, value)
+            element.set_attribute(
+                getter=partial(below.__getattribute__, attr), setter=partial(below.__setattr__, attr), value=value
+            )
         finally:
-            enc = self._gw_enc
-            if enc:
-                enc.clear()
+            _forget(self)
+        monitors = _get(self, "_property_monitors").get(attr)
+        if monitors:
+            for fn in monitors:
+                fn(current, value)
+
+
+_get = object.__getattribute__
+
+
+def _forget(obj: Any) -> None:
+    """Forget the encoded property values of an object."""
+    enc = _get(obj, "_gw_enc")
+    if enc:
+        enc.clear()
 
 
 def _unsigned(data: bytes, pos: int, tag: int) -> tuple[int, int] | None:
