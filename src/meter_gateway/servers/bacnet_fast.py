@@ -4,9 +4,10 @@ bacpypes3 runs every confirmed request through its whole stack: a task per datag
 decoding, a server transaction that looks the client up again, `inspect` on every property access, and an encoder
 that costs about 100 us per reply. This module answers, straight from the UDP socket, the plain requests a head-end
 sends most: an unsegmented ReadProperty or ReadPropertyMultiple in an Original-Unicast-NPDU without network
-addressing, for properties of the gateway's point objects (and elements of the Device object's object-list). The
-property values are encoded once, by bacpypes3 itself, and kept per object until any property of that object is
-assigned (`FastCached.__setattr__` forgets the object's encodings).
+addressing, for properties of the gateway's point objects (and elements of the Device object's object-list). A
+property's value is encoded once, by bacpypes3 itself (the Any of its answers), and kept per object until any
+property of that object is assigned (`FastCached.__setattr__` forgets the object's encodings); the few octets
+around it (object identifier, property identifier, context tags) are written here.
 
 Everything else takes the normal bacpypes3 path, unchanged: any other BVLC function, network addressing (routed
 requests, virtual devices behind a router), segmented requests, other services, objects that are not registered
@@ -26,13 +27,7 @@ import struct
 from functools import partial
 from typing import Any
 
-from bacpypes3.apdu import ReadPropertyACK, ReadPropertyMultipleACK
-from bacpypes3.basetypes import (
-    PropertyIdentifier,
-    ReadAccessResult,
-    ReadAccessResultElement,
-    ReadAccessResultElementChoice,
-)
+from bacpypes3.basetypes import PropertyIdentifier
 from bacpypes3.constructeddata import Any as AnyValue
 from bacpypes3.local.object import Object as _LocalObject
 from bacpypes3.pdu import IPv4Address
@@ -231,20 +226,12 @@ class FastReads:
         try:
             value = _run_sync(obj.read_property(prop, None))
             if value is not None and obj.get_property_type(prop) is not None:
-                oid = obj.objectIdentifier
-                rp = ReadPropertyACK(objectIdentifier=oid, propertyIdentifier=prop, propertyValue=value)
-                element = ReadAccessResultElement(
-                    propertyIdentifier=prop,
-                    propertyArrayIndex=None,
-                    readResult=ReadAccessResultElementChoice(propertyValue=AnyValue(value)),
+                # the value as bacpypes3 encodes it in both answers (an Any), between the context tags of each
+                raw = bytes(AnyValue(value).encode().encode().pduData)
+                out = (
+                    b"\x0c" + _OID.pack(key) + _ctx_unsigned(1, pid) + b"\x3e" + raw + b"\x3f",
+                    _ctx_unsigned(2, pid) + b"\x4e" + raw + b"\x4f",
                 )
-                rpm = ReadPropertyMultipleACK(
-                    listOfReadAccessResults=[ReadAccessResult(objectIdentifier=oid, listOfResults=[element])]
-                )
-                rpm_data = bytes(rpm.encode().pduData)
-                # one result: object identifier (5 octets), opening tag 1, the element, closing tag 1
-                if rpm_data[:5] == b"\x0c" + _OID.pack(key) and rpm_data[5] == 0x1E and rpm_data[-1] == 0x1F:
-                    out = (bytes(rp.encode().pduData), rpm_data[6:-1])
         except Exception:  # an error answer, or a read that is not plain: the normal path answers it
             out = None
         enc[pid] = out
