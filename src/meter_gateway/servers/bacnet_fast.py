@@ -186,6 +186,7 @@ class FastReads:
         self.objects: dict[int, Any] = {}
         #: property identifiers each registered class has (anything else is not looked at here)
         self._element_ids: dict[type, frozenset[int]] = {}
+        self._device_key: int | None = None
         self.answered = 0
         self.passed = 0
         self._failed_logged = False
@@ -306,11 +307,15 @@ class FastReads:
                 return None
             enc = self._encoded(key, obj, pid)
             return None if enc is None else enc[0]
-        device = self.app.device_object
-        if pid != OBJECT_LIST or device is None or (key >> 22) != DEVICE:
+        if pid != OBJECT_LIST or (key >> 22) != DEVICE:
             return None
-        dev_t, dev_i = device.objectIdentifier
-        dev_key = (int(dev_t) << 22) | dev_i
+        dev_key = self._device_key
+        if dev_key is None:
+            device = self.app.device_object
+            if device is None:
+                return None
+            dev_t, dev_i = device.objectIdentifier  # read-only: kept for the application's life
+            dev_key = self._device_key = (int(dev_t) << 22) | dev_i
         if key not in (dev_key, WILDCARD_DEVICE):
             return None
         value = self._object_list_element(index)
@@ -398,9 +403,9 @@ class FastReadApplication:
     def add_object(self, obj) -> None:
         """Add an object; a point object of a fast class is served by the fast path too."""
         super().add_object(obj)  # type: ignore[misc]
+        if self.fast_reads is None:
+            self.fast_reads = FastReads(self)
         if type(obj) in self.fast_classes:
-            if self.fast_reads is None:
-                self.fast_reads = FastReads(self)
             self.fast_reads.register(obj)
 
     def delete_object(self, obj) -> None:
