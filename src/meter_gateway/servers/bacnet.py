@@ -250,11 +250,11 @@ class GwDateTimeValue(_GatewayPoint, _LocalObject, _DateTimeValueObject):
     _cov_criteria = GenericCriteria
 
 
-class GwNetworkPort(_StandardPropertyList, NetworkPortObject):
+class GwNetworkPort(FastCached, _StandardPropertyList, NetworkPortObject):
     """The BACnet/IP network port, with a standard property list."""
 
 
-class GwDevice(_StandardPropertyList, DeviceObject):
+class GwDevice(FastCached, _StandardPropertyList, DeviceObject):
     """The device object: local date and time in the gateway's time zone, object types from the objects served."""
 
     # set after construction: _gw_zone (ZoneInfo)
