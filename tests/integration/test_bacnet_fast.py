@@ -160,6 +160,7 @@ async def test_fast_path_answers_exactly_as_the_normal_path(gateways):
     frames += [
         bvlc(rp[:2] + b"\x00" + rp[3:]),
         bvlc(b"\x01\x05" + rp[2:]),
+        bvlc(b"\x01\x00" + rp[2:]),  # not expecting a reply
         bvlc(rp[:-2] + b"\x1a\x00\x55"),
         bvlc(rp + b"\x00"),
         bvlc(read_property(41, t, i, 371)),
