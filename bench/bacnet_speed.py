@@ -6,8 +6,10 @@ invoke IDs), and ReadPropertyMultiple points per second (20 present-values per r
 (32 simulated meters, polling as usual, in this process) and bacserv (its own process) are measured alternately,
 3 rounds in one run; the ratios are gateway / bacserv per figure (median over the rounds, with the range). bacserv
 comes from ../shared/tools/bacnet-stack/bin (or $BACNET_STACK_BIN); when it is absent the gateway's figures are
-still measured and the ratios are null, with the reason. The client is plain Python: what it can drive is printed
-as its own CPU share, so a figure limited by the client shows as such.
+still measured and the ratios are null, with the reason. The client is plain Python and shares the machine's cores
+with the server: its CPU share is recorded, and so is each server's CPU time per request (per point for RPM), measured
+around each figure (the gateway's process time, bacserv's from /proc); the CPU ratio (bacserv's CPU per request over
+the gateway's) is what the throughput ratio would be with a core per server and an unlimited client.
 
 The gateway's requests read present-value of its analog inputs in turn (RPM: 20 different objects per request);
 bacserv serves one analog input (instance 1), which every request reads (RPM: 20 times in one request).
@@ -24,6 +26,7 @@ import struct
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -62,8 +65,10 @@ def _answered(reply: bytes) -> int | None:
     return reply[7] if reply[6] >> 4 == 3 else None
 
 
-def run_window(sock: socket.socket, target: tuple[str, int], bodies: list[tuple[int, bytes]], window: int) -> dict:
-    """Keep `window` requests in flight for SECONDS; completed requests per second and errors."""
+def run_window(
+    sock: socket.socket, target: tuple[str, int], bodies: list[tuple[int, bytes]], window: int, seconds: float
+) -> dict:
+    """Keep `window` requests in flight for `seconds`; completed requests (per second) and errors."""
     frames = [[_frame(inv, svc, body) for svc, body in bodies] for inv in range(window)]
     nxt = [0] * window
     done = errors = lost = 0
@@ -72,7 +77,7 @@ def run_window(sock: socket.socket, target: tuple[str, int], bodies: list[tuple[
         sock.sendto(frames[inv][0], target)
     c0 = time.process_time()
     t0 = time.perf_counter()
-    end = t0 + SECONDS
+    end = t0 + seconds
     while True:
         try:
             reply = sock.recv(2048)
@@ -103,42 +108,62 @@ def run_window(sock: socket.socket, target: tuple[str, int], bodies: list[tuple[
             sock.recv(2048)
     except TimeoutError:
         pass
-    return {"per_s": done / elapsed, "errors": errors, "timeouts": lost, "client_cpu": cpu / elapsed}
+    return {"per_s": done / elapsed, "done": done, "errors": errors, "timeouts": lost, "client_cpu": cpu / elapsed}
 
 
-def client_main(port: int, objects: list[tuple[int, int]]) -> dict:
-    """Measure one server: the three figures."""
+FIGURES = ("rp_1", "rp_32", "rpm_points")
+
+
+def client_main(port: int, objects: list[tuple[int, int]], figure: str) -> dict:
+    """Measure one figure of one server (after a short warm-up)."""
     target = ("127.0.0.1", port)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        rp = [(12, rp_body(t, i)) for t, i in objects]
-        rpm = []
-        for k in range(0, max(len(objects), RPM_POINTS), RPM_POINTS):
-            batch = [objects[(k + j) % len(objects)] for j in range(RPM_POINTS)]
-            rpm.append((14, rpm_body(batch)))
-        run_window(sock, target, rp[:50], 1)  # warm-up (the gateway encodes each property once)
-        r1 = run_window(sock, target, rp, 1)
-        r32 = run_window(sock, target, rp, WINDOW)
-        m = run_window(sock, target, rpm, 1)
+        if figure == "rpm_points":
+            bodies = []
+            for k in range(0, max(len(objects), RPM_POINTS), RPM_POINTS):
+                batch = [objects[(k + j) % len(objects)] for j in range(RPM_POINTS)]
+                bodies.append((14, rpm_body(batch)))
+        else:
+            bodies = [(12, rp_body(t, i)) for t, i in objects]
+        warm = run_window(sock, target, bodies, 1, 0.3)
+        r = run_window(sock, target, bodies, WINDOW if figure == "rp_32" else 1, SECONDS)
+    per = RPM_POINTS if figure == "rpm_points" else 1
     return {
-        "rp_1": round(r1["per_s"], 1),
-        "rp_32": round(r32["per_s"], 1),
-        "rpm_points": round(m["per_s"] * RPM_POINTS, 1),
-        "client_cpu": {"rp_1": round(r1["client_cpu"], 2), "rp_32": round(r32["client_cpu"], 2),
-                       "rpm": round(m["client_cpu"], 2)},
-        "errors": r1["errors"] + r32["errors"] + m["errors"],
-        "timeouts": r1["timeouts"] + r32["timeouts"] + m["timeouts"],
-    }  # fmt: skip
+        "value": round(r["per_s"] * per, 1),
+        "requests": r["done"] + warm["done"],
+        "client_cpu": round(r["client_cpu"], 2),
+        "errors": r["errors"],
+        "timeouts": r["timeouts"],
+    }
 
 
-async def measure(port: int, objects: list[tuple[int, int]]) -> dict:
-    """Run the client process against a server; its figures."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--client", str(port), json.dumps(objects), stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    return json.loads(out.decode().strip().splitlines()[-1])
+async def measure(port: int, objects: list[tuple[int, int]], server_cpu) -> dict:
+    """Run a client process per figure against a server; the figures, with the server's CPU per request (less
+    what the server uses when nobody asks, measured for a second before: the gateway polls its meters)."""
+    t0, c0 = time.perf_counter(), server_cpu()
+    await asyncio.sleep(1.0)
+    idle = (server_cpu() - c0) / (time.perf_counter() - t0)
+    out: dict = {"idle_cpu_share": round(idle, 3)}
+    for figure in FIGURES:
+        t0, c0 = time.perf_counter(), server_cpu()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--client", str(port), json.dumps(objects), figure, stdout=asyncio.subprocess.PIPE
+        )
+        text, _ = await asyncio.wait_for(proc.communicate(), 120)
+        cpu = server_cpu() - c0 - idle * (time.perf_counter() - t0)
+        got = json.loads(text.decode().strip().splitlines()[-1])
+        per = RPM_POINTS if figure == "rpm_points" else 1
+        got["server_cpu_us_per_item"] = round(1e6 * cpu / (got["requests"] * per), 2)
+        out[figure] = got
+    return out
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the servers ----------------------------------------------------------------------------------------------------
@@ -224,9 +249,9 @@ async def run(meters: int = 32) -> dict:
         port = server.address()[1]
         ours = [(0, o.objectIdentifier[1]) for o in server.objects.values() if o._gw_spec.object_type == "analog-input"]
         for r in range(ROUNDS):
-            row: dict = {"gateway": await measure(port, ours)}
+            row: dict = {"gateway": await measure(port, ours, time.process_time)}
             if ref is not None:
-                row["bacserv"] = await measure(ref[1], [(0, 1)])
+                row["bacserv"] = await measure(ref[1], [(0, 1)], partial(proc_cpu, ref[0].pid))
             rounds.append(row)
             print(f"bacnet speed    round {r + 1}: {json.dumps(row)}", file=sys.stderr, flush=True)
         fast = server.app.fast_reads
@@ -252,19 +277,28 @@ async def run(meters: int = 32) -> dict:
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "per_round": rounds,
     } | answered
-    for key in ("rp_1", "rp_32", "rpm_points"):
-        g = [row["gateway"][key] for row in rounds]
+    for key in FIGURES:
+        g = [row["gateway"][key]["value"] for row in rounds]
+        gc = [row["gateway"][key]["server_cpu_us_per_item"] for row in rounds]
         out[f"gateway_{key}"] = _median(g)
         out[f"gateway_{key}_range"] = [min(g), max(g)]
+        out[f"gateway_{key}_cpu_us"] = _median(gc)
         if ref is not None:
-            b = [row["bacserv"][key] for row in rounds]
+            b = [row["bacserv"][key]["value"] for row in rounds]
+            bc = [row["bacserv"][key]["server_cpu_us_per_item"] for row in rounds]
             ratios = [x / y for x, y in zip(g, b, strict=True) if y]
             out[f"bacserv_{key}"] = _median(b)
             out[f"bacserv_{key}_range"] = [min(b), max(b)]
+            out[f"bacserv_{key}_cpu_us"] = _median(bc)
             out[f"ratio_{key}"] = round(_median(ratios), 4) if ratios else None
             out[f"ratio_{key}_range"] = [round(min(ratios), 4), round(max(ratios), 4)] if ratios else None
+            # CPU per request (per point for RPM) of bacserv / of the gateway: what the ratio would be if each
+            # server had a core to itself and the client were not the limit
+            cpu = [y / x for x, y in zip(gc, bc, strict=True) if x]
+            out[f"cpu_ratio_{key}"] = round(_median(cpu), 4) if cpu else None
         else:
             out[f"ratio_{key}"] = None
+            out[f"cpu_ratio_{key}"] = None
     return out
 
 
@@ -275,11 +309,16 @@ def table(res: dict) -> str:
               "rpm_points": f"ReadPropertyMultiple, {RPM_POINTS} points (points/s)"}  # fmt: skip
     for key, label in labels.items():
         g, gr = res[f"gateway_{key}"], res[f"gateway_{key}_range"]
-        line = f"bacnet speed    {label:42} gateway {g:10.0f} ({gr[0]:.0f}-{gr[1]:.0f})"
+        line = f"bacnet speed    {label:42} gateway {g:9.0f} ({gr[0]:.0f}-{gr[1]:.0f})"
         if res.get(f"ratio_{key}") is not None:
             b, br, rr = res[f"bacserv_{key}"], res[f"bacserv_{key}_range"], res[f"ratio_{key}_range"]
-            line += f"  bacserv {b:10.0f} ({br[0]:.0f}-{br[1]:.0f})"
+            line += f"  bacserv {b:9.0f} ({br[0]:.0f}-{br[1]:.0f})"
             line += f"  ratio {res[f'ratio_{key}']:.3f} ({rr[0]:.3f}-{rr[1]:.3f})"
+        line += (
+            f"  server CPU us/{'point' if key == 'rpm_points' else 'request'}: gateway {res[f'gateway_{key}_cpu_us']}"
+        )
+        if res.get(f"cpu_ratio_{key}") is not None:
+            line += f", bacserv {res[f'bacserv_{key}_cpu_us']} (ratio {res[f'cpu_ratio_{key}']:.3f})"
         lines.append(line)
     if res.get("note"):
         lines.append(f"bacnet speed    {res['note']}")
@@ -289,7 +328,7 @@ def table(res: dict) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        print(json.dumps(client_main(int(sys.argv[2]), [tuple(x) for x in json.loads(sys.argv[3])])))
+        print(json.dumps(client_main(int(sys.argv[2]), [tuple(x) for x in json.loads(sys.argv[3])], sys.argv[4])))
     else:
         import logging
 
