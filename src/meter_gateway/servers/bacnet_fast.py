@@ -53,14 +53,20 @@ def _sync_attrs(cls: type) -> frozenset[str]:
     """The properties of a class that bacpypes3 reads and assigns directly: all but coroutine Python properties."""
     found = _SYNC.get(cls)
     if found is None:
-        found = frozenset(
-            name
-            for name in cls._elements  # type: ignore[attr-defined]
-            if not (
-                isinstance(p := inspect.getattr_static(cls, name, None), property)
-                and (inspect.iscoroutinefunction(p.fget) or inspect.iscoroutinefunction(p.fset))
+        mro = cls.__mro__
+        between = mro[mro.index(FastCached) + 1 : mro.index(_LocalObject)] if _LocalObject in mro else ()
+        hooks = ("__getattribute__", "__getattr__", "__setattr__")
+        if _LocalObject not in mro or any(h in k.__dict__ for k in between for h in hooks):
+            found = frozenset()  # another class hooks attribute access (or no bacpypes3 local object): its way
+        else:
+            found = frozenset(
+                name
+                for name in cls._elements  # type: ignore[attr-defined]
+                if not (
+                    isinstance(p := inspect.getattr_static(cls, name, None), property)
+                    and (inspect.iscoroutinefunction(p.fget) or inspect.iscoroutinefunction(p.fset))
+                )
             )
-        )
         _SYNC[cls] = found
     return found
 
