@@ -13,6 +13,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bacnet_on_change  # noqa: E402
+import bacnet_speed  # noqa: E402
 import bacnet_throughput  # noqa: E402
 import bus  # noqa: E402
 import freshness  # noqa: E402
@@ -76,6 +78,16 @@ async def main() -> dict:
         f"RPM {bn['rpm_points_per_s']} points/s",
         flush=True,
     )
+    bs = await bacnet_speed.run()
+    results["bacnet_speed"] = bs
+    print(bacnet_speed.table(bs), flush=True)
+    oc = await bacnet_on_change.run(240, 4)
+    results["bacnet_on_change"] = oc
+    print(
+        f"bacnet          table change -> objects ({oc['objects']} objects): {oc['cpu_us_per_value_change']} us CPU "
+        f"per value change, {oc['cpu_us_per_quality_change']} us per quality change",
+        flush=True,
+    )
     fr = await freshness.run()
     results["freshness"] = fr
     for key, label in (("modbus", "modbus tcp"), ("bacnet_cov", "bacnet cov")):
@@ -124,6 +136,13 @@ if __name__ == "__main__":
         "bacnet_rp_per_s": res["bacnet"]["read_property_per_s"],
         "bacnet_rpm_points_per_s": res["bacnet"]["rpm_points_per_s"],
         "scale_250_full_table_s": res["scale"]["startup_to_full_table_s"],
+        "bacnet_ratio_rp_1": res["bacnet_speed"]["ratio_rp_1"],
+        "bacnet_ratio_rp_32": res["bacnet_speed"]["ratio_rp_32"],
+        "bacnet_ratio_rpm_points": res["bacnet_speed"]["ratio_rpm_points"],
+        "bacnet_cpu_ratio_rp_1": res["bacnet_speed"]["cpu_ratio_rp_1"],
+        "bacnet_cpu_ratio_rpm_points": res["bacnet_speed"]["cpu_ratio_rpm_points"],
+        "bacnet_rpm_points_per_s_raw_client": res["bacnet_speed"]["gateway_rpm_points"],
+        "bacnet_cpu_us_per_change": res["bacnet_on_change"]["cpu_us_per_value_change"],
         "scale_250_rss_mib": res["scale"]["rss_mib"],
         "scale_250_cpu": res["scale"]["cpu_share_steady"],
         "freshness_modbus_p50_ms": res["freshness"]["freshness_modbus_p50_ms"],

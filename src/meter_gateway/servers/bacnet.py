@@ -102,6 +102,7 @@ from .bacnet_cov import CovGuard, CovLimits
 from .bacnet_events import REQUESTS as EVENT_REQUESTS
 from .bacnet_events import SERVICES as EVENT_SERVICES
 from .bacnet_events import EventReporting, EventServices
+from .bacnet_fast import FastCached, FastReadApplication
 from .bacnet_net import ForeignDeviceMonitor, announce, host_port, install_guards, quiet_library_logs, resolve_bind
 from .bacnet_segment import ObjectListCache, fit_segments
 from .bacnet_trend import TrendLogger, make_trend_logs, read_range, trend_specs
@@ -209,7 +210,7 @@ class _StandardPropertyList:
         """Ignored: the list is derived from the object's properties."""
 
 
-class _GatewayPoint(_StandardPropertyList):
+class _GatewayPoint(FastCached, _StandardPropertyList):
     """Mixin: a point object; the application decides its writes, this is the last line of defence."""
 
     # set after construction: _gw_spec (ObjectSpec) and _gw_server (BacnetServer); no annotations here, the
@@ -260,11 +261,11 @@ class GwDateTimeValue(_GatewayPoint, _LocalObject, _DateTimeValueObject):
     _cov_criteria = GenericCriteria
 
 
-class GwNetworkPort(_StandardPropertyList, NetworkPortObject):
+class GwNetworkPort(FastCached, _StandardPropertyList, NetworkPortObject):
     """The BACnet/IP network port, with a standard property list."""
 
 
-class GwDevice(_StandardPropertyList, DeviceObject):
+class GwDevice(FastCached, _StandardPropertyList, DeviceObject):
     """The device object: local date and time in the gateway's time zone, object types from the objects served."""
 
     # set after construction: _gw_zone (ZoneInfo)
@@ -343,13 +344,14 @@ def services_supported() -> ServicesSupported:
     return ss
 
 
-class _GatewayApplication(EventServices, CovGuard, ObjectListCache, Application):
+class _GatewayApplication(FastReadApplication, EventServices, CovGuard, ObjectListCache, Application):
     """The bacpypes3 application: only the offered services, writes answered by the gateway's own rules."""
 
     gw_server: BacnetServer | None = None
     #: whether this device has Trend Log objects (None: the server's trend logs decide; per-meter mode sets it)
     gw_trends: bool | None = None
     _logged_services: set[str]
+    fast_classes = frozenset({*CLASSES.values(), GwGatewayBinaryInput})
 
     async def indication(self, apdu) -> None:  # type: ignore[override]
         """Record the requester for write allowlists; reject services that are not offered."""
@@ -659,6 +661,8 @@ class BacnetServer(Server):
             self.router.attach(self.app, port_obj)
         self.bvll_guards = install_guards(self.app, self._trusted_bbmds(), self.bind_info.network)
         await self._verify_bound(host, port)
+        if self.app.fast_reads is not None:  # reads of the point objects answered from the socket (bacnet_fast)
+            self.app.fast_reads.install()
         if self.router is not None:
             try:
                 self.router.start(self.app)

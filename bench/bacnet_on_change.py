@@ -1,0 +1,91 @@
+"""Cost of a table change reaching the BACnet objects: microseconds per changed value in BacnetServer._on_change.
+
+A gateway with `meters` simulated meters and its BACnet device on loopback; every point of every meter is changed
+`rounds` times (value alternating between two readings, quality good; and a round of quality changes), calling the
+table listener as the point table does. No network traffic; the figure is the device's own CPU cost per change.
+`python bench/bacnet_on_change.py` prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+
+from meter_gateway.core.quality import PointValue, Quality
+
+
+async def run(meters: int = 50, rounds: int = 20) -> dict:
+    """Start the gateway, change every point `rounds` times, return microseconds per change."""
+    from meter_gateway.app import Gateway
+    from meter_gateway.config import parse_config
+    from meter_gateway.profiles import load_profiles
+
+    lines = [
+        f"  - {{id: m{i}, bus: rtu, address: {i}, profile: generic, bacnet_instance_base: {1000 * i}}}"
+        for i in range(1, meters + 1)
+    ]
+    text = (
+        "gateway: {name: bench}\nbuses: [{id: rtu, type: modbus_rtu, simulated: true}]\nmeters:\n"
+        + "\n".join(lines)
+        + "\nupstream:\n  bacnet: {enabled: true, bind: 127.0.0.1, netmask: 8, port: 0}\n"
+        "  modbus_tcp: {enabled: false}\n  prometheus: {enabled: false}\n"
+    )
+    profiles = load_profiles()
+    gw = Gateway(parse_config(text, profiles=profiles), profiles)
+    await gw.start()
+    try:
+        server = next(s for s in gw.servers if s.name == "bacnet")
+        keys = list(server._by_point)
+        now = time.time()
+        # values as the table would hold them: two readings per point, alternating (every call is a change)
+        pairs = []
+        for mid, point in keys:
+            spec = server._by_point[(mid, point)][0]._gw_spec
+            t = spec.object_type
+            if t == "multi-state-value":
+                a, b = tuple(spec.point.allowed_values or (0, 1))[:2]
+            elif t in ("binary-input", "binary-output"):
+                a, b = False, True
+            elif t == "datetime-value":
+                a, b = now - 3600, now - 60
+            else:
+                a, b = 100.0, 100.5
+            pairs.append((mid, point, PointValue(a, Quality.GOOD, now, now), PointValue(b, Quality.GOOD, now, now)))
+        on_change = server._on_change
+        for mid, point, va, _vb in pairs:  # warm up
+            on_change(mid, point, va, va)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        for r in range(rounds):
+            for mid, point, va, vb in pairs:
+                on_change(mid, point, va, vb if r % 2 == 0 else va)
+        value_us = 1e6 * (time.perf_counter() - t0) / (rounds * len(pairs))
+        value_cpu_us = 1e6 * (time.thread_time() - c0) / (rounds * len(pairs))
+        # quality changes: good -> communication failure -> good (reliability and status flags change)
+        bad = [(mid, point, va, PointValue(None, Quality.COMM_FAILURE, now, now)) for mid, point, va, _ in pairs]
+        t0, c0 = time.perf_counter(), time.thread_time()
+        for r in range(rounds):
+            for mid, point, va, vbad in bad:
+                on_change(mid, point, va, vbad if r % 2 == 0 else va)
+        quality_us = 1e6 * (time.perf_counter() - t0) / (rounds * len(bad))
+        quality_cpu_us = 1e6 * (time.thread_time() - c0) / (rounds * len(bad))
+        objects = sum(len(v) for v in server._by_point.values())
+        return {
+            "meters": meters,
+            "points": len(pairs),
+            "objects": objects,
+            "us_per_value_change": round(value_us, 2),
+            "cpu_us_per_value_change": round(value_cpu_us, 2),
+            "us_per_quality_change": round(quality_us, 2),
+            "cpu_us_per_quality_change": round(quality_cpu_us, 2),
+        }
+    finally:
+        await gw.stop()
+
+
+if __name__ == "__main__":
+    logging.disable(logging.WARNING)
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    print(json.dumps(asyncio.run(run(n))))
