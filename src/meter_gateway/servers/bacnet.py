@@ -102,7 +102,7 @@ from .bacnet_cov import CovGuard, CovLimits
 from .bacnet_events import REQUESTS as EVENT_REQUESTS
 from .bacnet_events import SERVICES as EVENT_SERVICES
 from .bacnet_events import EventReporting, EventServices
-from .bacnet_fast import FastCached, FastReadApplication
+from .bacnet_fast import FastCached, FastReadApplication, install_class_lookup_cache
 from .bacnet_net import ForeignDeviceMonitor, announce, host_port, install_guards, quiet_library_logs, resolve_bind
 from .bacnet_segment import ObjectListCache, fit_segments
 from .bacnet_trend import TrendLogger, make_trend_logs, read_range, trend_specs
@@ -516,6 +516,9 @@ def _units(name: str | None):
     return EngineeringUnits(name or "noUnits")
 
 
+#: objects made between two yields to the event loop at start (about 0.1 s of work)
+MAKE_BATCH = 250
+
 #: receive buffer asked for the BACnet/IP socket: a burst of requests (a head-end reading every object at once, a
 #: flood) waits there while the event loop works; the default (about 200 KiB) drops beyond ~270 datagrams
 RECEIVE_BUFFER = 4 * 1024 * 1024
@@ -573,6 +576,7 @@ class BacnetServer(Server):
         self.events = EventReporting(self.cfg.events, self.zone, self.table)
         #: per-meter devices: the router and its meter devices (servers/bacnet_router.py), None in single mode
         self.router: Any = None
+        self._meters_by_id: tuple[Any, dict[str, Any]] | None = None  # (configuration, meters by id)
 
     # -- start / stop ---------------------------------------------------------------------------------
     def _address(self) -> str:
@@ -602,6 +606,7 @@ class BacnetServer(Server):
             address = f"{host}/{self.bind_info.prefix}:{port}"
         self._check_port_free(host, port)
         gcfg = self.facts.config.gateway
+        install_class_lookup_cache()  # thousands of objects follow: bacpypes3's per-element inspect, cached
         self.database_revision = self._database_revision()
         device = GwDevice(
             objectIdentifier=("device", self.cfg.device_instance),
@@ -641,7 +646,14 @@ class BacnetServer(Server):
 
             self.router = MeterRouter(self)
             router_objs = self.router.prepare(port_obj)
-        objs = [device, port_obj, *router_objs] + [self._make(spec) for spec in self.specs if self.router is None]
+        # the table's changes reach every object made from here on (each reads the table when made), and making
+        # thousands of them yields to the event loop now and then: the buses keep polling meanwhile
+        self.table.add_listener(self._on_change)
+        objs = [device, port_obj, *router_objs]
+        for i, spec in enumerate(self.specs if self.router is None else ()):
+            objs.append(self._make(spec))
+            if i % MAKE_BATCH == MAKE_BATCH - 1:
+                await asyncio.sleep(0)
         objs += [self._make_gateway(spec) for spec in self.gateway_specs]
         # per-meter mode: each meter device has its own Trend Logs (servers/bacnet_router.py), the router none
         trend_objs = make_trend_logs(self.trend_specs if self.router is None else [], self.cfg.trend_logs)
@@ -677,7 +689,6 @@ class BacnetServer(Server):
                 self.app, port_obj, self.cfg.foreign_bbmd, self.cfg.bbmd_max_foreign_devices
             )
             self.fd_monitor.start()
-        self.table.add_listener(self._on_change)
         self.table.add_alarm_listener(self._on_alarm)
         if trend_objs:
             self.trend_logger = TrendLogger(
@@ -876,7 +887,10 @@ class BacnetServer(Server):
 
     # -- objects ---------------------------------------------------------------------------------------
     def _meter_config(self, meter_id: str):
-        return next((m for m in self.facts.config.meters if m.id == meter_id), None)
+        config = self.facts.config
+        if self._meters_by_id is None or self._meters_by_id[0] is not config:  # one map per configuration
+            self._meters_by_id = (config, {m.id: m for m in config.meters})
+        return self._meters_by_id[1].get(meter_id)
 
     def events_for(self, meter_id: str) -> EventReporting:
         """The reporting of the device holding a meter's objects: its own device's in per-meter mode."""
