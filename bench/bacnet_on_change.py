@@ -14,28 +14,14 @@ import logging
 import sys
 import time
 
+from bacnet_peer import start_gateway
+
 from meter_gateway.core.quality import PointValue, Quality
 
 
 async def run(meters: int = 50, rounds: int = 20) -> dict:
     """Start the gateway, change every point `rounds` times, return microseconds per change."""
-    from meter_gateway.app import Gateway
-    from meter_gateway.config import parse_config
-    from meter_gateway.profiles import load_profiles
-
-    lines = [
-        f"  - {{id: m{i}, bus: rtu, address: {i}, profile: generic, bacnet_instance_base: {1000 * i}}}"
-        for i in range(1, meters + 1)
-    ]
-    text = (
-        "gateway: {name: bench}\nbuses: [{id: rtu, type: modbus_rtu, simulated: true}]\nmeters:\n"
-        + "\n".join(lines)
-        + "\nupstream:\n  bacnet: {enabled: true, bind: 127.0.0.1, netmask: 8, port: 0}\n"
-        "  modbus_tcp: {enabled: false}\n  prometheus: {enabled: false}\n"
-    )
-    profiles = load_profiles()
-    gw = Gateway(parse_config(text, profiles=profiles), profiles)
-    await gw.start()
+    gw = await start_gateway(meters)
     try:
         server = next(s for s in gw.servers if s.name == "bacnet")
         keys = list(server._by_point)

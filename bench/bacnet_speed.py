@@ -29,6 +29,8 @@ import time
 from functools import partial
 from pathlib import Path
 
+from bacnet_peer import start_gateway
+
 HERE = Path(__file__).resolve().parent
 ROUNDS = 3
 SECONDS = 3.0  # per figure, per server, per round
@@ -200,28 +202,6 @@ def start_bacserv(tool: Path) -> tuple[subprocess.Popen, int]:
     proc.kill()
     proc.wait(5)
     raise RuntimeError("bacserv did not answer on loopback")
-
-
-async def start_gateway(meters: int):
-    """The gateway with `meters` simulated meters and only its BACnet device upstream."""
-    from meter_gateway.app import Gateway
-    from meter_gateway.config import parse_config
-    from meter_gateway.profiles import load_profiles
-
-    lines = [
-        f"  - {{id: m{i}, bus: rtu, address: {i}, profile: generic, bacnet_instance_base: {1000 * i}}}"
-        for i in range(1, meters + 1)
-    ]
-    text = (
-        "gateway: {name: bench}\nbuses: [{id: rtu, type: modbus_rtu, simulated: true}]\nmeters:\n"
-        + "\n".join(lines)
-        + "\nupstream:\n  bacnet: {enabled: true, bind: 127.0.0.1, netmask: 8, port: 0}\n"
-        "  modbus_tcp: {enabled: false}\n  prometheus: {enabled: false}\n"
-    )
-    profiles = load_profiles()
-    gw = Gateway(parse_config(text, profiles=profiles), profiles)
-    await gw.start()
-    return gw
 
 
 def _median(xs: list[float]) -> float:

@@ -8,7 +8,7 @@ import json
 import sys
 import time
 
-from bacnet_peer import client_app, free_udp_port
+from bacnet_peer import client_app, free_udp_port, start_gateway
 
 CLIENT_SECONDS = 5.0
 
@@ -44,23 +44,7 @@ async def client(my_port: int, target: str, objects: list[str]) -> dict:
 
 async def run(meters: int = 32) -> dict:
     """Start the gateway with `meters` simulated meters and measure it from a client process."""
-    from meter_gateway.app import Gateway
-    from meter_gateway.config import parse_config
-    from meter_gateway.profiles import load_profiles
-
-    lines = [
-        f"  - {{id: m{i}, bus: rtu, address: {i}, profile: generic, bacnet_instance_base: {1000 * i}}}"
-        for i in range(1, meters + 1)
-    ]
-    text = (
-        "gateway: {name: bench}\nbuses: [{id: rtu, type: modbus_rtu, simulated: true}]\nmeters:\n"
-        + "\n".join(lines)
-        + "\nupstream:\n  bacnet: {enabled: true, bind: 127.0.0.1, netmask: 8, port: 0}\n"
-        "  modbus_tcp: {enabled: false}\n  prometheus: {enabled: false}\n"
-    )
-    profiles = load_profiles()
-    gw = Gateway(parse_config(text, profiles=profiles), profiles)
-    await gw.start()
+    gw = await start_gateway(meters)
     try:
         port = gw.servers[0].address()[1]
         objects = [f"analog-input,{1000 * i + idx}" for i in range(1, meters + 1) for idx in (5, 11, 17, 25)]
