@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from helpers import GatewayRun
+from helpers import GatewayRun, free_port
 
 ORIGINAL_UNICAST = 0x0A
 ORIGINAL_BROADCAST = 0x0B
@@ -25,13 +25,6 @@ def bacnet_stack_tool(name: str) -> Path | None:
     folder = Path(os.environ.get("BACNET_STACK_BIN") or root.parent / "shared" / "tools" / "bacnet-stack" / "bin")
     tool = folder / name
     return tool if tool.is_file() and os.access(tool, os.X_OK) else None
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port that is free on 127.0.0.1 right now (TCP by default)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bvlc(npdu_apdu: bytes, function: int = ORIGINAL_UNICAST, origin: tuple[str, int] | None = None) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import socket
 import sys
 
 import pytest
@@ -17,13 +16,6 @@ from meter_gateway.profiles import load_profiles
 def profiles():
     """Every shipped profile."""
     return load_profiles()
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 STUCK_AFTER = float(os.environ.get("TEST_STUCK_AFTER", "240"))

@@ -32,11 +32,16 @@ async def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 
 
-def free_udp_port() -> int:
-    """A UDP port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port that is free on 127.0.0.1 right now (TCP by default)."""
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_udp_port() -> int:
+    """A UDP port that is free on 127.0.0.1 right now."""
+    return free_port(socket.SOCK_DGRAM)
 
 
 class BacnetClient:

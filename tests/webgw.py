@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from helpers import FAST, GatewayRun
+from helpers import FAST, GatewayRun, free_port
 
 SIM_TCP = Path(__file__).parent / "integration" / "sim_tcp_meter.py"
 USERS = ("admin", "operator", "viewer")
@@ -39,13 +38,6 @@ def chromium_path() -> tuple[str | None, str]:
     )
     path = shutil.which("chromium")
     return (path, "") if path else (None, f"apt-get install chromium failed: {r.stderr.strip()[-300:]}")
-
-
-def free_tcp_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class WebGateway:
@@ -76,7 +68,7 @@ class WebGateway:
         cmd += ["--log", str(sim_log)] if sim_log else []
         self.sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         sim_port = int(self.sim.stdout.readline())
-        self.port = free_tcp_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         common = "timeout: 0.3, retries: 0, fail_after: 2, backoff_max: 2"
         rtu = [("r1", "Shop 1", "T1", 1), ("r2", "Shop 2", "T1", 2)]

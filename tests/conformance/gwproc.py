@@ -7,12 +7,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from helpers import free_udp_port
 
 ROOT = Path(__file__).resolve().parents[2]
 #: ../shared/tools/bacnet-stack/bin from the project root; BACNET_STACK_BIN overrides it (e.g. from a git worktree)
@@ -37,13 +38,6 @@ journal: {{enabled: true}}  # the device then has the journal alarm Binary Input
 DEVICE = 4711
 #: a zone far from UTC, so local-time cannot pass by accident
 TIMEZONE = "Pacific/Kiritimati"
-
-
-def free_udp_port() -> int:
-    """A UDP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_tshark() -> str | None:

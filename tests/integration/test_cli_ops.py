@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import free_udp_port
+from helpers import free_port, free_udp_port
 from meter_gateway.commands._common import show_value
 from meter_gateway.core.catalogue import load_catalogue
 
@@ -94,18 +94,10 @@ async def test_read_prints_no_float_noise(tmp_path):
     assert numbers and all(len(n.split(".")[1]) <= 3 for n in numbers), out
 
 
-def _free_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_read_shows_the_running_gateways_values_with_quality_and_age(gateways, tmp_path):
     from helpers import FAST, wait_for
 
-    http = _free_tcp_port()
+    http = free_port()
     text = f"""
 gateway: {{name: live}}
 buses: [{{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.2, retries: 0, fail_after: 1, backoff_max: 1}}]
@@ -139,7 +131,7 @@ upstream:
 
 async def test_read_live_without_a_running_gateway_says_so(tmp_path):
     cfg = tmp_path / "gateway.yaml"
-    port = _free_tcp_port()
+    port = free_port()
     cfg.write_text(GATEWAY.replace("prometheus: {enabled: false}", f"prometheus: {{port: {port}}}"))
     rc, _out, err = await cli("read", "-c", str(cfg), "gen", "--live")
     assert rc == 2 and f"no running gateway answers at http://127.0.0.1:{port}" in err, err
@@ -148,7 +140,7 @@ async def test_read_live_without_a_running_gateway_says_so(tmp_path):
 async def test_trace_streams_the_frames_of_a_bus_with_their_meaning(gateways, tmp_path):
     from helpers import wait_for
 
-    http = _free_tcp_port()
+    http = free_port()
     text = f"""
 gateway: {{name: trace}}
 buses:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pymodbus.client import ModbusTcpClient
 
-from helpers import GatewayRun, wait_for
+from helpers import GatewayRun, free_port, wait_for
 
 CONFIG = """
 gateway: {{name: hostile, log_level: info, state_dir: .}}
@@ -32,17 +32,11 @@ writes: {{enabled: true, allow_modbus: [127.0.0.0/8], audit_log: audit.jsonl}}
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class GatewayProcess(GatewayRun):
     """`meter-gateway run` in a child process, its log in a file; stopped by SIGTERM (killed after 20 s)."""
 
     def __init__(self, tmp: Path) -> None:
-        self.mb, self.http = _free_port(), _free_port()
+        self.mb, self.http = free_port(), free_port()
         self.dir = tmp
         (tmp / "gateway.yaml").write_text(CONFIG.format(mb=self.mb, http=self.http))
         super().__init__(tmp / "gateway.yaml", tmp / "log.txt")

@@ -13,7 +13,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -23,6 +22,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 USER = "mgw-test"
@@ -44,12 +45,6 @@ upstream:
   prometheus: {{enabled: true, bind: 127.0.0.1, port: {http}}}
 journal: {{enabled: true, interval: 1}}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -111,7 +106,7 @@ def test_installed_copy_runs_as_an_unprivileged_user_with_a_read_only_config(tes
             pytest.skip(f"pip could not build the package here: {r.stderr.strip()[-300:]}")
         etc = top / "etc" / "meter-gateway"
         etc.mkdir(parents=True)
-        http, modbus = _free_port(), _free_port()
+        http, modbus = free_port(), free_port()
         conf = etc / "gateway.yaml"
         conf.write_text(CONFIG.format(http=http, modbus=modbus))
         conf.chmod(0o444)

@@ -11,14 +11,13 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import sys
 import urllib.request
 from pathlib import Path
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from helpers import FAST, BacnetClient, free_udp_port, wait_for
+from helpers import FAST, BacnetClient, free_port, free_udp_port, wait_for
 
 METER = (
     "  - {{id: {id}, bus: {bus}, address: {a}, profile: generic, bacnet_instance_base: {b}, modbus_unit: {a},"
@@ -46,13 +45,6 @@ upstream:
   modbus_tcp: {{enabled: true, bind: 127.0.0.1, port: {modbus}}}
   prometheus: {{enabled: true, bind: 127.0.0.1, port: {http}}}
 """
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def transactions(http: int, bus: str) -> float:
