@@ -916,10 +916,15 @@ def load_config(path: str | Path, profiles: Any | None = None, preflight: bool =
 SYSTEM_STATE_DIR = Path("/var/lib/meter-gateway")
 
 
+def config_dir(config_path: str | Path | None) -> Path:
+    """The folder relative paths of a configuration start from: the configuration's own, else the working folder."""
+    return Path(config_path).parent if config_path is not None else Path.cwd()
+
+
 def state_dir(cfg: GatewayConfig, config_path: str | Path | None, environ: Mapping[str, str] | None = None) -> Path:
     """Where state files live: gateway.state_dir, else systemd's $STATE_DIRECTORY, else the installed or demo place."""
     env = os.environ if environ is None else environ
-    base = Path(config_path).parent if config_path is not None else Path.cwd()
+    base = config_dir(config_path)
     if cfg.gateway.state_dir:
         return base / cfg.gateway.state_dir  # an absolute state_dir stays as it is
     if env.get("STATE_DIRECTORY"):
@@ -941,7 +946,7 @@ def state_path(
     if p.is_absolute():
         return p
     sd = state_dir(cfg, config_path, environ)
-    base = Path(config_path).parent if config_path is not None else Path.cwd()
+    base = config_dir(config_path)
     if p.parts[:1] == ("var",) and sd == base / "var":
         return base / p
     return sd / p
@@ -1063,7 +1068,7 @@ def _tls_errors(tls: HttpTls, config_path: str | Path | None) -> list[tuple[tupl
     """The HTTPS certificate and key exist, are readable and belong together."""
     import ssl
 
-    base = Path(config_path).parent if config_path is not None else Path.cwd()
+    base = config_dir(config_path)
     errs: list[tuple[tuple[Any, ...], str]] = []
     for key in ("cert", "key"):
         f = base / getattr(tls, key)

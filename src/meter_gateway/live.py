@@ -33,7 +33,7 @@ class Target:
 
 def target(cfg: Any, config_path: str | Path | None) -> Target:
     """The running gateway of this configuration, with the token it wrote to <state_dir>/control.token."""
-    from .config import state_dir
+    from .config import config_dir, state_dir
     from .web.auth import read_control_token
 
     up = cfg.upstream.prometheus
@@ -43,7 +43,7 @@ def target(cfg: Any, config_path: str | Path | None) -> Target:
     tls = cfg.upstream.http.tls
     context = None
     if tls is not None:  # trust exactly the gateway's own certificate (any host name: it is this machine)
-        base = Path(config_path).parent if config_path is not None else Path.cwd()
+        base = config_dir(config_path)
         context = ssl.create_default_context(cafile=str(base / tls.cert))
         context.check_hostname = False
     token = read_control_token(state_dir(cfg, config_path))

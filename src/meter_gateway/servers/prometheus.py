@@ -260,12 +260,13 @@ class GatewayCollector:
 def _tls_context(facts: ConfigFacts):
     """The HTTPS context of upstream.http.tls (paths relative to the configuration's folder), or None."""
     import ssl
-    from pathlib import Path
+
+    from ..config import config_dir
 
     tls = facts.config.upstream.http.tls
     if tls is None:
         return None
-    base = Path(facts.config_path).parent if facts.config_path else Path.cwd()
+    base = config_dir(facts.config_path)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         ctx.load_cert_chain(base / tls.cert, base / tls.key)
