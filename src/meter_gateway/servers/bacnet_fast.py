@@ -432,6 +432,7 @@ class _ClassLookup:
     """
 
     _MISSING = object()
+    _UNSEEN = object()
 
     def __init__(self) -> None:
         self._cache: dict[tuple[type, str], Any] = {}
@@ -448,8 +449,8 @@ class _ClassLookup:
         if attr in own or isinstance(obj, type):
             return inspect.getattr_static(obj, attr, *default)
         key = (type(obj), attr)
-        found = self._cache.get(key, None)
-        if found is None:
+        found = self._cache.get(key, self._UNSEEN)
+        if found is self._UNSEEN:  # (a class attribute may well be None: not a miss)
             found = self._MISSING
             for klass in type(obj).__mro__:  # as getattr_static does for an instance: the class's MRO, no metaclass
                 space = klass.__dict__
