@@ -27,7 +27,7 @@ from meter_gateway.core import trend_range as tr
 CONFIG = """
 gateway: {name: trend-test, timezone: Europe/Paris}
 buses:
-  - {id: rtu, type: modbus_rtu, simulated: true, timeout: 0.2, retries: 0, fail_after: 1, backoff_max: 1}
+  - {id: rtu, type: modbus_rtu, simulated: true, timeout: 1.0, retries: 1}  # a slow first reply at start is no loss
   - {id: dead, type: modbus_tcp, host: 127.0.0.1, port: DEAD, timeout: 0.2, retries: 0, fail_after: 1, backoff_max: 1}
 meters:
   - {id: gen, bus: rtu, address: 1, profile: generic, bacnet_instance_base: 1000, modbus_unit: 1,
