@@ -183,6 +183,7 @@ class Gateway:
                 foreign_registration=self._foreign_registration,
                 meter_bus=lambda meter_id: self.config.meter(meter_id).bus,
                 bacnet_events=lambda: getattr(self.server("bacnet"), "events", None),
+                bacnet_discovery=lambda: getattr(getattr(self.server("bacnet"), "router", None), "discovery", None),
             ),
             lines=BusControl(self.buses, lambda bus_id: self.config.bus(bus_id).type, self.scan_bus),
         )

@@ -280,6 +280,29 @@ class BacnetTrendSection(_Strict):
     )
 
 
+class BacnetDiscoverySection(_Strict):
+    """Who-Is / Who-Has the router forwards to the per-meter devices: limited per source, answers paced
+    (docs/bacnet-router.md)."""
+
+    enabled: bool = Field(True, description="false: every meter device answers a routed Who-Is at once, unlimited")
+    requests_per_minute: int = Field(
+        10,
+        ge=1,
+        le=10000,
+        description="routed Who-Is/Who-Has accepted from one source address a minute (a burst of this many, then "
+        "evenly); further ones are not answered",
+    )
+    answers_per_second: int = Field(
+        100,
+        ge=1,
+        le=10000,
+        description="I-Am/I-Have of all meter devices together a second; more wait their turn (paced, not dropped)",
+    )
+    max_pending: int = Field(
+        2000, ge=1, le=1000000, description="answers waiting at most; a request that would exceed it is not answered"
+    )
+
+
 class BacnetSection(_Strict):
     """The gateway's BACnet/IP device."""
 
@@ -348,6 +371,9 @@ class BacnetSection(_Strict):
     )
     network_number: int | None = Field(
         None, ge=1, le=65534, description="network number of the BACnet/IP network the gateway is on, if known"
+    )
+    discovery: BacnetDiscoverySection = Field(
+        BacnetDiscoverySection(), description="per-meter: limits on Who-Is/Who-Has routed to the meter devices"
     )
 
 

@@ -108,6 +108,7 @@ class GatewayStatus:
         foreign_registration: Callable[[], str | None],
         meter_bus: Callable[[str], str],
         bacnet_events: Callable[[], Any] = lambda: None,
+        bacnet_discovery: Callable[[], Any] = lambda: None,
     ) -> None:
         self._started = started
         self.buses = buses  # the gateway's live mapping: bus id -> runner (statistics, meters, schedules)
@@ -115,6 +116,7 @@ class GatewayStatus:
         self._foreign = foreign_registration
         self._meter_bus = meter_bus
         self._bacnet_events = bacnet_events
+        self._bacnet_discovery = bacnet_discovery
 
     @property
     def started(self) -> bool:
@@ -133,6 +135,10 @@ class GatewayStatus:
     def bacnet_events(self) -> Any:
         """The BACnet device's intrinsic reporting (alarm counts for the metrics), None when it does not report."""
         return self._bacnet_events()
+
+    def bacnet_discovery(self) -> Any:
+        """The BACnet router's limits on routed Who-Is/Who-Has (counters for the metrics), None when not routing."""
+        return self._bacnet_discovery()
 
     def runner_of(self, meter_id: str) -> BusRunner | None:
         """The runner polling a meter (its schedule and statistics), None while its bus is not polled."""

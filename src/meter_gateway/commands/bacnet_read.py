@@ -28,13 +28,22 @@ def add_parser(sub) -> None:
     p.add_argument("properties", nargs="*", default=["present-value"], help="properties (default present-value)")
     p.add_argument("--local", default="127.0.0.1/8:47809", help="this client's address/mask:port")
     p.add_argument(
+        "--dnet",
+        type=int,
+        help="network number of a device behind the router at DEVICE (per-meter devices: virtual_network); without "
+        "--dadr: list every device on that network",
+    )
+    p.add_argument(
+        "--dadr", help="MAC address of the device on network --dnet, hex as bacnet-stack writes it (00:03:E8)"
+    )
+    p.add_argument(
         "--pics", action="store_true", help="print the device's PICS as Markdown tables, read from the running device"
     )
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
-    problem = check_names(args.object, args.properties)
+    problem = check_names(args.object, args.properties) or check_route(args.dnet, args.dadr, args.object, args.pics)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -61,20 +70,62 @@ def check_names(obj: str, props: list[str]) -> str:
     return ""
 
 
+def check_route(dnet: int | None, dadr: str | None, obj: str, pics: bool) -> str:
+    """Refuse an incomplete or malformed route to a device behind a router ('' when it is usable)."""
+    if dadr is not None and dnet is None:
+        return "--dadr needs --dnet (the network the device is on)"
+    if dnet is None:
+        return ""
+    if not 1 <= dnet <= 65534:
+        return f"--dnet {dnet}: a network number is 1-65534"
+    if dadr is None:
+        return "" if not (obj or pics) else "--dnet without --dadr lists the devices only: give --dadr to read one"
+    if parse_mac(dadr) is None:
+        return f"--dadr {dadr!r}: write the MAC address in hex, e.g. 00:03:E8"
+    return ""
+
+
+def parse_mac(text: str) -> bytes | None:
+    """A MAC address written 00:03:E8, 0003E8 or 0x0003e8 (1 to 7 octets), None when it is not one."""
+    digits = text.strip().removeprefix("0x").removeprefix("0X")
+    if ":" in digits:
+        parts = digits.split(":")
+        if not all(1 <= len(p) <= 2 for p in parts):
+            return None
+        digits = "".join(p.zfill(2) for p in parts)
+    try:
+        mac = bytes.fromhex(digits)
+    except ValueError:
+        return None
+    return mac if 1 <= len(mac) <= 7 else None
+
+
+async def _target(app, args):
+    """The address requests go to: the device itself, or a station (or every station) behind the router."""
+    from bacpypes3.pdu import Address, IPv4Address, RemoteBroadcast, RemoteStation
+
+    if args.dnet is None:
+        return Address(args.device)
+    # the route to --dnet is the router at DEVICE: no Who-Is-Router-To-Network (a broadcast) needed
+    await app.nsap.update_router_references(None, IPv4Address(args.device), [args.dnet])
+    if args.dadr is None:
+        return RemoteBroadcast(args.dnet)
+    return RemoteStation(args.dnet, parse_mac(args.dadr))
+
+
 async def _read(args) -> int:
     from bacpypes3.app import Application
     from bacpypes3.local.device import DeviceObject
     from bacpypes3.local.networkport import NetworkPortObject
-    from bacpypes3.pdu import Address
 
     dev = DeviceObject(objectIdentifier=("device", 4194300), objectName="meter-gateway-client", vendorIdentifier=999)
     port = NetworkPortObject(args.local, objectIdentifier=("network-port", 1), objectName="NetworkPort-1")
     app = Application.from_object_list([dev, port])
     try:
-        addr = Address(args.device)
+        addr = await _target(app, args)
         i_ams = await app.who_is(0, 4194303, addr, timeout=3)
         if not i_ams:
-            print(f"error: no I-Am from {args.device}", file=sys.stderr)
+            print(f"error: no I-Am from {args.device}{_route_text(args)}", file=sys.stderr)
             return EXIT_NO_DEVICE
         if args.pics:
             print(await pics(app, addr, i_ams[0].iAmDeviceIdentifier))
@@ -97,6 +148,13 @@ async def _read(args) -> int:
         return status
     finally:
         app.close()
+
+
+def _route_text(args) -> str:
+    """' (network N, MAC m)' for a device behind the router, '' for the device itself."""
+    if args.dnet is None:
+        return ""
+    return f" (network {args.dnet}" + (f", MAC {args.dadr})" if args.dadr else ")")
 
 
 def _error(exc: BaseException) -> str:

@@ -41,6 +41,7 @@ from ..core.quality import PointValue, Quality
 from ..core.table import COMM_STATUS
 from .bacnet import MAX_APDU, GwDevice, GwNetworkPort, _GatewayApplication, utc_offset_minutes
 from .bacnet_cov import CovLimits
+from .bacnet_discovery import DiscoveryLimiter, classify
 from .bacnet_events import EventReporting
 from .bacnet_net import OncePerSource
 from .bacnet_trend import GwTrendLog, TrendLogger, make_trend_logs, meter_trend_specs
@@ -55,11 +56,23 @@ ROUTER_PORT = ("network-port", 2)
 
 class GuardedVirtualNetwork(VirtualNetwork):
     """bacpypes3's virtual network, delivering to each node on its own: a request a meter device cannot decode (the
-    router forwards the bytes it was given) is logged once per kind, one line, and reaches the other nodes."""
+    router forwards the bytes it was given) is logged once per kind, one line, and reaches the other nodes. With a
+    `DiscoveryLimiter`, a Who-Is / Who-Has the router forwards reaches the matching nodes only, limited per source and
+    paced (servers/bacnet_discovery.py)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, ip_net: int = 0, discovery: Any = None) -> None:
         super().__init__(name)
         self.note = OncePerSource()
+        self.ip_net = ip_net
+        self.discovery: DiscoveryLimiter | None = None
+        if discovery is not None:
+            self.discovery = DiscoveryLimiter(
+                discovery.requests_per_minute,
+                discovery.answers_per_second,
+                discovery.max_pending,
+                self.note,
+                self._deliver,
+            )
 
     async def process_pdu(self, pdu) -> None:
         """Deliver the PDU to every node the destination names (all but the sender for a broadcast)."""
@@ -67,12 +80,35 @@ class GuardedVirtualNetwork(VirtualNetwork):
             nodes = [n for n in self.nodes if pdu.pduSource != n.address]
         else:
             nodes = [n for n in self.nodes if n.promiscuous or pdu.pduDestination == n.address]
-        for node in nodes:
-            try:  # one receiver (a unicast): the sender keeps no reference to the PDU, no copy needed
-                await node.response(pdu if len(nodes) == 1 else deepcopy(pdu))
-            except Exception as exc:
-                kind = f"request routed to a meter device that it cannot handle ({type(exc).__name__})"
-                self.note("the virtual network", kind, f": {exc}")
+        if self.discovery is not None and getattr(pdu.pduSource, "addrAddr", None) == ROUTER_MAC:
+            request = classify(bytes(pdu.pduData), self.ip_net)
+            if request is not None:
+                matching = [n for n in nodes if request.matches(int.from_bytes(n.address.addrAddr, "big"))]
+                self.discovery.submit(request, pdu, matching)
+                return
+        for node in nodes:  # one receiver (a unicast): the sender keeps no reference to the PDU, no copy needed
+            await self._deliver(node, pdu if len(nodes) == 1 else deepcopy(pdu), copy=False)
+
+    async def _deliver(self, node, pdu, copy: bool = True) -> None:
+        """Hand a PDU to one node still on this network; what it cannot handle is logged once per kind."""
+        if node.lan is not self:
+            return
+        try:
+            await node.response(deepcopy(pdu) if copy else pdu)
+        except Exception as exc:
+            kind = f"request routed to a meter device that it cannot handle ({type(exc).__name__})"
+            self.note("the virtual network", kind, f": {exc}")
+
+    def close(self) -> None:
+        """Drop the waiting Who-Is / Who-Has deliveries."""
+        if self.discovery is not None:
+            self.discovery.close()
+
+
+def cfg_discovery(cfg: Any) -> Any:
+    """The limits on routed Who-Is / Who-Has (upstream.bacnet.discovery), None when turned off."""
+    section = getattr(cfg, "discovery", None)
+    return section if section is not None and section.enabled else None
 
 
 def placeholder_net(vnet: int) -> int:
@@ -183,6 +219,11 @@ class MeterRouter:
         self._listening = False
         self._tasks: set[asyncio.Task] = set()
 
+    @property
+    def discovery(self) -> DiscoveryLimiter | None:
+        """The limits on Who-Is / Who-Has routed to the meter devices (their counters), None when off."""
+        return getattr(self.network, "discovery", None)
+
     def _config(self):
         """The gateway's current configuration (it changes on reload)."""
         return self.server.facts.config
@@ -192,7 +233,7 @@ class MeterRouter:
         """Before the gateway's application exists: number the IP port, create the virtual network and its port."""
         ip_port.networkNumber = self.ip_net
         ip_port.networkNumberQuality = NetworkNumberQuality.configured
-        self.network = GuardedVirtualNetwork(self.vlan_name)
+        self.network = GuardedVirtualNetwork(self.vlan_name, self.ip_net, cfg_discovery(self.server.cfg))
         return [_virtual_port(ROUTER_PORT[1], "NetworkPort-2", ROUTER_MAC, self.vnet, self.vlan_name)]
 
     def attach(self, app, ip_port) -> None:
@@ -271,6 +312,8 @@ class MeterRouter:
         for mid in list(self.apps):
             self._remove(mid)
         if self.network is not None:
+            if isinstance(self.network, GuardedVirtualNetwork):
+                self.network.close()
             VirtualNetwork._networks.pop(self.vlan_name, None)
             self.network = None
 

@@ -217,6 +217,11 @@ class GatewayCollector:
             from .bacnet_events import event_metrics
 
             yield from event_metrics(events, P)
+        discovery = ports.status.bacnet_discovery()
+        if discovery is not None:
+            from .bacnet_discovery import discovery_metrics
+
+            yield from discovery_metrics(discovery, P)
         info = GaugeMetricFamily(P + "build_info", "Gateway version and name", labels=["version", "gateway"])
         info.add_metric([__version__, facts.config.gateway.name], 1.0)
         yield info
