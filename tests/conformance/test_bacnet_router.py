@@ -9,10 +9,12 @@ import json
 import re
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 from gwproc import (
+    ROOT,
     TIMEZONE,
     free_udp_port,
     run_tool,
@@ -23,8 +25,12 @@ from gwproc import (
 )
 from rawbacnet import PROP, RawClient
 
+from helpers import free_port
+
 VNET = 2001
 ROUTER = 4711
+#: upstream.bacnet.discovery.answers_per_second of the gateway under test (requests_per_minute: 10)
+RATE = 20
 #: device instance of each meter: `gen` derives it from bacnet_instance_base, `mid` and `plant` set their own
 DEVICES = {"gen": 1000, "mid": 77002, "plant": 77003}
 NAMES = {"gen": "Shop 1", "mid": "mid", "plant": "Plant room"}
@@ -44,9 +50,9 @@ meters:
   - {{id: plant, name: "Plant room", bus: dead, address: 1, profile: eastron_sdm630, bacnet_device_instance: 77003}}
 upstream:
   bacnet: {{enabled: true, bind: 127.0.0.1, netmask: 8, port: 0, device_instance: 4711, devices: per-meter,
-           virtual_network: {vnet}}}
+           virtual_network: {vnet}, discovery: {{requests_per_minute: 10, answers_per_second: {rate}}}}}
   modbus_tcp: {{enabled: false}}
-  prometheus: {{enabled: false}}
+  prometheus: {{enabled: true, port: {prom}}}
 writes: {{enabled: true, allow_bacnet: [127.0.0.1]}}
 """
 
@@ -60,7 +66,9 @@ def sadr(instance: int) -> str:
 def gateway(tmp_path_factory):
     """One per-meter gateway process for the module (a meter on a Modbus TCP port nobody listens on), captured."""
     tmp = tmp_path_factory.mktemp("router")
-    gp = start_gateway(tmp, CONFIG.format(tz=TIMEZONE, dead=free_udp_port(), vnet=VNET))
+    prom = free_port()
+    gp = start_gateway(tmp, CONFIG.format(tz=TIMEZONE, dead=free_udp_port(), vnet=VNET, prom=prom, rate=RATE))
+    gp.prometheus = prom
     start_capture(gp)
     try:
         yield gp
@@ -280,6 +288,150 @@ def test_hostile_npdus_are_dropped_logged_once_and_routing_goes_on(gateway, clie
     log = gateway.log_text()
     assert "Traceback" not in log, log[-3000:]
     assert log.count(kind) == 1, [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line]
+
+
+# -- Who-Is / Who-Has through the router on a hostile network (upstream.bacnet.discovery) ------------------------
+def remote_who_is(low: int | None = None, high: int | None = None) -> bytes:
+    """A BVLL Original-Unicast-NPDU: Who-Is remote-broadcast to the virtual network (DNET 2001, DLEN 0)."""
+    apdu = bytes([0x10, 0x08])
+    if low is not None:
+        apdu += bytes([0x0C]) + low.to_bytes(4, "big") + bytes([0x1C]) + high.to_bytes(4, "big")
+    npdu = bytes([0x01, 0x20]) + VNET.to_bytes(2, "big") + bytes([0x00, 0xFF]) + apdu
+    return bytes([0x81, 0x0A]) + (len(npdu) + 4).to_bytes(2, "big") + npdu
+
+
+def i_am_of(datagram: bytes) -> tuple[tuple[int, bytes] | None, int] | None:
+    """(SNET/SADR, device instance) of an I-Am datagram, None for anything else."""
+    npdu = datagram[4:]
+    control, pos, source = npdu[1], 2, None
+    if control & 0x80:
+        return None
+    if control & 0x20:
+        pos += 3 + npdu[pos + 2]
+    if control & 0x08:
+        slen = npdu[pos + 2]
+        source = (int.from_bytes(npdu[pos : pos + 2], "big"), npdu[pos + 3 : pos + 3 + slen])
+        pos += 3 + slen
+    if control & 0x20:
+        pos += 1
+    if npdu[pos : pos + 2] != b"\x10\x00":
+        return None
+    return source, int.from_bytes(npdu[pos + 3 : pos + 7], "big") & 0x3FFFFF
+
+
+def collect(socks: list[socket.socket], quiet: float, limit: float) -> list[tuple[float, int, int]]:
+    """(arrival time, socket index, device instance) of every I-Am until `quiet` s pass without one."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    for i, s in enumerate(socks):
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, i)
+    got: list[tuple[float, int, int]] = []
+    end, last = time.monotonic() + limit, time.monotonic()
+    while time.monotonic() < end and time.monotonic() - last < quiet:
+        for key, _ in sel.select(0.1):
+            while True:
+                try:
+                    data = key.fileobj.recv(1500)
+                except BlockingIOError:
+                    break
+                answer = i_am_of(data)
+                if answer is not None:
+                    last = time.monotonic()
+                    got.append((last, key.data, answer[1]))
+    sel.close()
+    return got
+
+
+def metrics(gateway) -> dict[str, float]:
+    """The gateway's routed-discovery metrics (name{labels} -> value)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{gateway.prometheus}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {k: float(v) for k, v in re.findall(r"^(meter_gateway_bacnet_routed_discovery_\S+) (\S+)$", text, re.M)}
+
+
+def test_who_is_flood_from_one_source_gets_a_bounded_answer(gateway):
+    before = metrics(gateway)
+    flood = 300
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.2", 0))  # its own source address: the budget of 127.0.0.1 (the tools) stays untouched
+        t0 = time.monotonic()
+        for _ in range(flood):
+            s.sendto(remote_who_is(), gateway.address)
+        got = collect([s], quiet=1.0, limit=10)
+        elapsed = time.monotonic() - t0
+    # every meter device answered, at most 10 requests a minute (the burst, plus what refilled meanwhile) were
+    # delivered: 300 datagrams of 8 octets bought at most (10 + refill) x 3 I-Ams, never 900
+    assert {d for _, _, d in got} == set(DEVICES.values()), got
+    accepted = 10 + int(elapsed * 10 / 60) + 1
+    assert len(got) <= accepted * len(DEVICES), (len(got), elapsed)
+    after = metrics(gateway)
+    key = 'meter_gateway_bacnet_routed_discovery_requests_total{outcome="rate-limited"}'
+    assert after[key] - before.get(key, 0) >= flood - accepted, after
+    line = "Who-Is/Who-Has to the meter devices beyond 10 a minute from 127.0.0.2"
+    assert gateway.log_text().count(line) == 1, [x for x in gateway.log_text().splitlines() if "beyond" in x]
+
+
+def test_who_is_from_many_sources_is_paced_not_dropped(gateway):
+    sources = 12  # 12 head-ends (12 loopback addresses) each discover every meter at once: 36 I-Ams, paced
+    socks = []
+    try:
+        for i in range(sources):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.bind((f"127.0.0.{10 + i}", 0))
+        t0 = time.monotonic()
+        for s in socks:
+            s.sendto(remote_who_is(), gateway.address)
+        got = collect(socks, quiet=1.0, limit=20)
+    finally:
+        for s in socks:
+            s.close()
+    # paced, not dropped: every source hears every meter device once
+    assert sorted((i, d) for _, i, d in got) == sorted((i, d) for i in range(sources) for d in DEVICES.values())
+    # and never faster than answers_per_second (a burst of RATE/10 first; a slow machine only makes it slower)
+    for n, (at, _, _) in enumerate(sorted(got), start=1):
+        assert n <= RATE / 10 + 1 + RATE * (at - t0), (n, at - t0)
+
+
+def test_range_restricted_who_is_costs_the_matching_devices_only(gateway):
+    before = metrics(gateway)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.3", 0))
+        s.sendto(remote_who_is(77000, 77999), gateway.address)
+        got = collect([s], quiet=1.0, limit=10)
+    assert sorted(d for _, _, d in got) == [DEVICES["mid"], DEVICES["plant"]]
+    after = metrics(gateway)
+    key = "meter_gateway_bacnet_routed_discovery_deliveries_total"
+    assert after[key] - before[key] == 2  # the third meter device never saw the request
+    assert after["meter_gateway_bacnet_routed_discovery_pending"] == 0
+
+
+def test_bacnet_read_reads_a_meter_device_through_the_router(gateway):
+    cli = [sys.executable, "-m", "meter_gateway.cli", "bacnet-read", f"127.0.0.1:{gateway.port}"]
+    local = ["--local", f"127.0.0.1/8:{free_udp_port()}"]
+    dev = DEVICES["mid"]
+    route = ["--dnet", str(VNET), "--dadr", sadr(dev)]
+    out = subprocess.run(
+        [*cli, "accumulator,1", "object-name", "present-value", *route, *local],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"device {dev} at {VNET}:0x{dev:06x}" in out.stdout, out.stdout
+    assert "accumulator,1 object-name: Active_Energy_Import" in out.stdout, out.stdout
+    assert int(re.search(r"accumulator,1 present-value: (\d+)", out.stdout).group(1)) >= 0
+    # without --dadr: every device on the virtual network (the answers are paced: --wait covers 3 at RATE a second)
+    out = subprocess.run(
+        [*cli, "--dnet", str(VNET), "--wait", "1", *local], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert sorted(int(x) for x in re.findall(r"^device (\d+) at", out.stdout, re.M)) == sorted(DEVICES.values())
 
 
 def test_zzz_npdus_through_the_router(gateway, client):

@@ -34,6 +34,13 @@ def add_parser(sub) -> None:
         "--dadr: list every device on that network",
     )
     p.add_argument(
+        "--wait",
+        type=float,
+        default=3.0,
+        help="seconds to wait for I-Am answers (default 3; listing many devices behind a router that paces its "
+        "answers takes devices / answers_per_second)",
+    )
+    p.add_argument(
         "--dadr", help="MAC address of the device on network --dnet, hex as bacnet-stack writes it (00:03:E8)"
     )
     p.add_argument(
@@ -44,6 +51,8 @@ def add_parser(sub) -> None:
 
 def _main(args) -> int:
     problem = check_names(args.object, args.properties) or check_route(args.dnet, args.dadr, args.object, args.pics)
+    if not problem and not 0 < args.wait <= 3600:
+        problem = f"--wait {args.wait}: seconds, more than 0 and at most 3600"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -123,7 +132,7 @@ async def _read(args) -> int:
     app = Application.from_object_list([dev, port])
     try:
         addr = await _target(app, args)
-        i_ams = await app.who_is(0, 4194303, addr, timeout=3)
+        i_ams = await app.who_is(0, 4194303, addr, timeout=args.wait)
         if not i_ams:
             print(f"error: no I-Am from {args.device}{_route_text(args)}", file=sys.stderr)
             return EXIT_NO_DEVICE
