@@ -84,3 +84,34 @@ def test_bacnet_read_route_options():
     assert "needs --dnet" in check_route(None, "00:03:E8", "", False)
     assert "1-65534" in check_route(65535, "00:03:E8", "", False)
     assert "in hex" in check_route(2001, "0g", "", False)
+
+
+async def test_deliveries_are_round_robin_coalesced_and_bounded():
+    import asyncio
+
+    from bacpypes3.pdu import PDU, LocalStation
+    from bacpypes3.vlan import Node
+
+    delivered: list[tuple[bytes, bytes]] = []
+
+    async def deliver(node, pdu) -> None:
+        delivered.append((node.address.addrAddr, bytes(pdu.pduData)))
+
+    limiter = DiscoveryLimiter(100, 1000, 5, OncePerSource(), deliver)
+    nodes = [Node(LocalStation(bytes([0, 3, i]))) for i in range(3)]
+    a = routed("1008")
+    b = bytes.fromhex("0128" + "07d100" + "fffe06c0a80115bac0" + "fe" + "1008")  # another requester, .21
+    limiter.submit(classify(a, IP_NET), PDU(a), nodes)
+    limiter.submit(classify(a, IP_NET), PDU(a), nodes)  # a repeat while the answers wait: nothing added
+    limiter.submit(classify(b, IP_NET), PDU(b), nodes)  # 3 + 3 > max_pending 5: not answered
+    limiter.submit(classify(b, IP_NET), PDU(b), nodes[:2])
+    assert (limiter.pending, limiter.coalesced) == (5, 3)
+    assert dict(limiter.requests) == {"accepted": 3, "queue-full": 1}
+    for _ in range(200):
+        if limiter.pending == 0:
+            break
+        await asyncio.sleep(0.01)
+    # one source after the other: the second requester does not wait behind the first one's whole discovery
+    assert [(mac[2], data == a) for mac, data in delivered] == [(0, True), (0, False), (1, True), (1, False), (2, True)]
+    assert limiter.answers == 5
+    limiter.close()

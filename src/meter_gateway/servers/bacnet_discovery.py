@@ -1,7 +1,7 @@
 """Who-Is and Who-Has routed to the per-meter devices: a bounded, paced answer (no amplification through the router).
 
 A remote-broadcast (DNET = the virtual network) or global-broadcast (DNET 65535) Who-Is that the router forwards to
-the virtual network would be answered by every meter device at once: one 20-byte datagram, one I-Am per meter (an
+the virtual network would be answered by every meter device at once: one 12-octet datagram, one I-Am per meter (an
 amplification and reflection vector on a building network, and a burst on the BMS side). ASHRAE 135 clause 16.10
 leaves the pacing of the answers to the device; this module bounds it in three ways:
 
@@ -139,7 +139,7 @@ class DiscoveryLimiter:
         self._task: asyncio.Task | None = None
         self._send_tokens = 1.0
         self._send_at = clock()
-        #: requests by outcome (answered, rate-limited, queue-full) and deliveries (answers) made, coalesced
+        #: requests by outcome (accepted, rate-limited, queue-full) and deliveries (answers) made, coalesced
         self.requests: Counter[str] = Counter()
         self.answers = 0
         self.coalesced = 0
@@ -181,7 +181,7 @@ class DiscoveryLimiter:
             self.requests["queue-full"] += 1
             self.note(source, f"Who-Is/Who-Has to the meter devices while {self.max_pending} answers wait", "")
             return
-        self.requests["answered"] += 1
+        self.requests["accepted"] += 1
         if not new:
             return
         queue = self._queues.setdefault(source, deque())
@@ -232,10 +232,10 @@ def discovery_metrics(limiter: DiscoveryLimiter | None, prefix: str) -> list[Any
         return []
     requests = CounterMetricFamily(
         prefix + "bacnet_routed_discovery_requests",
-        "Who-Is/Who-Has routed to the per-meter devices, by outcome (answered, rate-limited, queue-full)",
+        "Who-Is/Who-Has routed to the per-meter devices, by outcome (accepted, rate-limited, queue-full)",
         labels=["outcome"],
     )
-    for outcome in ("answered", "rate-limited", "queue-full"):
+    for outcome in ("accepted", "rate-limited", "queue-full"):
         requests.add_metric([outcome], limiter.requests.get(outcome, 0))
     answers = CounterMetricFamily(
         prefix + "bacnet_routed_discovery_deliveries",
