@@ -289,8 +289,8 @@ class BacnetDiscoverySection(_Strict):
         10,
         ge=1,
         le=10000,
-        description="routed Who-Is/Who-Has accepted from one source address a minute (a burst of this many, then "
-        "evenly); further ones are not answered",
+        description="routed Who-Is/Who-Has reaching every meter device accepted from one source address a minute (a "
+        "burst of this many, then evenly); a range-restricted one costs its share; further ones are not answered",
     )
     answers_per_second: int = Field(
         100,

@@ -403,11 +403,23 @@ def test_range_restricted_who_is_costs_the_matching_devices_only(gateway):
         s.bind(("127.0.0.3", 0))
         s.sendto(remote_who_is(77000, 77999), gateway.address)
         got = collect([s], quiet=1.0, limit=10)
-    assert sorted(d for _, _, d in got) == [DEVICES["mid"], DEVICES["plant"]]
-    after = metrics(gateway)
-    key = "meter_gateway_bacnet_routed_discovery_deliveries_total"
-    assert after[key] - before[key] == 2  # the third meter device never saw the request
-    assert after["meter_gateway_bacnet_routed_discovery_pending"] == 0
+        assert sorted(d for _, _, d in got) == [DEVICES["mid"], DEVICES["plant"]]
+        after = metrics(gateway)
+        key = "meter_gateway_bacnet_routed_discovery_deliveries_total"
+        assert after[key] - before[key] == 2  # the third meter device never saw the request
+        assert after["meter_gateway_bacnet_routed_discovery_pending"] == 0
+        # a head-end binding its devices one at a time (Who-Is low = high): 24 requests from one source, more than
+        # requests_per_minute (10), each costing a third of a full discovery: every one is answered
+        s.setblocking(True)
+        s.settimeout(5)
+        answered = []
+        for _ in range(8):
+            for dev in DEVICES.values():
+                s.sendto(remote_who_is(dev, dev), gateway.address)
+                while (answer := i_am_of(s.recv(1500))) is None:
+                    pass
+                answered.append(answer[1])
+        assert answered == list(DEVICES.values()) * 8
 
 
 def test_bacnet_read_reads_a_meter_device_through_the_router(gateway):

@@ -59,6 +59,10 @@ def test_each_source_has_its_budget_refilled_evenly(caplog):
     assert [limiter.admit("10.0.0.1") for _ in range(2)] == [True, False]
     now[0] += 3600.0  # never more than the burst
     assert sum(limiter.admit("10.0.0.1") for _ in range(10)) == 6
+    # a Who-Is for one device of 250 costs 1/250: a head-end binding 250 devices one by one (six times) is not held
+    now[0] += 3600.0
+    assert all(limiter.admit("10.0.0.1", 1 / 250) for _ in range(6 * 250))
+    assert not limiter.admit("10.0.0.1", 1 / 250)
 
 
 def test_a_rate_limited_source_is_logged_once_and_counted(caplog):
@@ -68,7 +72,7 @@ def test_a_rate_limited_source_is_logged_once_and_counted(caplog):
     limiter.admit(request.source)  # its one request of the minute
     with caplog.at_level(logging.WARNING):
         for _ in range(50):
-            limiter.submit(request, None, [])
+            limiter.submit(request, None, [], 3)
     assert limiter.requests["rate-limited"] == 50
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "beyond 1 a minute from 192.168.1.20" in lines[0], lines
@@ -101,10 +105,10 @@ async def test_deliveries_are_round_robin_coalesced_and_bounded():
     nodes = [Node(LocalStation(bytes([0, 3, i]))) for i in range(3)]
     a = routed("1008")
     b = bytes.fromhex("0128" + "07d100" + "fffe06c0a80115bac0" + "fe" + "1008")  # another requester, .21
-    limiter.submit(classify(a, IP_NET), PDU(a), nodes)
-    limiter.submit(classify(a, IP_NET), PDU(a), nodes)  # a repeat while the answers wait: nothing added
-    limiter.submit(classify(b, IP_NET), PDU(b), nodes)  # 3 + 3 > max_pending 5: not answered
-    limiter.submit(classify(b, IP_NET), PDU(b), nodes[:2])
+    limiter.submit(classify(a, IP_NET), PDU(a), nodes, 3)
+    limiter.submit(classify(a, IP_NET), PDU(a), nodes, 3)  # a repeat while the answers wait: nothing added
+    limiter.submit(classify(b, IP_NET), PDU(b), nodes, 3)  # 3 + 3 > max_pending 5: not answered
+    limiter.submit(classify(b, IP_NET), PDU(b), nodes[:2], 3)
     assert (limiter.pending, limiter.coalesced) == (5, 3)
     assert dict(limiter.requests) == {"accepted": 3, "queue-full": 1}
     for _ in range(200):

@@ -8,8 +8,10 @@ leaves the pacing of the answers to the device; this module bounds it in three w
 - a Who-Is / Who-Has with device-instance range limits reaches only the meter devices in the range (their MAC on the
   virtual network is their device instance), so it costs the matching devices only;
 - each source (the requester's IP address as the router wrote it into SNET/SADR, or `net<N>:<mac>` behind another
-  router) may send `requests_per_minute` of them (a burst of that many, then refilled evenly); further ones are not
-  delivered, counted, and logged once per source;
+  router) may send `requests_per_minute` of them that reach every meter device (a burst of that many, then
+  refilled evenly); a range-restricted or directed one costs its share (a Who-Is for one device of 250 costs
+  1/250), so a head-end binding its devices one by one is not held back; further ones are not delivered, counted,
+  and logged once per source;
 - the deliveries of accepted requests to the meter devices (each yields at most one I-Am or I-Have) are paced: at
   most `answers_per_second` for all sources together, round robin between sources, so a head-end discovering every
   meter gets every answer, in `devices / answers_per_second` seconds. A repeated request while the answers to the
@@ -149,8 +151,8 @@ class DiscoveryLimiter:
         """Deliveries waiting for their turn."""
         return len(self._waiting)
 
-    def admit(self, source: str) -> bool:
-        """Take one request of this source from its bucket; False when the source is over its limit."""
+    def admit(self, source: str, cost: float = 1.0) -> bool:
+        """Take `cost` (1: a request reaching every device) from the source's bucket; False when over its limit."""
         now = self.clock()
         bucket = self._buckets.get(source)
         if bucket is None:
@@ -161,15 +163,16 @@ class DiscoveryLimiter:
             bucket.tokens = min(float(self.per_minute), bucket.tokens + (now - bucket.at) * self.per_minute / 60.0)
             bucket.at = now
             self._buckets.move_to_end(source)
-        if bucket.tokens < 1.0:
+        if bucket.tokens < cost - 1e-9:
             return False
-        bucket.tokens -= 1.0
+        bucket.tokens = max(0.0, bucket.tokens - cost)
         return True
 
-    def submit(self, request: Discovery, pdu: Any, nodes: list[Any]) -> None:
-        """A routed Who-Is / Who-Has for these (matching) nodes: limited per source, queued, delivered paced."""
+    def submit(self, request: Discovery, pdu: Any, nodes: list[Any], devices: int) -> None:
+        """A routed Who-Is / Who-Has for these (matching) nodes of `devices` meter devices: limited per source (at the
+        share of the devices it reaches), queued, delivered paced."""
         source = request.source
-        if not self.admit(source):
+        if not self.admit(source, min(1.0, max(1, len(nodes)) / max(1, devices))):
             self.requests["rate-limited"] += 1
             self.note(source, f"Who-Is/Who-Has to the meter devices beyond {self.per_minute} a minute", "")
             return

@@ -84,7 +84,7 @@ class GuardedVirtualNetwork(VirtualNetwork):
             request = classify(bytes(pdu.pduData), self.ip_net)
             if request is not None:
                 matching = [n for n in nodes if request.matches(int.from_bytes(n.address.addrAddr, "big"))]
-                self.discovery.submit(request, pdu, matching)
+                self.discovery.submit(request, pdu, matching, len(self.nodes) - 1)  # all nodes but the router
                 return
         for node in nodes:  # one receiver (a unicast): the sender keeps no reference to the PDU, no copy needed
             await self._deliver(node, pdu if len(nodes) == 1 else deepcopy(pdu), copy=False)
