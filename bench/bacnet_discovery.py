@@ -82,6 +82,28 @@ def who_is(port: int, source: str, count: int, want: int, quiet: float, limit: f
     }
 
 
+BACNET_STACK = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "bacnet-stack" / "bin"
+
+
+def bacwi(port: int, timeout_ms: int) -> dict:
+    """bacnet-stack's bacwi --dnet (an independent client): the meter devices it lists within its APDU timeout."""
+    import os
+    import re
+    import subprocess
+
+    tool = Path(os.environ.get("BACNET_STACK_BIN") or BACNET_STACK) / "bacwi"
+    if not tool.exists():
+        return {"case": "bacwi", "skipped": f"{tool} not found"}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        own = s.getsockname()[1]
+    env = {**os.environ, "BACNET_IFACE": "lo", "BACNET_IP_PORT": str(own), "BACNET_APDU_TIMEOUT": str(timeout_ms)}
+    args = [str(tool), "--mac", f"127.0.0.1:{port}", "--dnet", str(VNET)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env, check=False).stdout
+    found = set(re.findall(rf"^\s*(\d+)\s+\S+\s+{VNET}\s", out, re.M))
+    return {"case": f"bacwi --dnet {VNET}, APDU timeout {timeout_ms} ms", "devices": len(found)}
+
+
 async def run(n: int, discovery: str, cases: list[tuple[str, str, int]], profiles) -> list[dict]:
     """One gateway, the cases one after the other (name, source address, Who-Is sent)."""
     out = []
@@ -94,6 +116,10 @@ async def run(n: int, discovery: str, cases: list[tuple[str, str, int]], profile
         try:
             port = gw.servers[0].address()[1]
             for name, source, count in cases:
+                if name == "bacwi":
+                    r = await asyncio.to_thread(bacwi, port, count)
+                    out.append({"meters": n, "discovery": discovery, **r})
+                    continue
                 r = await asyncio.to_thread(who_is, port, source, count, n, 3.0, 120.0)
                 out.append({"case": name, "meters": n, "discovery": discovery, **r})
         finally:
@@ -109,8 +135,9 @@ async def main(n: int, rate: int) -> None:
     cases = [
         ("one Who-Is (a head-end discovering)", "127.0.0.2", 1),
         ("flood of 1000 from one source", "127.0.0.3", 1000),
+        ("flood of 20 from one source", "127.0.0.4", 20),
+        ("bacwi", "", 3000),
     ]
-    cases.append(("flood of 20 from one source", "127.0.0.4", 20))
     for r in await run(n, limited, cases, profiles):
         print(json.dumps(r), flush=True)
     for r in await run(n, "{enabled: false}", [("flood of 20 from one source", "127.0.0.4", 20)], profiles):
