@@ -7,7 +7,9 @@ Application of its own on that virtual network (bacpypes3.vlan): device instance
 same instances in every meter device). Network-layer services (Who-Is-Router-To-Network, I-Am-Router-To-Network,
 routed confirmed and unconfirmed requests) are bacpypes3's router; the meter devices' objects are built by the
 BACnet server (`BacnetServer._make`), so present values, reliability, COV and writes (write service, audit) are the
-same as in single mode. A meter out of communication shows system-status non-operational on its device.
+same as in single mode. A meter out of communication shows system-status non-operational on its device. A Who-Is or
+Who-Has the router forwards to the meter devices reaches the matching ones only, limited per source and paced
+(`upstream.bacnet.discovery`, servers/bacnet_discovery.py): no amplification through the router.
 
 The devices' MAC addresses on the virtual network are their device instances in three octets (stable across
 restarts and reloads); the router's is 0x3FFFFF (the wildcard instance, which no device has).
