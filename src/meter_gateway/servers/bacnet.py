@@ -29,6 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+# isort: off
+from . import _bacpypes3  # noqa: F401  (first: bacpypes3 without its RDF module, see there)
+
+# isort: on
 from bacpypes3 import appservice
 from bacpypes3.apdu import (
     AbortPDU,
@@ -1132,9 +1136,7 @@ class BacnetServer(Server):
         self._raise_for(result)
         slots[priority - 1] = value
         winner = next((i for i, s in enumerate(slots) if s is not None), None)
-        obj.priorityArray = PriorityArray(
-            [NULL_PRIORITY if s is None else PriorityValue(enumerated=s) for s in slots]
-        )
+        obj.priorityArray = PriorityArray([NULL_PRIORITY if s is None else PriorityValue(enumerated=s) for s in slots])
         obj.currentCommandPriority = (
             OptionalUnsigned(null=()) if winner is None else OptionalUnsigned(unsigned=winner + 1)
         )
