@@ -37,14 +37,6 @@ def _load(ref: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def _import_ahead(refs: list[str]) -> None:
-    """Import the modules of these servers (in a worker thread, while the buses start: bacpypes3 alone takes about
-    half a second); a module that fails to import is left for `_start_server` to report."""
-    for ref in refs:
-        with contextlib.suppress(Exception):
-            _load(ref)
-
-
 class SimulatedLines:
     """Simulated meters and lines for buses marked `simulated: true` (demo, tests): a part beside the gateway.
 
@@ -171,7 +163,6 @@ class Gateway:
         self.table = PointTable(self.catalogue, clock, stale_factor=config.gateway.stale_factor)
         self.buses: dict[str, BusRunner] = {}  # never rebound: the status and bus-control ports hold this dict
         self.servers: list[Server] = []
-        self._imports: asyncio.Task | None = None  # server modules imported in a worker thread at start
         self._own_sims = sims is None
         self.sims = sims if sims is not None else SimulatedLines(profiles)
         self._tasks: list[asyncio.Task] = []
@@ -260,8 +251,6 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start buses, journal, write service, then upstream servers; on any failure undo all and raise."""
-        refs = [ref for key, ref in SERVER_FACTORIES.items() if getattr(self.config.upstream, key).enabled]
-        self._imports = asyncio.create_task(asyncio.to_thread(_import_ahead, refs), name="server-imports")
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             for bus in self.config.buses:
@@ -361,9 +350,6 @@ class Gateway:
     async def _start_server(self, key: str) -> None:
         if not getattr(self.config.upstream, key).enabled:
             return
-        if self._imports is not None:
-            await self._imports
-            self._imports = None
         try:
             cls = _load(SERVER_FACTORIES[key])
         except (ImportError, AttributeError) as exc:
@@ -449,10 +435,6 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop servers first (no new requests), then journal, polling, simulators; idempotent and bounded."""
-        if self._imports is not None:  # a start that failed early: let the import thread finish (about 1 s)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._imports, 30)
-            self._imports = None
         for t in self._tasks:
             if not await cancel_and_wait(t):
                 log.error("task %s did not stop", t.get_name())

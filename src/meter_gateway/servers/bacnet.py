@@ -103,7 +103,7 @@ from ..bacnet_model import (
 from ..core.quality import PointValue, Quality
 from ..core.table import COMM_STATUS, Alarm
 from ..writes import Decision, WriteRequest, WriteResult
-from .bacnet_build import ObjectTemplates, store_unwatched
+from .bacnet_build import ObjectTemplates, absent_is_none, store_unwatched
 from .bacnet_cov import CovGuard, CovLimits
 from .bacnet_events import REQUESTS as EVENT_REQUESTS
 from .bacnet_events import SERVICES as EVENT_SERVICES
@@ -231,40 +231,48 @@ class _GatewayPoint(FastCached, _StandardPropertyList):
         raise ExecutionError(errorClass="property", errorCode="writeAccessDenied")
 
 
+@absent_is_none
 class GwAccumulator(_GatewayPoint, _LocalObject, _AccumulatorObject):
     """Local Accumulator (bacpypes3 has none): unsigned present value in the catalogue's resolution."""
 
     _cov_criteria = GenericCriteria
 
 
+@absent_is_none
 class GwAnalogInput(_GatewayPoint, AnalogInputObject):
     """Analog input whose writes are guarded."""
 
 
+@absent_is_none
 class GwAnalogValue(_GatewayPoint, AnalogValueObject):
     """Analog value (configuration) whose present-value writes go through the write policy."""
 
 
+@absent_is_none
 class GwBinaryInput(_GatewayPoint, BinaryInputObject):
     """Binary input whose writes are guarded."""
 
 
+@absent_is_none
 class GwGatewayBinaryInput(_GatewayPoint, BinaryInputObject):
     """A Binary Input of the gateway itself (the journal alarm): no meter behind it, read-only like every point."""
 
 
+@absent_is_none
 class GwBinaryOutput(_GatewayPoint, _LocalObject, _BinaryOutputObject):
     """Commandable binary output (a meter command): the priority array decides present-value (see gw_command)."""
 
     _cov_criteria = GenericCriteria
 
 
+@absent_is_none
 class GwMultiStateValue(_GatewayPoint, MultiStateValueObject):
     """Multi-state value: COV on any state change (GenericCriteria)."""
 
     _cov_criteria = GenericCriteria
 
 
+@absent_is_none
 class GwDateTimeValue(_GatewayPoint, _LocalObject, _DateTimeValueObject):
     """Date and time of a Unix-seconds point (exact, where a REAL loses up to 128 s), in the gateway's zone."""
 

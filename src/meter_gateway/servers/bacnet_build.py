@@ -48,7 +48,10 @@ class _Template:
     def __init__(self, obj: Any, kwargs: dict[str, Any], mutable: frozenset[str]) -> None:
         cls = self.cls = type(obj)
         self.mutable = mutable
-        self.shared = {k: None if k in mutable else v for k, v in _state(obj).items()}
+        # an element that is None in the object and None in its class (`absent_is_none`) needs no entry of its own
+        state = _state(obj)
+        unset = {k for k, v in state.items() if v is None and inspect.getattr_static(cls, k, _ABSENT) is None}
+        self.shared = {k: None if k in mutable else v for k, v in state.items() if k not in unset}
         self.given = dict(kwargs)
         self.values: dict[tuple[str, type, Any], Any] = {}
         # elements stored as they are (not Python properties): assigned here as bacpypes3 would store them
@@ -140,6 +143,18 @@ class ObjectTemplates:
 def _state(obj: Any) -> dict[str, Any]:
     """The instance dictionary less the object's own bookkeeping (monitors, application, the gateway's `_gw_`)."""
     return {k: v for k, v in vars(obj).items() if k not in PER_OBJECT and not k.startswith("_gw_")}
+
+
+def absent_is_none(cls: type) -> type:
+    """Class decorator: every element the class does not define reads None at class level, so that an object
+    needs no entry of its own for an element it leaves unset (30 of an Analog Input's 44: half its memory)."""
+    for name in cls._elements:  # type: ignore[attr-defined]
+        if inspect.getattr_static(cls, name, _ABSENT) is _ABSENT:
+            setattr(cls, name, None)
+    return cls
+
+
+_ABSENT = object()
 
 
 def _copyable(obj: Any) -> bool:
