@@ -80,6 +80,7 @@ def build_config(n: int, ports: list[int], servers: bool | tuple[str, ...]) -> s
 async def measure(text: str, steady_s: float) -> dict:
     """In the gateway's own process: parse, start, wait for the full table, then watch the steady state."""
     from meter_gateway.app import Gateway
+    from meter_gateway.commands.run import freeze_long_lived
     from meter_gateway.config import parse_config
     from meter_gateway.core.quality import Quality
     from meter_gateway.profiles import load_profiles
@@ -90,6 +91,7 @@ async def measure(text: str, steady_s: float) -> dict:
     gw = Gateway(parse_config(text, profiles=profiles), profiles)
     built = time.monotonic() - t0
     await gw.start()
+    freeze_long_lived()  # as `meter-gateway run` does after start
     started = time.monotonic() - t0
     try:
         ids = gw.table.meter_ids

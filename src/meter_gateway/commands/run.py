@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -91,6 +92,7 @@ async def run(path: Path, status_every: float = 0) -> int:
         log.error("start-up failed: %s", exc)
         await sims.close()
         return 1
+    freeze_long_lived()
     print(f"meter-gateway {cfg.gateway.name} running ({len(gw.table.meter_ids)} meters); Ctrl-C to stop", flush=True)
     status_task = asyncio.create_task(_status_loop(lambda: gw, status_every)) if status_every > 0 else None
     notify("READY=1")
@@ -135,6 +137,7 @@ async def reload(gw, path: Path) -> bool:
     log.info("reloading configuration from %s", path)
     notify("RELOADING=1")
     ok = True
+    gc.unfreeze()  # what the reload replaces can be collected
     try:
         plan = await gw.apply(cfg, profiles)
     except Exception as exc:
@@ -147,5 +150,16 @@ async def reload(gw, path: Path) -> bool:
         else:
             log.info("configuration reloaded (replaced %s)", summary)
     setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
+    freeze_long_lived(collect=True)
     notify("READY=1")
     return ok
+
+
+def freeze_long_lived(collect: bool = False) -> None:
+    """Put every object alive now (the point table, the servers' objects: 13,500 BACnet objects for 250 meters)
+    out of the cyclic garbage collector's reach, after start and after each reload (`collect`: what the reload
+    dropped is collected first). Without it each full collection walks them all: about 2 % of a core and pauses of
+    a quarter of a second at 250 meters. Objects made later are collected as usual."""
+    if collect:
+        gc.collect()
+    gc.freeze()

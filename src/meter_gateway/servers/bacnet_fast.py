@@ -210,8 +210,7 @@ class FastReads:
                 except (ValueError, TypeError):
                     continue
             self._element_ids[cls] = frozenset(ids - GROUPS)
-        obj._gw_enc = {}
-        self.objects[(int(t) << 22) | i] = obj
+        self.objects[(int(t) << 22) | i] = obj  # its encodings: a dictionary made at the first read
 
     def unregister(self, obj: Any) -> None:
         """Stop serving this object here."""
@@ -223,6 +222,8 @@ class FastReads:
     def _encoded(self, key: int, obj: Any, pid: int) -> tuple[bytes, bytes] | None:
         """(ReadProperty-ACK service data, ReadPropertyMultiple result element) of a property, or None."""
         enc = obj._gw_enc
+        if enc is None:
+            enc = obj._gw_enc = {}
         hit = enc.get(pid, False)
         if hit is not False:
             return hit
