@@ -18,7 +18,7 @@ Listener = Callable[[str, str, PointValue, PointValue], None]
 """Called as listener(meter_id, point_name, old, new) whenever a value or its quality changes."""
 
 
-@dataclass
+@dataclass(slots=True)
 class MeterState:
     """Per-meter bookkeeping in the table."""
 
@@ -34,6 +34,10 @@ class MeterState:
     bad_data: int = 0
     alarms: list[str] = field(default_factory=list)
     profile_warning: str = ""  # the meter does not identify as its configured profile (set at start)
+
+
+_NOT_READ = PointValue(None, Quality.UNKNOWN, reason="")
+_UNSUPPORTED = PointValue(None, Quality.UNSUPPORTED, reason="")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,8 @@ class PointTable:
         self._listeners: list[Listener] = []
         self._alarm_listeners: list[Callable[[Alarm], None]] = []
         self.alarms: list[Alarm] = []
+        #: meters of one profile share one frozenset of point names (a set per meter costs ~1 KiB each)
+        self._point_sets: dict[frozenset[str], frozenset[str]] = {}
 
     # -- set-up ---------------------------------------------------------------------------------
     def add_meter(
@@ -73,11 +79,10 @@ class PointTable:
         unknown = supported - set(self.catalogue.names())
         if unknown:
             raise KeyError(f"meter {meter_id}: unknown points {sorted(unknown)}")
+        supported = self._point_sets.setdefault(supported, supported)
         self._meters[meter_id] = MeterState(meter_id, supported, dict(intervals), max_power_kw, energy_wrap)
-        self._values[meter_id] = {
-            p.name: PointValue(None, Quality.UNKNOWN if p.name in supported else Quality.UNSUPPORTED, reason="")
-            for p in self.catalogue
-        }
+        # PointValue is frozen: every meter's not-yet-read and unsupported points share two instances
+        self._values[meter_id] = {p.name: _NOT_READ if p.name in supported else _UNSUPPORTED for p in self.catalogue}
 
     def remove_meter(self, meter_id: str) -> None:
         """Forget a meter (configuration reload)."""

@@ -1,0 +1,60 @@
+"""What 250 meters of one profile share instead of holding per meter: read plans, point sets, not-read values,
+and the compact ring of read-to-read periods (behaviour unchanged, memory per meter smaller)."""
+
+from __future__ import annotations
+
+from meter_gateway.config import MeterConfig, ModbusTcpBus
+from meter_gateway.core.catalogue import DEFAULT_INTERVALS, load_catalogue
+from meter_gateway.core.planner import plan_reads
+from meter_gateway.core.quality import Quality
+from meter_gateway.core.table import PointTable
+from meter_gateway.drivers.modbus import ModbusDriver
+from meter_gateway.polling import Periods
+
+
+def test_periods_keep_the_newest_in_order():
+    ring = Periods(4)
+    assert len(ring) == 0 and list(ring) == []
+    for p in (1.0, 2.0, 3.0):
+        ring.append(p)
+    assert list(ring) == [1.0, 2.0, 3.0] and len(ring) == 3
+    for p in (4.0, 5.0, 6.0):
+        ring.append(p)
+    assert list(ring) == [3.0, 4.0, 5.0, 6.0] and len(ring) == 4
+    assert max(ring) == 6.0 and sum(ring) / len(ring) == 4.5
+
+
+def _meter(mid: str, unit: int) -> MeterConfig:
+    return MeterConfig(id=mid, bus="tcp0", address=unit, profile="generic")
+
+
+def test_meters_of_one_profile_share_one_plan_unless_split(profiles):
+    driver = ModbusDriver(ModbusTcpBus(id="tcp0", type="modbus_tcp"), profiles)
+    prof = profiles.get("generic")
+    points = sorted(prof.points)
+    a = driver.plan(_meter("a", 1), points)
+    b = driver.plan(_meter("b", 2), list(reversed(points)))  # same set, other order: the same reads
+    assert a is b
+    assert a == plan_reads(prof, points)
+    # a meter that refused a merged read has its own plan; the others keep theirs
+    first = a[0]
+    split = {(first.function, prof.points[n].address) for n, _ in first.points}
+    driver._split["c"] = set(split)
+    c = driver.plan(_meter("c", 3), points)
+    assert c == plan_reads(prof, points, frozenset(split)) and c != a
+    assert driver.plan(_meter("a", 1), points) is a
+
+
+def test_meters_share_point_sets_and_not_read_values_but_not_updates():
+    table = PointTable(load_catalogue(), lambda: 1_000_000.0)
+    points = ["Active_Energy_Import", "Active_Power_Total"]
+    table.add_meter("a", points, dict(DEFAULT_INTERVALS))
+    table.add_meter("b", list(reversed(points)), dict(DEFAULT_INTERVALS))
+    assert table.meter("a").points is table.meter("b").points
+    table.update("a", "Active_Power_Total", 1.5)
+    assert table.get("a", "Active_Power_Total").value == 1.5
+    assert table.get("b", "Active_Power_Total").quality is Quality.UNKNOWN
+    assert table.get("b", "Voltage_L1_N").quality is Quality.UNSUPPORTED
+    table.set_comm("b", False, "silent")
+    assert table.get("b", "Active_Power_Total").quality is Quality.COMM_FAILURE
+    assert table.get("a", "Active_Power_Total").quality is Quality.GOOD
