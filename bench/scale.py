@@ -8,7 +8,8 @@ intervals), measured once the start-up's profile checks are over (`profile_check
 
 SCALE_PROFILE=FILE records the gateway process with py-spy (start-up and steady state; `make bench` installs it
 with the bench extra): FILE ending in .svg gives a flame graph, .json a speedscope file, anything else py-spy's
-raw (collapsed stacks) format. py-spy samples by ptrace: root or CAP_SYS_PTRACE is needed.
+raw (collapsed stacks) format. py-spy samples by ptrace: root or CAP_SYS_PTRACE is needed. With
+SCALE_PROFILE_STEADY=1 it records the steady window only (the polling CPU, without the start-up).
 SCALE_TRACEMALLOC=N prints to stderr the top N allocation sites (by source line) of what the gateway allocates
 from parsing the configuration on, at full table and after the steady window, plus the growth between the two;
 tracing slows the gateway and adds its own memory, so the other figures of such a run are not comparable.
@@ -28,6 +29,7 @@ import sys
 import time
 
 PER_SIM = 125  # meters per simulator endpoint (unit ids 1-125)
+STEADY_MARK = "# steady window starts"  # the child's line before it measures the steady state
 
 
 def rss_mib(pid: int | str = "self") -> float:
@@ -168,9 +170,12 @@ async def measure(text: str, steady_s: float, trace_top: int = 0) -> dict:
         if checks:
             await asyncio.wait(checks, timeout=120)
         checked = time.monotonic() - t0
+        print(STEADY_MARK, flush=True)  # the parent may start profiling now (SCALE_PROFILE_STEADY)
+        tx0 = sum(r.driver.stats.transactions for r in gw.buses.values())
         c0, w0 = cpu_seconds(), time.monotonic()
         await asyncio.sleep(steady_s)
         cpu_share = (cpu_seconds() - c0) / (time.monotonic() - w0)
+        tx_rate = (sum(r.driver.stats.transactions for r in gw.buses.values()) - tx0) / (time.monotonic() - w0)
         if snap_full is not None:
             snap = _snapshot()
             _print_top(f"after {steady_s:g} s steady", snap.statistics("lineno"), trace_top)
@@ -188,6 +193,7 @@ async def measure(text: str, steady_s: float, trace_top: int = 0) -> dict:
             "rss_before_start_mib": round(rss0, 1),
             "cpu_share_steady": round(cpu_share, 4),
             "steady_window_s": steady_s,
+            "transactions_per_s_steady": round(tx_rate, 1),
             "transactions": tx,
             "upstream_servers": [s.name for s in gw.servers],
             **({"tracemalloc_top": trace_top} if trace_top else {}),
@@ -216,11 +222,12 @@ async def run(
     servers: bool | tuple[str, ...] = True,
     profile: str | None = None,
     trace_top: int = 0,
+    profile_steady: bool = False,
 ) -> dict:
     """Start n simulated meters (other processes) and the gateway in its own process; its figures.
 
-    `profile`: a py-spy output file to record the gateway's process into (start-up and steady state);
-    `trace_top`: print the child's top allocation sites to stderr (tracemalloc)."""
+    `profile`: a py-spy output file to record the gateway's process into (start-up and steady state, or only the
+    steady window with `profile_steady`); `trace_top`: print the child's top allocation sites to stderr."""
     spy_exe = py_spy() if profile else None
     sims = []
     try:
@@ -236,19 +243,31 @@ async def run(
             text=True,
         )
         spy = None
+
+        async def start_spy() -> subprocess.Popen:
+            spy = subprocess.Popen(
+                [spy_exe, "record", "-p", str(proc.pid), "-o", profile, "-f", spy_format(profile), "-r", "100"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            await asyncio.sleep(0.5)  # py-spy attaches (it fails fast without ptrace rights)
+            if spy.poll() is not None:
+                raise RuntimeError(f"py-spy did not attach: {spy.stderr.read().strip()[-500:]}")
+            return spy
+
         try:
-            if spy_exe:
-                # the child waits for its configuration on stdin, so sampling starts before parsing does
-                spy = subprocess.Popen(
-                    [spy_exe, "record", "-p", str(proc.pid), "-o", profile, "-f", spy_format(profile), "-r", "100"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-                await asyncio.sleep(1.0)  # py-spy attaches (it fails fast without ptrace rights)
-                if spy.poll() is not None:
-                    raise RuntimeError(f"py-spy did not attach: {spy.stderr.read().strip()[-500:]}")
-            out, _ = await asyncio.to_thread(proc.communicate, text, steady_s + 330)
+            if spy_exe and not profile_steady:
+                spy = await start_spy()  # the child waits for its configuration: sampling starts before parsing
+            proc.stdin.write(text)
+            proc.stdin.close()
+            lines: list[str] = []
+            while line := await asyncio.to_thread(proc.stdout.readline):
+                lines.append(line)
+                if line.strip() == STEADY_MARK and spy_exe and profile_steady:
+                    spy = await start_spy()
+            await asyncio.to_thread(proc.wait, 60)
+            out = "".join(lines)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -293,4 +312,5 @@ if __name__ == "__main__":
         steady = float(os.environ.get("SCALE_STEADY_S", "30"))
         profile = os.environ.get("SCALE_PROFILE") or None
         top = int(os.environ.get("SCALE_TRACEMALLOC", "0"))
-        print(json.dumps(asyncio.run(run(n, steady, on, profile, top))))
+        steady_only = os.environ.get("SCALE_PROFILE_STEADY", "") not in ("", "0")
+        print(json.dumps(asyncio.run(run(n, steady, on, profile, top, steady_only))))

@@ -58,3 +58,35 @@ def test_meters_share_point_sets_and_not_read_values_but_not_updates():
     table.set_comm("b", False, "silent")
     assert table.get("b", "Active_Power_Total").quality is Quality.COMM_FAILURE
     assert table.get("a", "Active_Power_Total").quality is Quality.GOOD
+
+
+def test_staleness_refresh_skips_meters_yet_misses_no_stale_value():
+    """The refresh looks only at meters that may hold a stale value: after every refresh no stored value is still
+    good while older than stale_factor x its interval, whatever the order of reads, refreshes and reloads."""
+    import random
+
+    rng = random.Random(19)
+    now = [1_000_000.0]
+    table = PointTable(load_catalogue(), lambda: now[0], stale_factor=3)
+    names = ["Active_Power_Total", "Voltage_L1_N", "Active_Energy_Import", "CT_Primary_Rating"]
+    intervals = {**DEFAULT_INTERVALS}
+    for mid in ("a", "b", "c"):
+        table.add_meter(mid, names, intervals)
+    seen: list[tuple[str, str]] = []
+    table.add_listener(lambda mid, point, old, new: new.quality is Quality.STALE and seen.append((mid, point)))
+    energy = 100.0
+    for step in range(600):
+        now[0] += rng.choice((0.2, 1.0, 1.0, 7.0, 40.0))
+        for _ in range(rng.randrange(3)):
+            point = rng.choice(names)
+            value = (energy := energy + 0.001) if point == "Active_Energy_Import" else 1.0 + (step % 5)
+            table.update(rng.choice("abc"), point, value)
+        if step == 300:
+            table.stale_factor = 1.5  # a reload tightens the rule: meters skipped until now are looked at again
+        table.refresh_staleness()
+        for mid in "abc":
+            for point in names:
+                v = table._values[mid][point]
+                limit = table.stale_factor * intervals[table.catalogue.get(point).poll_class]
+                assert not (v.quality is Quality.GOOD and now[0] - v.read_time > limit), (step, mid, point)
+    assert len(seen) > 20  # values did turn stale along the way, and listeners heard of each
