@@ -10,6 +10,7 @@ import time
 from array import array
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from .aio import cancel_and_wait
 from .config import MeterConfig
@@ -61,6 +62,13 @@ class MeterSchedule:
     bad_points: set[str] = field(default_factory=set)  # points whose last read was refused (bad data)
     last_read: dict[PollClass, float] = field(default_factory=dict)  # monotonic start of the last good read
     periods: dict[PollClass, Periods] = field(default_factory=dict)  # recent read-to-read periods per class
+    #: when the meter is next due (its earliest class, not before its back-off): kept by `reschedule()` whenever
+    #: `due` or `backoff_until` changes, so finding the next meter of a bus does not look into every meter's classes
+    next_at: float = math.inf
+
+    def reschedule(self) -> None:
+        """Recompute `next_at` after a change of `due` or `backoff_until`."""
+        self.next_at = max(min(self.due.values()), self.backoff_until) if self.due else math.inf
 
     def period_stats(self, pc: PollClass) -> tuple[float, float] | None:
         """(mean, max) of the recent periods of a poll class, or None before two good reads."""
@@ -71,6 +79,7 @@ class MeterSchedule:
 
 
 PERIODS_KEPT = 64  # read-to-read periods remembered per meter and poll class
+_next_at = attrgetter("next_at")
 
 
 class BusRunner:
@@ -124,6 +133,7 @@ class BusRunner:
         for s in self.schedules.values():
             for pc in s.points_by_class:
                 s.due[pc] = now  # first poll reads everything, meter after meter
+            s.reschedule()
         self._task = asyncio.create_task(self._run(), name=f"poll-{self.bus_id}")
 
     async def stop(self) -> None:
@@ -151,17 +161,14 @@ class BusRunner:
         for pc in classes or tuple(s.points_by_class):
             if pc in s.due:
                 s.due[pc] = now
+        s.reschedule()
         self._wake.set()
 
     def _next(self) -> tuple[float, MeterSchedule | None]:
-        best, best_s = math.inf, None
-        for s in self.schedules.values():
-            if not s.due:
-                continue
-            t = max(min(s.due.values()), s.backoff_until)
-            if t < best:
-                best, best_s = t, s
-        return best, best_s
+        s = min(self.schedules.values(), key=_next_at, default=None)  # the first of the earliest, as before
+        if s is None or s.next_at == math.inf:
+            return math.inf, None
+        return s.next_at, s
 
     async def _run(self) -> None:
         n = max(1, len(self.schedules))
@@ -206,6 +213,7 @@ class BusRunner:
                 s.backoff_until = after + min(self.backoff_max, base * (2 ** max(0, k - self.fail_after)))
             else:
                 s.backoff_until = 0.0
+            s.reschedule()
 
     async def poll(self, s: MeterSchedule, classes: tuple[PollClass, ...]) -> bool:
         """Read the points of the given classes from one meter into the table; False if it did not answer."""
@@ -239,6 +247,7 @@ class BusRunner:
             for pc in s.due:
                 if pc not in classes:
                     s.due[pc] = t0
+            s.reschedule()
         s.failures = 0
         self.table.set_comm(mid, True)
         bad = {}

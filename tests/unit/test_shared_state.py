@@ -3,6 +3,9 @@ and the compact ring of read-to-read periods (behaviour unchanged, memory per me
 
 from __future__ import annotations
 
+import math
+import time
+
 from meter_gateway.config import MeterConfig, ModbusTcpBus
 from meter_gateway.core.catalogue import DEFAULT_INTERVALS, load_catalogue
 from meter_gateway.core.planner import plan_reads
@@ -90,3 +93,30 @@ def test_staleness_refresh_skips_meters_yet_misses_no_stale_value():
                 limit = table.stale_factor * intervals[table.catalogue.get(point).poll_class]
                 assert not (v.quality is Quality.GOOD and now[0] - v.read_time > limit), (step, mid, point)
     assert len(seen) > 20  # values did turn stale along the way, and listeners heard of each
+
+
+def test_next_meter_follows_due_times_back_off_and_early_requests():
+    """The bus picks the meter due first (the first of equals), not before its back-off; an early poll request
+    moves a meter ahead; each meter's next time is kept up to date instead of recomputed over every meter."""
+    from meter_gateway.polling import BusRunner
+
+    table = PointTable(load_catalogue(), lambda: 1_000_000.0)
+    meters = [_meter(mid, unit) for unit, mid in enumerate("abc", start=1)]
+    points = frozenset(["Active_Power_Total", "Voltage_L1_N", "Active_Energy_Import"])
+    runner = BusRunner("tcp0", meters, {m.id: points for m in meters}, None, table)  # type: ignore[arg-type]
+    assert runner._next() == (math.inf, None)  # nothing scheduled before start
+    sa, sb, sc = (runner.schedules[m] for m in "abc")
+    t0 = time.monotonic() + 1000.0  # due times ahead of the clock
+    for s, t in ((sa, t0 + 30), (sb, t0 + 10), (sc, t0 + 10)):
+        s.due = {pc: t + 5 * i for i, pc in enumerate(s.points_by_class)}
+        s.reschedule()
+    assert runner._next() == (t0 + 10, sb)  # b and c tie: the first
+    sb.backoff_until = t0 + 50
+    sb.reschedule()
+    assert runner._next() == (t0 + 10, sc)
+    runner.request_poll("a")  # due now
+    t, s = runner._next()
+    assert s is sa and t < t0
+    sa.due.clear()
+    sa.reschedule()
+    assert runner._next() == (t0 + 10, sc)
