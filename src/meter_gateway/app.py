@@ -303,7 +303,8 @@ class Gateway:
         self.buses[bus.id] = runner  # before start: a failed open is still stopped (driver closed) by stop()
         await runner.start()
         if isinstance(bus, (ModbusRtuBus, ModbusTcpBus)):
-            self._tasks.append(asyncio.create_task(self._check_profiles(driver, meters), name=f"identify-{bus.id}"))
+            check = self._check_profiles(driver, meters, runner.first_round)
+            self._tasks.append(asyncio.create_task(check, name=f"identify-{bus.id}"))
 
     async def _stop_bus(self, bus_id: str) -> None:
         runner = self.buses.pop(bus_id, None)
@@ -394,13 +395,17 @@ class Gateway:
                 self._add_meter(m)
         return checked
 
-    async def _check_profiles(self, driver: Driver, meters: list) -> None:
+    async def _check_profiles(self, driver: Driver, meters: list, first_round: asyncio.Event | None = None) -> None:
         """In the background, between polls: flag configured profiles the meters contradict (a silent meter
-        costs one timeout here, not a delayed start)."""
+        costs one timeout here, not a delayed start); only once the bus's first poll round is done (`first_round`),
+        so the checks' reads do not share the line with that round and the table fills sooner."""
         from .drivers.identify import check_bus
 
         configured = [m for m in meters if m.profile != "auto" and m.id in self.table.meter_ids]
         try:
+            if first_round is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(first_round.wait(), 60)
             for m in configured:
                 # after the meter's first poll, and only if it answered: a silent meter would cost the bus timeouts
                 for _ in range(600):

@@ -7,9 +7,10 @@ import contextlib
 import logging
 import math
 import time
-from collections import deque
-from collections.abc import AsyncIterator
+from array import array
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from .aio import cancel_and_wait
 from .config import MeterConfig
@@ -20,7 +21,33 @@ from .drivers.base import Driver, DriverError, NoResponse, WrongDevice
 log = logging.getLogger(__name__)
 
 
-@dataclass
+class Periods:
+    """The newest read-to-read periods of one poll class, oldest first: a ring of machine floats (a deque of float
+    objects costs four times the memory, and there is one per meter and class)."""
+
+    __slots__ = ("_full", "_next", "_ring")
+
+    def __init__(self, size: int = 64) -> None:
+        self._ring = array("d", bytes(8 * size))
+        self._next = 0
+        self._full = False
+
+    def append(self, period: float) -> None:
+        """Add the newest period, dropping the oldest beyond the ring's size."""
+        self._ring[self._next] = period
+        self._next = (self._next + 1) % len(self._ring)
+        self._full = self._full or self._next == 0
+
+    def __len__(self) -> int:
+        return len(self._ring) if self._full else self._next
+
+    def __iter__(self) -> Iterator[float]:
+        if self._full:
+            yield from self._ring[self._next :]
+        yield from self._ring[: self._next]
+
+
+@dataclass(slots=True)
 class MeterSchedule:
     """Polling state of one meter on its bus."""
 
@@ -34,7 +61,14 @@ class MeterSchedule:
     last_poll: float | None = None  # monotonic time of the last successful poll
     bad_points: set[str] = field(default_factory=set)  # points whose last read was refused (bad data)
     last_read: dict[PollClass, float] = field(default_factory=dict)  # monotonic start of the last good read
-    periods: dict[PollClass, deque[float]] = field(default_factory=dict)  # recent read-to-read periods per class
+    periods: dict[PollClass, Periods] = field(default_factory=dict)  # recent read-to-read periods per class
+    #: when the meter is next due (its earliest class, not before its back-off): kept by `reschedule()` whenever
+    #: `due` or `backoff_until` changes, so finding the next meter of a bus does not look into every meter's classes
+    next_at: float = math.inf
+
+    def reschedule(self) -> None:
+        """Recompute `next_at` after a change of `due` or `backoff_until`."""
+        self.next_at = max(min(self.due.values()), self.backoff_until) if self.due else math.inf
 
     def period_stats(self, pc: PollClass) -> tuple[float, float] | None:
         """(mean, max) of the recent periods of a poll class, or None before two good reads."""
@@ -42,6 +76,10 @@ class MeterSchedule:
         if not d:
             return None
         return sum(d) / len(d), max(d)
+
+
+PERIODS_KEPT = 64  # read-to-read periods remembered per meter and poll class
+_next_at = attrgetter("next_at")
 
 
 class BusRunner:
@@ -64,17 +102,24 @@ class BusRunner:
         self.backoff_max = backoff_max
         cat = load_catalogue()
         self.schedules: dict[str, MeterSchedule] = {}
+        classes: dict[frozenset[str], dict[PollClass, tuple[str, ...]]] = {}  # meters of one profile share tuples
         for m in meters:
-            by_class: dict[PollClass, list[str]] = {}
-            for p in cat:
-                if p.name in meter_points[m.id] and p.kind is not PointKind.COMMAND and p.name != COMM_STATUS:
-                    by_class.setdefault(p.poll_class, []).append(p.name)
-            self.schedules[m.id] = MeterSchedule(m, {k: tuple(v) for k, v in by_class.items()})
+            supported = meter_points[m.id]
+            shared = classes.get(supported)
+            if shared is None:
+                by_class: dict[PollClass, list[str]] = {}
+                for p in cat:
+                    if p.name in supported and p.kind is not PointKind.COMMAND and p.name != COMM_STATUS:
+                        by_class.setdefault(p.poll_class, []).append(p.name)
+                shared = classes[supported] = {k: tuple(v) for k, v in by_class.items()}
+            self.schedules[m.id] = MeterSchedule(m, dict(shared))
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._gate = asyncio.Lock()  # held around each poll; `paused()` holds it to have the line alone
         self.cycle_started: float | None = None
         self._cycle_seen: set[str] = set()
+        #: set once every meter of the bus has been polled (answered or not) since start: the first full round
+        self.first_round = asyncio.Event()
 
     @property
     def meters(self) -> list[MeterConfig]:
@@ -88,6 +133,7 @@ class BusRunner:
         for s in self.schedules.values():
             for pc in s.points_by_class:
                 s.due[pc] = now  # first poll reads everything, meter after meter
+            s.reschedule()
         self._task = asyncio.create_task(self._run(), name=f"poll-{self.bus_id}")
 
     async def stop(self) -> None:
@@ -115,17 +161,14 @@ class BusRunner:
         for pc in classes or tuple(s.points_by_class):
             if pc in s.due:
                 s.due[pc] = now
+        s.reschedule()
         self._wake.set()
 
     def _next(self) -> tuple[float, MeterSchedule | None]:
-        best, best_s = math.inf, None
-        for s in self.schedules.values():
-            if not s.due:
-                continue
-            t = max(min(s.due.values()), s.backoff_until)
-            if t < best:
-                best, best_s = t, s
-        return best, best_s
+        s = min(self.schedules.values(), key=_next_at, default=None)  # the first of the earliest, as before
+        if s is None or s.next_at == math.inf:
+            return math.inf, None
+        return s.next_at, s
 
     async def _run(self) -> None:
         n = max(1, len(self.schedules))
@@ -170,6 +213,7 @@ class BusRunner:
                 s.backoff_until = after + min(self.backoff_max, base * (2 ** max(0, k - self.fail_after)))
             else:
                 s.backoff_until = 0.0
+            s.reschedule()
 
     async def poll(self, s: MeterSchedule, classes: tuple[PollClass, ...]) -> bool:
         """Read the points of the given classes from one meter into the table; False if it did not answer."""
@@ -203,6 +247,7 @@ class BusRunner:
             for pc in s.due:
                 if pc not in classes:
                     s.due[pc] = t0
+            s.reschedule()
         s.failures = 0
         self.table.set_comm(mid, True)
         bad = {}
@@ -224,7 +269,10 @@ class BusRunner:
         for pc in classes:
             prev = s.last_read.get(pc)
             if prev is not None:
-                s.periods.setdefault(pc, deque(maxlen=64)).append(t0 - prev)
+                periods = s.periods.get(pc)
+                if periods is None:
+                    periods = s.periods[pc] = Periods(PERIODS_KEPT)
+                periods.append(t0 - prev)
             s.last_read[pc] = t0
         s.last_poll = t0
         s.polls += 1
@@ -237,6 +285,7 @@ class BusRunner:
             self.cycle_started = t0
         self._cycle_seen.add(meter_id)
         if len(self._cycle_seen) >= len(self.schedules):
+            self.first_round.set()
             self.driver.stats.observe_cycle(time.monotonic() - self.cycle_started)
             self._cycle_seen.clear()
             self.cycle_started = None

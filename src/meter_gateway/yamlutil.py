@@ -47,13 +47,59 @@ class LineLoader:
                 LineLoader._walk(item, (*path, i), lines)
 
 
+_TAG = "tag:yaml.org,2002:"
+_SC = yaml.constructor.SafeConstructor()  # its scalar methods keep no state: shared
+_SCALARS = {
+    f"{_TAG}str": lambda n: n.value,
+    f"{_TAG}int": _SC.construct_yaml_int,
+    f"{_TAG}float": _SC.construct_yaml_float,
+    f"{_TAG}bool": _SC.construct_yaml_bool,
+    f"{_TAG}null": _SC.construct_yaml_null,
+}
+
+
+class _Unusual(Exception):
+    """A node the fast path leaves to PyYAML (merge keys, timestamps, sets, binary, complex keys...)."""
+
+
 def _construct(node: yaml.Node) -> Any:
-    # tags are resolved by compose(): build the objects from the nodes instead of parsing the text again
-    return yaml.constructor.SafeConstructor().construct_document(node)
+    # tags are resolved by compose(): build the objects from the nodes instead of parsing the text again; plain
+    # mappings, sequences and scalars directly (PyYAML's generic constructor is most of a profile's load time),
+    # any other document through SafeConstructor, so the result is the same either way
+    try:
+        return _build(node, {})
+    except _Unusual:
+        return yaml.constructor.SafeConstructor().construct_document(node)
+
+
+def _build(node: yaml.Node, memo: dict[int, Any]) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        make = _SCALARS.get(node.tag)
+        if make is None:
+            raise _Unusual(node.tag)
+        return make(node)
+    done = memo.get(id(node))  # an alias: the same object, as SafeConstructor gives
+    if done is not None:
+        return done
+    if isinstance(node, yaml.MappingNode) and node.tag == f"{_TAG}map":
+        out: dict[Any, Any] = {}
+        memo[id(node)] = out
+        for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode):
+                raise _Unusual("complex key")
+            out[_build(knode, memo)] = _build(vnode, memo)
+        return out
+    if isinstance(node, yaml.SequenceNode) and node.tag == f"{_TAG}seq":
+        items: list[Any] = []
+        memo[id(node)] = items
+        items.extend(_build(item, memo) for item in node.value)
+        return items
+    raise _Unusual(node.tag)
 
 
 def _scalar(node: yaml.ScalarNode) -> Any:
-    return _construct(node)
+    make = _SCALARS.get(node.tag)
+    return make(node) if make is not None else yaml.constructor.SafeConstructor().construct_document(node)
 
 
 def line_of(lines: dict[Path_, int], loc: Path_) -> int:

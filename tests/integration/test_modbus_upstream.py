@@ -295,3 +295,29 @@ async def test_repeated_reads_follow_every_table_change(gateways):
             assert r.registers[:volts] == first.registers[:volts]  # the rest of the block is unchanged
     finally:
         c.close()
+
+
+async def test_a_pipelined_burst_larger_than_one_read_is_answered_in_order(gateways):
+    """A burst of 400 pipelined requests (4,800 bytes) gets 400 answers, in order: pymodbus drops its receive buffer
+    beyond 516 bytes, so client connections are read 256 bytes at a time (reads end mid-request)."""
+    from meter_gateway.servers.modbus_tcp import RECV_SIZE
+
+    gw = await gateways(READ_YAML)
+    assert await wait_for(lambda: gw.table.is_online("gen"), 10)
+    host, port = gw.servers[0].address()
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        n = 400
+        burst = b"".join(bytes.fromhex(f"{tid:04x}00000006010300140002") for tid in range(n))
+        assert len(burst) > RECV_SIZE and RECV_SIZE % 12
+        writer.write(burst)
+        await writer.drain()
+        async with asyncio.timeout(20):
+            answers = [await reader.readexactly(13) for _ in range(n)]  # MBAP 7 + fc, byte count, 2 registers
+        assert [int.from_bytes(a[:2], "big") for a in answers] == list(range(n))
+        assert all(a[7:9] == b"\x03\x04" for a in answers)
+        assert len({a[9:] for a in answers}) == 1  # one value, read from the table each time
+        handlers = gw.servers[0]._server.handlers()
+        assert handlers and all(h.transport.max_size == RECV_SIZE for h in handlers)
+    finally:
+        writer.close()

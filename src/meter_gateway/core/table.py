@@ -18,7 +18,7 @@ Listener = Callable[[str, str, PointValue, PointValue], None]
 """Called as listener(meter_id, point_name, old, new) whenever a value or its quality changes."""
 
 
-@dataclass
+@dataclass(slots=True)
 class MeterState:
     """Per-meter bookkeeping in the table."""
 
@@ -34,6 +34,13 @@ class MeterState:
     bad_data: int = 0
     alarms: list[str] = field(default_factory=list)
     profile_warning: str = ""  # the meter does not identify as its configured profile (set at start)
+    #: no good value of the meter turns stale before this time (a lower bound kept by the table): the periodic
+    #: staleness refresh skips the meter until then instead of looking at each of its points every second
+    stale_check: float = -math.inf
+
+
+_NOT_READ = PointValue(None, Quality.UNKNOWN, reason="")
+_UNSUPPORTED = PointValue(None, Quality.UNSUPPORTED, reason="")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +59,26 @@ class PointTable:
     def __init__(self, catalogue: Catalogue, clock: Callable[[], float], stale_factor: float = 3.0) -> None:
         self.catalogue = catalogue
         self.clock = clock
-        self.stale_factor = stale_factor
+        self._stale_factor = stale_factor
+        self._poll_class = {p.name: p.poll_class for p in catalogue}
         self._values: dict[str, dict[str, PointValue]] = {}
         self._meters: dict[str, MeterState] = {}
         self._listeners: list[Listener] = []
         self._alarm_listeners: list[Callable[[Alarm], None]] = []
         self.alarms: list[Alarm] = []
+        #: meters of one profile share one frozenset of point names (a set per meter costs ~1 KiB each)
+        self._point_sets: dict[frozenset[str], frozenset[str]] = {}
+
+    @property
+    def stale_factor(self) -> float:
+        """A good value turns stale when older than this many times its poll interval."""
+        return self._stale_factor
+
+    @stale_factor.setter
+    def stale_factor(self, factor: float) -> None:
+        self._stale_factor = factor
+        for state in self._meters.values():
+            state.stale_check = -math.inf  # look at every point again on the next refresh
 
     # -- set-up ---------------------------------------------------------------------------------
     def add_meter(
@@ -73,11 +94,10 @@ class PointTable:
         unknown = supported - set(self.catalogue.names())
         if unknown:
             raise KeyError(f"meter {meter_id}: unknown points {sorted(unknown)}")
+        supported = self._point_sets.setdefault(supported, supported)
         self._meters[meter_id] = MeterState(meter_id, supported, dict(intervals), max_power_kw, energy_wrap)
-        self._values[meter_id] = {
-            p.name: PointValue(None, Quality.UNKNOWN if p.name in supported else Quality.UNSUPPORTED, reason="")
-            for p in self.catalogue
-        }
+        # PointValue is frozen: every meter's not-yet-read and unsupported points share two instances
+        self._values[meter_id] = {p.name: _NOT_READ if p.name in supported else _UNSUPPORTED for p in self.catalogue}
 
     def remove_meter(self, meter_id: str) -> None:
         """Forget a meter (configuration reload)."""
@@ -152,6 +172,11 @@ class PointTable:
         vals = self._values[meter_id]
         old = vals[point]
         vals[point] = new
+        if new.quality is Quality.GOOD and new.read_time is not None and point != COMM_STATUS:
+            state = self._meters[meter_id]
+            interval = state.intervals.get(self._poll_class[point])
+            if interval and new.read_time + self._stale_factor * interval < state.stale_check:
+                state.stale_check = new.read_time + self._stale_factor * interval
         if old.value != new.value or old.quality is not new.quality:
             for listener in tuple(self._listeners):
                 try:
@@ -285,9 +310,19 @@ class PointTable:
         good = Quality.GOOD
         points = [(p.name, p.poll_class) for p in self.catalogue if p.name != COMM_STATUS]
         for mid, vals in self._values.items():
-            # the same rule as _effective, inlined: this runs every second over every point of every meter
-            limits = {pc: self.stale_factor * iv for pc, iv in self._meters[mid].intervals.items() if iv}
+            state = self._meters[mid]
+            if now < state.stale_check - 0.001:  # (a margin for rounding) no good value of the meter is stale yet
+                continue
+            # the same rule as _effective, inlined: this runs every second over every point of a meter that may
+            # have a stale value; what stays good sets the meter's next check (values stored meanwhile lower it)
+            limits = {pc: self._stale_factor * iv for pc, iv in state.intervals.items() if iv}
+            state.stale_check = math.inf
+            nxt = math.inf
             for name, pc in points:
                 v = vals[name]
-                if v.quality is good and v.read_time is not None and pc in limits and now - v.read_time > limits[pc]:
-                    self._set(mid, name, self._effective(mid, self.catalogue.get(name), v, now))
+                if v.quality is good and v.read_time is not None and pc in limits:
+                    if now - v.read_time > limits[pc]:
+                        self._set(mid, name, self._effective(mid, self.catalogue.get(name), v, now))
+                    elif v.read_time + limits[pc] < nxt:
+                        nxt = v.read_time + limits[pc]
+            state.stale_check = min(state.stale_check, nxt)

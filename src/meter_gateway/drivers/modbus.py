@@ -183,6 +183,8 @@ class ModbusDriver(Driver):
         self._expect_unit: int | None = None
         self._rx = b""
         self._plans: dict[tuple[str, frozenset[str]], list[ReadBlock]] = {}
+        #: (profile, points, split) -> (points, plan): meters of one profile share one plan and one set of names
+        self._shared_plans: dict[tuple[str, frozenset[str], frozenset], tuple[frozenset[str], list[ReadBlock]]] = {}
         self._split: dict[str, set[tuple[int, int]]] = {}
         self._logged: set[str] = set()
         if isinstance(bus, ModbusRtuBus):
@@ -362,11 +364,19 @@ class ModbusDriver(Driver):
 
     def plan(self, meter: MeterConfig, points: Sequence[str]) -> list[ReadBlock]:
         """The (cached) reads that fetch `points` from `meter`."""
-        key = (meter.id, frozenset(points))
-        if key not in self._plans:
+        names = frozenset(points)
+        plan = self._plans.get((meter.id, names))
+        if plan is None:
             split = frozenset(self._split.get(meter.id, ()))
-            self._plans[key] = plan_reads(self._profile(meter), points, split)
-        return self._plans[key]
+            shared = self._shared_plans.get((meter.profile, names, split))
+            if shared is None:
+                shared = self._shared_plans[(meter.profile, names, split)] = (
+                    names,
+                    plan_reads(self._profile(meter), points, split),
+                )
+            names, plan = shared
+            self._plans[(meter.id, names)] = plan
+        return plan
 
     def transactions_for(self, meter: MeterConfig, points: Sequence[str]) -> int:
         """Reads one poll of `points` takes (with the active powers that sign its power factors)."""
