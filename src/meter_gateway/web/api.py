@@ -40,40 +40,144 @@ QUALITY_NAMES = list(Quality)
 SECRET = "(hidden)"
 
 
+_ABSENT = 255  # quality code of a round in which a point was not sampled (a gap: no sample in the answer)
+_GOOD = QUALITY_CODES[Quality.GOOD]
+_I32 = 2**31  # int32 decimals hold |m| < _I32; -_I32 marks "no value"
+_F32, _DEC, _F64 = "f", "i", "d"
+#: value encodings from the most compact; a ring only moves down this list (at most len - 1 recodings)
+ENCODINGS: tuple[tuple[str, int], ...] = ((_F32, 0), *((_DEC, k) for k in range(10)), (_F64, 0))
+
+
+def _dec(x: float, div: float) -> int | None:
+    """x as an int32 m with m / div == x exactly (div a power of ten), else None."""
+    if not math.isfinite(x) or (x == 0 and math.copysign(1.0, x) < 0):
+        return None
+    m = round(x * div)
+    return m if -_I32 < m < _I32 and m / div == x else None
+
+
+def _fits(enc: str, div: float, x: float) -> bool:
+    if math.isnan(x) or enc == _F64:
+        return True
+    if enc == _F32:
+        return array.array("f", (x,))[0] == x
+    return _dec(x, div) is not None
+
+
 class Ring:
-    """A fixed-size ring of (time, value, quality) samples in compact arrays (17 bytes a sample)."""
+    """One point's samples, one per round of its RecentHistory (which keeps the rounds' times once for all rings).
 
-    def __init__(self, size: int) -> None:
+    Values are kept exactly, in the most compact of: float32 (while every value is one), int32 decimals m / 10**k
+    (while every value is one, e.g. energies of 0.01 kWh registers) or float64; a ring moves to a wider encoding
+    when a value needs it and stays there. Qualities take a byte a sample only while the window holds a sample
+    that is not good. Grows sample by sample up to `size`, then overwrites the oldest.
+    """
+
+    def __init__(self, size: int, first: int) -> None:
         self.size = size
-        self.t = array.array("d", bytes(8 * size))
-        self.v = array.array("d", bytes(8 * size))
-        self.q = bytearray(size)
-        self.n = 0  # samples written in all
+        self._reset(first)
 
-    def add(self, t: float, v: float, q: int) -> None:
-        """Append one sample, dropping the oldest when full."""
-        i = self.n % self.size
-        self.t[i], self.v[i], self.q[i] = t, v, q
-        self.n += 1
+    def _reset(self, first: int) -> None:
+        self.first = first  # round of the ring's slot 0
+        self.last = first - 1  # round of the newest sample
+        self.level = 0  # index in ENCODINGS
+        self.div = 1.0
+        self.v = array.array(_F32)
+        self.q: bytearray | None = None  # None: every sample in the window is good
+        self.bad = first - 1  # newest round whose sample is not good (or absent)
 
-    def since(self, t0: float) -> list[list[Any]]:
-        """Samples newer than t0, oldest first: [time, value or None, quality]."""
+    def __len__(self) -> int:
+        return len(self.v)
+
+    @property
+    def encoding(self) -> str:
+        """The value encoding: f (float32), i (int32 decimals) or d (float64)."""
+        return self.v.typecode
+
+    def value(self, slot: int) -> float:
+        """The value at `slot` (NaN for none)."""
+        x = self.v[slot]
+        if self.v.typecode == _DEC:
+            return math.nan if x == -_I32 else x / self.div
+        return x
+
+    def _recode(self, new: float) -> None:
+        """Move to the first encoding, from the current one on, that holds every value and `new` exactly."""
+        values = [self.value(i) for i in range(len(self.v))]
+        for level in range(self.level + 1, len(ENCODINGS)):
+            enc, k = ENCODINGS[level]
+            div = 10.0**k
+            if all(_fits(enc, div, x) for x in (new, *values)):
+                break
+        self.level, self.div = level, div
+        if enc == _DEC:
+            self.v = array.array(enc, [-_I32 if math.isnan(x) else _dec(x, div) for x in values])
+        else:
+            self.v = array.array(enc, values)
+
+    def add(self, r: int, x: float, q: int) -> None:
+        """The sample of round r (rounds between the newest sample and r become gaps)."""
+        if r - self.last > self.size:  # everything held is older than the window
+            self._reset(r)
+        while self.last < r - 1:
+            self._put(self.last + 1, math.nan, _ABSENT)
+        self._put(r, x, q)
+
+    def _put(self, r: int, x: float, q: int) -> None:
+        if not _fits(self.v.typecode, self.div, x):
+            self._recode(x)
+        e: float | int | None = x
+        if self.v.typecode == _DEC:
+            e = -_I32 if math.isnan(x) else _dec(x, self.div)
+        slot = (r - self.first) % self.size
+        grow = slot == len(self.v)
+        if grow:
+            self.v.append(e)
+        else:
+            self.v[slot] = e
+        if q != _GOOD:
+            self.bad = r
+            if self.q is None:
+                self.q = bytearray([_GOOD]) * (len(self.v) - grow)
+        elif self.q is not None and self.bad <= r - self.size:
+            self.q = None  # no sample in the window is bad any more
+        if self.q is not None:
+            if grow:
+                self.q.append(q)
+            else:
+                self.q[slot] = q
+        self.last = r
+
+    def samples(self, times: array.array, rounds: int, t0: float) -> list[list[Any]]:
+        """Samples taken at t0 or later, oldest first: [time, value or None, quality].
+
+        `times`: the history's round times (round r at r % size); `rounds`: the rounds taken."""
         out = []
-        for k in range(max(0, self.n - self.size), self.n):
-            i = k % self.size
-            if self.t[i] >= t0:
-                v = self.v[i]
-                out.append([round(self.t[i], 3), None if math.isnan(v) else v, str(QUALITY_NAMES[self.q[i]])])
+        size = self.size
+        for r in range(max(self.last - len(self.v) + 1, rounds - size), self.last + 1):
+            t = times[r % size]
+            if t < t0:
+                continue
+            slot = (r - self.first) % size
+            q = _GOOD if self.q is None else self.q[slot]
+            if q == _ABSENT:
+                continue
+            v = self.value(slot)
+            out.append([round(t, 3), None if math.isnan(v) else v, str(QUALITY_NAMES[q])])
         return out
 
 
 class RecentHistory:
-    """Per meter, HISTORY_POINTS sampled from the table every HISTORY_STEP s for HISTORY_HOURS (bounded RAM)."""
+    """Per meter, HISTORY_POINTS sampled from the table every HISTORY_STEP s for HISTORY_HOURS (bounded RAM).
+
+    Every ring is sampled in the same rounds: the rounds' times are kept once, here."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
         self.rings: dict[tuple[str, str], Ring] = {}
         self.size = int(HISTORY_HOURS * 3600 / HISTORY_STEP)
+        self.times = array.array("d")  # time of round r at r % size (grows up to size)
+        self.rounds = 0  # rounds taken
 
     def sample(self) -> None:
         """Take one sample of every meter's history points (meters gone are forgotten)."""
@@ -81,6 +185,12 @@ class RecentHistory:
         ids = set(self.table.meter_ids)
         for key in [k for k in self.rings if k[0] not in ids]:
             del self.rings[key]
+        r = self.rounds
+        if len(self.times) < self.size:
+            self.times.append(now)
+        else:
+            self.times[r % self.size] = now
+        self.rounds = r + 1
         for mid in ids:
             for p in HISTORY_POINTS:
                 if not self.table.supports(mid, p):
@@ -88,9 +198,14 @@ class RecentHistory:
                 v = self.table.get(mid, p)
                 ring = self.rings.get((mid, p))
                 if ring is None:
-                    ring = self.rings[(mid, p)] = Ring(self.size)
+                    ring = self.rings[(mid, p)] = Ring(self.size, r)
                 good = v.value is not None and v.quality in (Quality.GOOD, Quality.STALE)
-                ring.add(now, float(v.value) if good else math.nan, QUALITY_CODES[v.quality])
+                ring.add(r, float(v.value) if good else math.nan, QUALITY_CODES[v.quality])
+
+    def since(self, mid: str, point: str, t0: float) -> list[list[Any]]:
+        """The samples of one meter's point taken at t0 or later, oldest first: [time, value or None, quality]."""
+        ring = self.rings.get((mid, point))
+        return ring.samples(self.times, self.rounds, t0) if ring is not None else []
 
     async def run(self) -> None:
         """Sample forever, every HISTORY_STEP seconds."""
@@ -363,8 +478,7 @@ class WebApi:
             return _err(400, f"hours: a number of hours, more than 0 and at most {MAX_HISTORY_HOURS}")
         now = self.table.clock()
         t0 = now - hours * 3600
-        ring = self.history.rings.get((mid, point))
-        samples = ring.since(t0) if ring is not None else []
+        samples = self.history.since(mid, point, t0)
         source = ["recent"]
         pdef = self.facts.catalogue.get(point)
         rec = self.ports.status.journal
