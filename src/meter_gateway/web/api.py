@@ -73,6 +73,8 @@ class Ring:
     that is not good. Grows sample by sample up to `size`, then overwrites the oldest.
     """
 
+    __slots__ = ("bad", "div", "first", "last", "level", "q", "size", "v")
+
     def __init__(self, size: int, first: int) -> None:
         self.size = size
         self._reset(first)
