@@ -151,15 +151,23 @@ async def gateway_child(text: str) -> dict:
     }
 
 
+_CLIENT = """
+import sys, urllib.request
+req = urllib.request.Request(sys.argv[1], headers={"Authorization": "Bearer " + sys.argv[2]})
+with urllib.request.urlopen(req, timeout=60) as r:
+    print(len(r.read()))
+"""
+
+
 async def _get(port: int, path: str, token: str) -> int:
-    """GET path over a raw socket (no client library in the process); the body's length."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode()
+    """GET path from another process (the client's memory is not the gateway's); the body's length."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CLIENT, f"http://127.0.0.1:{port}{path}", token, stdout=subprocess.PIPE
     )
-    body = await reader.read()
-    writer.close()
-    return len(body)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"GET {path} failed")
+    return int(out)
 
 
 async def _scrapes(gw) -> dict:

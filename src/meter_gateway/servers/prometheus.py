@@ -8,10 +8,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -82,10 +82,60 @@ HELP = {
 }
 
 
+#: metric -> its points (in MEASURES' order)
+BY_METRIC: dict[str, list[str]] = {}
+for _point, (_metric, _extra, _factor) in MEASURES.items():
+    BY_METRIC.setdefault(_metric, []).append(_point)
+
+#: samples per part of a family: /metrics is built and encoded part by part, so a scrape of 250 meters holds a
+#: bounded number of sample objects at once (all of them at once left the process ~20 MiB larger after a scrape)
+PART = 1000
+
+Row = tuple[list[str], float]
+
+
 def _counter_or_gauge(name: str, doc: str, labels: list[str]) -> Metric:
     if name.endswith("_total"):
         return CounterMetricFamily(P + name[: -len("_total")], doc, labels=labels)
     return GaugeMetricFamily(P + name, doc, labels=labels)
+
+
+def _parts(make: Callable[[], Metric], rows: Iterable[Row]) -> Iterator[Metric]:
+    """One family of `rows` (labels, value) in parts of at most PART samples, each a Metric of the family's name."""
+    fam, n, parts = make(), 0, 0
+    for labels, value in rows:
+        fam.add_metric(labels, value)
+        n += 1
+        if n == PART:
+            yield fam
+            fam, n, parts = make(), 0, parts + 1
+    if n or not parts:  # a family without samples still has its # HELP and # TYPE lines
+        yield fam
+
+
+class _One:
+    """A collector of one metric (to encode a family part by part with prometheus_client)."""
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+
+    def collect(self) -> list[Metric]:
+        """The metric."""
+        return [self.metric]
+
+
+def exposition(metrics: Iterable[Metric]) -> bytes:
+    """The text format of `metrics` as prometheus_client's generate_latest writes it, one metric at a time;
+    consecutive metrics of one name (parts of a family, no OpenMetrics-only samples) are written as one family."""
+    out = []
+    prev = None
+    for m in metrics:
+        text = generate_latest(_One(m))  # type: ignore[arg-type]
+        if m.name == prev:
+            text = text.split(b"\n", 2)[2]  # without the family's # HELP and # TYPE lines again
+        out.append(text)
+        prev = m.name
+    return b"".join(out)
 
 
 class GatewayCollector:
@@ -99,72 +149,103 @@ class GatewayCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        """All metrics for one scrape."""
+        """All metrics for one scrape; a family of more than PART samples comes in parts (consecutive, same name)."""
         ports, table, facts = self.ports, self.ports.table, self.ports.facts
         snap = table.snapshot()
         now = time.time()
         meters = {m.id: m for m in facts.config.meters if m.id in snap}
-        families: dict[str, Metric] = {}
         base = ["meter", "tenant"]
-        for mid, vals in snap.items():
-            tenant = meters[mid].tenant
-            for pname, (metric, extra, factor) in MEASURES.items():
+        good = Quality.GOOD
+        order: dict[str, None] = {}  # value families in the order of their first good sample
+        for vals in snap.values():
+            for pname, (metric, _extra, _factor) in MEASURES.items():
                 v = vals[pname]
-                if v.quality is not Quality.GOOD or v.value is None:
-                    continue  # never exported as if fresh: stale, comm-failure and bad-data samples are omitted
-                fam = families.get(metric)
-                if fam is None:
-                    fam = families[metric] = _counter_or_gauge(metric, HELP[metric], base + list(extra))
-                # round away the binary noise of the unit conversion (e.g. 4.9107 kW -> 4910.7 W)
-                fam.add_metric([mid, tenant, *extra.values()], round(float(v.value) * factor, 6))
-        yield from families.values()
+                if v.quality is good and v.value is not None:
+                    order.setdefault(metric)
 
-        up = GaugeMetricFamily(
-            P + "meter_up",
-            "1 when the meter answers its polls, 0 in communication failure",
-            labels=["meter", "tenant", "bus"],
+        def values(metric: str) -> Iterator[Row]:
+            for mid, vals in snap.items():
+                tenant = meters[mid].tenant
+                for pname in BY_METRIC[metric]:
+                    v = vals[pname]
+                    if v.quality is not good or v.value is None:
+                        continue  # never exported as if fresh: stale, comm-failure and bad-data samples are omitted
+                    _metric, extra, factor = MEASURES[pname]
+                    # round away the binary noise of the unit conversion (e.g. 4.9107 kW -> 4910.7 W)
+                    yield [mid, tenant, *extra.values()], round(float(v.value) * factor, 6)
+
+        for metric in order:
+            labels = base + list(MEASURES[BY_METRIC[metric][0]][1])
+            yield from _parts(lambda m=metric, lb=labels: _counter_or_gauge(m, HELP[m], lb), values(metric))
+
+        def points(kinds: tuple[PointKind, ...] | None, need_good: bool) -> Iterator[tuple[str, Any, Any]]:
+            for mid, vals in snap.items():
+                for p in facts.catalogue:
+                    v = vals[p.name]
+                    if v.quality is Quality.UNSUPPORTED or p.kind is PointKind.COMMAND or p.name == COMM_STATUS:
+                        continue
+                    if kinds is not None and p.kind not in kinds:
+                        continue
+                    if need_good and (v.quality is not good or v.value is None):
+                        continue
+                    yield mid, p, v
+
+        yield from _parts(
+            lambda: GaugeMetricFamily(
+                P + "meter_up",
+                "1 when the meter answers its polls, 0 in communication failure",
+                labels=["meter", "tenant", "bus"],
+            ),
+            (
+                ([mid, meters[mid].tenant, meters[mid].bus], 1.0 if vals[COMM_STATUS].value else 0.0)
+                for mid, vals in snap.items()
+            ),
         )
-        age = GaugeMetricFamily(
-            P + "point_age_seconds", "Seconds since the last good read of the point", labels=["meter", "point"]
+        yield from _parts(
+            lambda: GaugeMetricFamily(
+                P + "meter_profile_mismatch",
+                "1 when the meter identifies as another model than its configured profile (its values may be wrong)",
+                labels=["meter", "tenant", "profile"],
+            ),
+            (
+                ([mid, meters[mid].tenant, meters[mid].profile], 1.0 if table.meter(mid).profile_warning else 0.0)
+                for mid in snap
+            ),
         )
-        quality = GaugeMetricFamily(
-            P + "point_quality",
-            "1 for the current quality of each supported point",
-            labels=["meter", "point", "quality"],
+        yield from _parts(
+            lambda: GaugeMetricFamily(
+                P + "point_age_seconds", "Seconds since the last good read of the point", labels=["meter", "point"]
+            ),
+            (
+                ([mid, p.name], max(0.0, now - v.read_time))
+                for mid, p, v in points(None, False)
+                if v.read_time is not None
+            ),
         )
-        states = GaugeMetricFamily(
-            P + "state",
-            "Status and alarm points (0/1; Energy_Direction 0 import 1 export)",
-            labels=["meter", "tenant", "point"],
+        yield from _parts(
+            lambda: GaugeMetricFamily(
+                P + "point_quality",
+                "1 for the current quality of each supported point",
+                labels=["meter", "point", "quality"],
+            ),
+            (([mid, p.name, str(v.quality)], 1.0) for mid, p, v in points(None, False)),
         )
-        mismatch = GaugeMetricFamily(
-            P + "meter_profile_mismatch",
-            "1 when the meter identifies as another model than its configured profile (its values may be wrong)",
-            labels=["meter", "tenant", "profile"],
+        yield from _parts(
+            lambda: GaugeMetricFamily(
+                P + "state",
+                "Status and alarm points (0/1; Energy_Direction 0 import 1 export)",
+                labels=["meter", "tenant", "point"],
+            ),
+            (([mid, meters[mid].tenant, p.name], float(v.value)) for mid, p, v in points((PointKind.STATUS,), True)),
         )
-        config = GaugeMetricFamily(
-            P + "config_value",
-            "Configuration read from the meter, in the catalogue's unit",
-            labels=["meter", "point", "unit"],
+        yield from _parts(
+            lambda: GaugeMetricFamily(
+                P + "config_value",
+                "Configuration read from the meter, in the catalogue's unit",
+                labels=["meter", "point", "unit"],
+            ),
+            (([mid, p.name, p.unit], float(v.value)) for mid, p, v in points((PointKind.CONFIG,), True)),
         )
-        for mid, vals in snap.items():
-            m = meters[mid]
-            up.add_metric([mid, m.tenant, m.bus], 1.0 if vals[COMM_STATUS].value else 0.0)
-            mismatch.add_metric([mid, m.tenant, m.profile], 1.0 if table.meter(mid).profile_warning else 0.0)
-            for p in facts.catalogue:
-                v = vals[p.name]
-                if v.quality is Quality.UNSUPPORTED or p.kind is PointKind.COMMAND or p.name == COMM_STATUS:
-                    continue
-                quality.add_metric([mid, p.name, str(v.quality)], 1.0)
-                if v.read_time is not None:
-                    age.add_metric([mid, p.name], max(0.0, now - v.read_time))
-                if v.quality is not Quality.GOOD or v.value is None:
-                    continue
-                if p.kind is PointKind.STATUS:
-                    states.add_metric([mid, m.tenant, p.name], float(v.value))
-                elif p.kind is PointKind.CONFIG:
-                    config.add_metric([mid, p.name, p.unit], float(v.value))
-        yield from (up, mismatch, age, quality, states, config)
 
         alarms = CounterMetricFamily(P + "bad_data", "Readings rejected as bad data (not published)", labels=["meter"])
         losses = CounterMetricFamily(
@@ -332,8 +413,7 @@ class PrometheusServer(Server):
 
         cfg = self.facts.config.upstream.prometheus
         http_cfg = self.facts.config.upstream.http
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(GatewayCollector(ports))
+        self.collector = GatewayCollector(ports)
         self.auth = Auth.from_config(http_cfg, tls=http_cfg.tls is not None, body_timeout=cfg.idle_timeout)
         self.http = HttpServer(
             cfg.bind,
@@ -367,7 +447,7 @@ class PrometheusServer(Server):
             if wait > 0:
                 await asyncio.sleep(wait)
             t0 = loop.time()
-            body = generate_latest(self.registry)
+            body = exposition(self.collector.collect())
             t1 = loop.time()
             self._next_scrape = t1 + (t1 - t0) * (1.0 / SCRAPE_DUTY - 1.0)
         return Response(200, body, CONTENT_TYPE_LATEST)
