@@ -177,6 +177,20 @@ async def _scrapes(gw) -> dict:
     srv = gw.server("prometheus")
     port, token = srv.address()[1], srv.auth.control_token
     out: dict = {"rss_before_mib": round(rss_mib(), 1)}
+    if not tracemalloc.is_tracing():  # the CPU time of building one /metrics body, best of 3
+        from meter_gateway.servers import prometheus
+
+        if hasattr(prometheus, "Fam"):
+            build = lambda: b"".join(prometheus.exposition(srv.collector.families()))  # noqa: E731
+        else:  # the gateway before the body was built part by part
+            build = lambda: prometheus.generate_latest(srv.registry)  # noqa: E731
+        cpu = []
+        for _ in range(3):
+            c0 = time.process_time()
+            build()
+            cpu.append(time.process_time() - c0)
+        out["scrape_build_cpu_ms"] = round(1000 * min(cpu), 1)
+        out["rss_after_3_builds_mib"] = round(rss_mib(), 1)
     if tracemalloc.is_tracing():
         tracemalloc.reset_peak()
         now = tracemalloc.get_traced_memory()[0]

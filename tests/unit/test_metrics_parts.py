@@ -1,40 +1,44 @@
-"""/metrics encoded family part by part (servers/prometheus.py exposition): the text prometheus_client writes."""
+"""/metrics written family by family without sample objects (servers/prometheus.py Fam, exposition): the bytes
+prometheus_client's generate_latest writes for the same families."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import HistogramMetricFamily
 
 from meter_gateway.servers import prometheus
-from meter_gateway.servers.prometheus import _parts, exposition
+from meter_gateway.servers.prometheus import Fam, exposition
 
-ROWS = [([f"m{i}", 'Tenant "A"\\\nB' if i % 3 else "Landlord"], i * 1.25e3 + 0.1) for i in range(10)]
+ROWS = [([f"m{i}", 'Tenant "A"\\\nB' if i % 3 else "Landlord", "L1"], i * 1.25e3 + 0.1) for i in range(10)]
+ROWS += [(["m", "t", "L2"], v) for v in (0.0, -0.0, 1e22, 12345678.9, float("inf"), float("nan"), 3)]
 
 
 class Whole:
-    def __init__(self, families) -> None:
-        self.families = families
+    def __init__(self, metrics) -> None:
+        self.metrics = metrics
 
     def collect(self):
-        return self.families
+        return self.metrics
 
 
-def test_parts_encode_as_the_whole_family(monkeypatch):
-    def counter():
-        return CounterMetricFamily("g_energy_joules", "Energy\nwith \\ escapes", labels=["meter", "tenant"])
+def families() -> list:
+    hist = HistogramMetricFamily("g_cycle_seconds", "Cycle", labels=["bus"])
+    hist.add_metric(["b"], [("0.5", 1), ("+Inf", 3)], 2.5)
+    return [
+        Fam("energy_joules", "Energy\nwith \\ escapes", True, ["meter", "tenant", "phase"], ROWS),
+        Fam("empty", "No samples", False, ["meter"], []),
+        hist,
+        Fam("unlabelled", "One value", False, [], [([], 7.0)]),
+        Fam("point_quality", "Quality", False, ["quality", "meter", "point"], [(["a", "good", "c"], 1.0)]),
+    ]
 
-    def gauge():
-        return GaugeMetricFamily("g_empty", "No samples", labels=["meter"])
 
-    whole = counter()
-    for labels, value in ROWS:
-        whole.add_metric(labels, value)
+def test_text_is_what_prometheus_client_writes(monkeypatch):
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Whole([whole, gauge()]))
+    registry.register(Whole([f.metric() if isinstance(f, Fam) else f for f in families()]))
     want = generate_latest(registry)
-    for part in (1, 3, 10, 1000):
+    for part in (1, 3, 1000):
         monkeypatch.setattr(prometheus, "PART", part)
-        metrics = [*_parts(counter, ROWS), *_parts(gauge, [])]
-        assert len(metrics) == -(-len(ROWS) // part) + 1
-        assert all(len(m.samples) <= part for m in metrics)
-        assert exposition(metrics) == want
+        chunks = list(exposition(families()))
+        assert b"".join(chunks) == want
+        assert len(chunks) >= len(ROWS) // part  # the large family in chunks of about PART lines
