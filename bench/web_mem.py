@@ -125,14 +125,22 @@ async def gateway_child(text: str) -> dict:
             if time.monotonic() > deadline:
                 raise RuntimeError("table not full after 120 s")
             await asyncio.sleep(0.5)
-        await asyncio.sleep(2)
+        changes = [0]
+
+        def count(*_args) -> None:
+            changes[0] += 1
+
+        gw.table.add_listener(count)  # table changes a second: what the web side's listener (ChangeHub) is called for
+        await asyncio.sleep(5)
+        gw.table.remove_listener(count)
         traced = tracemalloc.is_tracing()
         snap = tracemalloc.take_snapshot() if traced else None
         scrapes = await _scrapes(gw) if "prometheus" in [s.name for s in gw.servers] else {}
     finally:
         await gw.stop()
+    rate = round(changes[0] / 5)
     if snap is None:
-        return {"scrapes": scrapes}
+        return {"scrapes": scrapes, "table_changes_per_s": rate}
     groups: dict[str, int] = {}
     for st in snap.statistics("filename"):
         g = _group(st.traceback[0].filename)
@@ -144,6 +152,7 @@ async def gateway_child(text: str) -> dict:
     top = sorted(groups.items(), key=lambda kv: -kv[1])[:40]
     return {
         "scrapes": scrapes,
+        "table_changes_per_s": rate,
         "traced_mib": round(sum(groups.values()) / 2**20, 2),
         "traced_after_imports_mib": round(sum(at_import.values()) / 2**20, 2),
         "by_site_kib": {g: [round(b / 1024), round(at_import.get(g, 0) / 1024)] for g, b in top},
