@@ -215,6 +215,11 @@ async def _scrapes(gw) -> dict:
         await _get(port, f"/api/meters/{mid}/history?point=Active_Energy_Import&hours=6", token)
     await _get(port, "/api/overview", token)
     out["rss_after_pages_mib"] = round(rss_mib(), 1)
+    hist = srv.web.history
+    for _ in range(hist.size):  # HISTORY_HOURS of sampling rounds, at once (the table's values as they are now)
+        hist.sample()
+    await _get(port, "/metrics", token)
+    out["rss_after_6h_of_history_and_a_scrape_mib"] = round(rss_mib(), 1)
     return out
 
 

@@ -148,6 +148,10 @@ class Ring:
                 self.q.append(q)
             else:
                 self.q[slot] = q
+        if grow and len(self.v) == self.size:  # full: drop the room appending kept for growth
+            self.v = self.v[:]
+            if self.q is not None:
+                self.q = self.q[:]
         self.last = r
 
     def samples(self, times: array.array, rounds: int, t0: float) -> list[list[Any]]:
