@@ -200,6 +200,13 @@ async def _scrapes(gw) -> dict:
             cpu.append(time.process_time() - c0)
         out["scrape_build_cpu_ms"] = round(1000 * min(cpu), 1)
         out["rss_after_3_builds_mib"] = round(rss_mib(), 1)
+        for name, doc in (("overview", srv.web.overview_doc), ("meter", lambda: srv.web.meter_doc("m1"))):
+            cpu = []
+            for _ in range(5):  # one event of a page's stream (sent at most twice a second while the table changes)
+                c0 = time.process_time()
+                json.dumps(doc(), default=str, separators=(",", ":"))
+                cpu.append(time.process_time() - c0)
+            out[f"{name}_event_cpu_ms"] = round(1000 * min(cpu), 2)
     if tracemalloc.is_tracing():
         tracemalloc.reset_peak()
         now = tracemalloc.get_traced_memory()[0]

@@ -272,6 +272,7 @@ class WebApi:
         self.history = RecentHistory(ports.table)
         self.hub = ChangeHub()
         self._tasks: list[asyncio.Task] = []
+        self._overview: tuple[int, float, str] | None = None  # (table version, loop time, JSON) of the last one
 
     def add_routes(self) -> None:
         """Register every route with the role it needs."""
@@ -558,9 +559,8 @@ class WebApi:
                 if mid is not None and mid not in self.table.meter_ids:
                     await resp.write(b'event: gone\ndata: {"error": "meter removed"}\n\n')
                     break
-                doc = self.meter_doc(mid) if mid is not None else self.overview_doc()
                 n += 1
-                data = json.dumps(doc, default=str, separators=(",", ":"))
+                data = self._event_data(mid, version, now)
                 await resp.write(f"id: {n}\nevent: {'overview' if mid is None else 'meter'}\ndata: {data}\n\n".encode())
                 seen, last_sent = version, now
             elif now - last_beat >= HEARTBEAT:
@@ -568,6 +568,18 @@ class WebApi:
                 last_beat = now
             await asyncio.sleep(max(0.0, STREAM_INTERVAL - (loop.time() - now)))  # coalesce: <= 2 events/s
             await self._wait_change(min(HEARTBEAT, OVERVIEW_REFRESH), stopping)
+
+    def _event_data(self, mid: str | None, version: int, now: float) -> str:
+        """A stream event's JSON; the overview's is shared by the streams due within STREAM_INTERVAL of the
+        same table version (it is the same document: a page more does not cost the gateway another one)."""
+        if mid is not None:
+            return json.dumps(self.meter_doc(mid), default=str, separators=(",", ":"))
+        cached = self._overview
+        if cached is not None and cached[0] == version and 0 <= now - cached[1] < STREAM_INTERVAL:
+            return cached[2]
+        data = json.dumps(self.overview_doc(), default=str, separators=(",", ":"))
+        self._overview = (version, now, data)
+        return data
 
     async def _wait_change(self, timeout: float, stopping: asyncio.Event) -> None:
         stop = asyncio.ensure_future(stopping.wait())
