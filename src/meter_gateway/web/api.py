@@ -106,6 +106,7 @@ class Ring:
     def _recode(self, new: float) -> None:
         """Move to the first encoding, from the current one on, that holds every value and `new` exactly."""
         values = [self.value(i) for i in range(len(self.v))]
+        level, enc, div = len(ENCODINGS) - 1, _F64, 1.0  # float64 holds every value
         for level in range(self.level + 1, len(ENCODINGS)):
             enc, k = ENCODINGS[level]
             div = 10.0**k
