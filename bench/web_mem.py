@@ -8,9 +8,14 @@ WEB_MEM_VALUES=float64 values that need float64 and a bad sample in every window
 WEB_MEM_TRACE=0: without tracemalloc, for the sampler's CPU time per round
 (sample_cpu_ms_per_round: 750 points walked, every HISTORY_STEP s).
 
+`python bench/web_mem.py imports`: the RSS each module of the HTTP side adds on import (a fixed cost).
+
 `python bench/web_mem.py gateway`: the gateway at SCALE_METERS simulated meters with SCALE_UPSTREAMS (prometheus
 by default; none for the base) in its own process with tracemalloc on from before the imports; once the table is
-full, the bytes allocated per package / gateway module (allocation site), the top ones first.
+full, the bytes allocated per package / gateway module (allocation site), the top ones first. With
+WEB_MEM_TRACE=0 (no tracemalloc: honest RSS and CPU): the CPU time of building one /metrics body and one event of
+the pages' streams, and the RSS before and after 5 scrapes of /metrics (from another process), the pages' API, and
+HISTORY_HOURS of history rounds sampled at once.
 """
 
 from __future__ import annotations
@@ -257,6 +262,36 @@ def gateway(n: int, ups: str) -> dict:
     return asyncio.run(go())
 
 
+def imports() -> dict:
+    """RSS added by importing the HTTP side's modules one after the other (after the gateway's own imports)."""
+    import importlib
+
+    from scale import rss_mib
+
+    import meter_gateway.app
+    import meter_gateway.config
+    import meter_gateway.profiles  # noqa: F401
+
+    out: dict = {"rss_after_gateway_imports_mib": round(rss_mib(), 1)}
+    prev = rss_mib()
+    for name in (
+        "aiohttp",
+        "aiohttp.web",
+        "prometheus_client",
+        "argon2",
+        "meter_gateway.web.auth",
+        "meter_gateway.servers.http",
+        "meter_gateway.servers.prometheus",
+        "meter_gateway.web.api",
+    ):
+        importlib.import_module(name)
+        now = rss_mib()
+        out[name] = round(now - prev, 1)
+        prev = now
+    out["total_mib"] = round(prev - out["rss_after_gateway_imports_mib"], 1)
+    return out
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "history"
     meters = int(os.environ.get("SCALE_METERS", "250"))
@@ -267,6 +302,8 @@ if __name__ == "__main__":
 
         logging.basicConfig(level=logging.ERROR)
         print(json.dumps(asyncio.run(gateway_child(sys.stdin.read()))))
+    elif what == "imports":
+        print(json.dumps(imports()))
     elif what == "gateway":
         print(json.dumps(gateway(meters, os.environ.get("SCALE_UPSTREAMS", "prometheus")), indent=1))
     else:
