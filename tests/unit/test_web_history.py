@@ -40,7 +40,7 @@ def make(meters: list[str]) -> tuple[PointTable, Clock]:
 def test_answers_are_the_samples_taken_exactly():
     """Every kind of value a meter sends comes back identical (JSON too), window after window."""
     rnd = random.Random(19)
-    table, clock = make(["dec", "f32", "f64", "flaky"])
+    table, clock = make(["dec", "f32", "f64", "flaky", "late"])
     hist = RecentHistory(table)
     hist.size = 40  # a small window, wrapped several times
     taken: dict[tuple[str, str], list[list]] = {}
@@ -50,13 +50,20 @@ def test_answers_are_the_samples_taken_exactly():
         clock.t += HISTORY_STEP
         raw += rnd.randrange(0, 300)
         table.update("dec", IMPORT, to_engineering(raw, 0.01))  # a uint32 register of 0.01 kWh
-        table.update("dec", POWER, to_engineering(rnd.randrange(-5000, 5000), 0.001))
+        table.update("dec", POWER, to_engineering(rnd.randrange(-50000, 50000), 0.001))  # steps beyond int16
         table.update("f32", IMPORT, f32(100000.0 + n * 0.37))  # float32 registers
         table.update("f32", POWER, f32(rnd.uniform(-50, 50)))
         energy["f64"] += 0.1  # binary noise: 1000.3000000000001 ...
         table.update("f64", IMPORT, energy["f64"])
         table.update("f64", POWER, -0.0 if n % 7 == 0 else rnd.uniform(-50, 50))
         table.update("f64", EXPORT, n if n < 20 else 20 + (n - 20) / 3)  # float32 at first, then not
+        # a full window, with a bad sample in it, then values that need a wider encoding
+        energy["late"] = to_engineering(500_000 + n, 0.01) if n < 110 else energy["late"] + 0.1
+        if n == 95:
+            table.mark_bad("late", IMPORT, "sentinel", log_it=False)
+        else:
+            table.update("late", IMPORT, energy["late"])
+        table.update("late", POWER, f32(n / 7) if n < 120 else n / 7)
         if n % 50 < 10:  # not good for a while, then good again for longer than the window
             table.set_comm("flaky", False, "no answer")
         else:
@@ -80,7 +87,8 @@ def test_answers_are_the_samples_taken_exactly():
                     got = hist.since(mid, p, t0)
                     assert json.dumps(got) == json.dumps(want), (n, mid, p, back)
     enc = {(mid, p): hist.rings[(mid, p)].encoding for mid, p in taken}
-    assert enc[("dec", IMPORT)] == "i" and enc[("f32", POWER)] == "f" and enc[("flaky", IMPORT)] == "i"
+    assert enc[("dec", IMPORT)] == enc[("flaky", IMPORT)] == "h" and enc[("dec", POWER)] == "i"
+    assert enc[("f32", POWER)] == "f" and enc[("late", IMPORT)] == enc[("late", POWER)] == "d"
     assert enc[("f64", IMPORT)] == enc[("f64", POWER)] == enc[("f64", EXPORT)] == "d"
     assert hist.rings[("flaky", POWER)].q is None  # all good for a whole window: no quality bytes held
     assert hist.rings[("flaky", IMPORT)].q is not None  # a bad sample in the window
@@ -116,5 +124,5 @@ def test_six_hours_hold_one_window_per_point():
     assert len(hist.rings) == 9 and all(len(r) == hist.size for r in hist.rings.values())
     samples = hist.since("m1", IMPORT, 0.0)
     assert len(samples) == hist.size and samples[-1] == [clock.t, to_engineering(raw, 0.01), "good"]
-    assert all(r.q is None and r.encoding in "fi" for r in hist.rings.values())
+    assert all(r.q is None and r.encoding in "hf" for r in hist.rings.values())
     assert not math.isnan(samples[0][1])

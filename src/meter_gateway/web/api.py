@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,9 +44,15 @@ SECRET = "(hidden)"
 _ABSENT = 255  # quality code of a round in which a point was not sampled (a gap: no sample in the answer)
 _GOOD = QUALITY_CODES[Quality.GOOD]
 _I32 = 2**31  # int32 decimals hold |m| < _I32; -_I32 marks "no value"
-_F32, _DEC, _F64 = "f", "i", "d"
+_D16_MAX = 2**15 - 1  # int16 steps hold |d| <= _D16_MAX; -2**15 marks "no value"
+_D16, _F32, _DEC, _F64 = "h", "f", "i", "d"
 #: value encodings from the most compact; a ring only moves down this list (at most len - 1 recodings)
-ENCODINGS: tuple[tuple[str, int], ...] = ((_F32, 0), *((_DEC, k) for k in range(10)), (_F64, 0))
+ENCODINGS: tuple[tuple[str, int], ...] = (
+    *((_D16, k) for k in range(10)),
+    (_F32, 0),
+    *((_DEC, k) for k in range(10)),
+    (_F64, 0),
+)
 
 
 def _dec(x: float, div: float) -> int | None:
@@ -56,24 +63,38 @@ def _dec(x: float, div: float) -> int | None:
     return m if -_I32 < m < _I32 and m / div == x else None
 
 
-def _fits(enc: str, div: float, x: float) -> bool:
-    if math.isnan(x) or enc == _F64:
+def _fits(enc: str, div: float, values: list[float]) -> bool:
+    """Whether `values` (oldest first, NaN for none) are held exactly in encoding `enc`."""
+    if enc == _F64:
         return True
     if enc == _F32:
-        return array.array("f", (x,))[0] == x
-    return _dec(x, div) is not None
+        vs = [x for x in values if not math.isnan(x)]
+        return all(a == x for a, x in zip(array.array("f", vs), vs, strict=True))
+    ms = [None if math.isnan(x) else _dec(x, div) for x in values]
+    if any(m is None for m, x in zip(ms, values, strict=True) if not math.isnan(x)):
+        return False
+    if enc == _DEC:
+        return True
+    prev = None
+    for m in ms:
+        if m is not None:
+            if prev is not None and abs(m - prev) > _D16_MAX:
+                return False
+            prev = m
+    return True
 
 
 class Ring:
     """One point's samples, one per round of its RecentHistory (which keeps the rounds' times once for all rings).
 
-    Values are kept exactly, in the most compact of: float32 (while every value is one), int32 decimals m / 10**k
-    (while every value is one, e.g. energies of 0.01 kWh registers) or float64; a ring moves to a wider encoding
-    when a value needs it and stays there. Qualities take a byte a sample only while the window holds a sample
-    that is not good. Grows sample by sample up to `size`, then overwrites the oldest.
+    Values are kept exactly, in the most compact of: int16 steps between decimals m / 10**k (while every value is
+    one and steps are small, e.g. energies of 0.01 kWh registers), float32 (while every value is one), int32
+    decimals or float64; a ring moves to a wider encoding when a value needs it and stays there. Qualities take a
+    byte a sample only while the window holds a sample that is not good. Grows sample by sample up to `size`,
+    then overwrites the oldest.
     """
 
-    __slots__ = ("bad", "div", "first", "last", "level", "q", "size", "v")
+    __slots__ = ("bad", "base", "div", "first", "last", "level", "prev", "q", "size", "v")
 
     def __init__(self, size: int, first: int) -> None:
         self.size = size
@@ -84,7 +105,9 @@ class Ring:
         self.last = first - 1  # round of the newest sample
         self.level = 0  # index in ENCODINGS
         self.div = 1.0
-        self.v = array.array(_F32)
+        self.v = array.array(_D16)
+        self.base = 0  # int16 steps: the decimal of the oldest sample (or of the first one with a value after it)
+        self.prev: int | None = None  # int16 steps: the decimal of the newest sample with a value
         self.q: bytearray | None = None  # None: every sample in the window is good
         self.bad = first - 1  # newest round whose sample is not good (or absent)
 
@@ -93,30 +116,79 @@ class Ring:
 
     @property
     def encoding(self) -> str:
-        """The value encoding: f (float32), i (int32 decimals) or d (float64)."""
+        """The value encoding: h (int16 steps), f (float32), i (int32 decimals) or d (float64)."""
         return self.v.typecode
 
-    def value(self, slot: int) -> float:
-        """The value at `slot` (NaN for none)."""
-        x = self.v[slot]
-        if self.v.typecode == _DEC:
-            return math.nan if x == -_I32 else x / self.div
-        return x
+    def _oldest(self) -> int:
+        """The slot of the oldest sample."""
+        n = len(self.v)
+        return 0 if n < self.size else (self.last + 1 - self.first) % n
+
+    def values(self) -> Iterator[float]:
+        """The values, oldest first (NaN for none)."""
+        v, n, div = self.v, len(self.v), self.div
+        o = self._oldest()
+        tc = v.typecode
+        m = self.base
+        for j in range(n):
+            x = v[(o + j) % n]
+            if tc == _D16:
+                if x == -_D16_MAX - 1:
+                    yield math.nan
+                    continue
+                if j:
+                    m += x
+                yield m / div
+            elif tc == _DEC:
+                yield math.nan if x == -_I32 else x / div
+            else:
+                yield x
 
     def _recode(self, new: float) -> None:
         """Move to the first encoding, from the current one on, that holds every value and `new` exactly."""
-        values = [self.value(i) for i in range(len(self.v))]
+        values = list(self.values())
         level, enc, div = len(ENCODINGS) - 1, _F64, 1.0  # float64 holds every value
         for level in range(self.level + 1, len(ENCODINGS)):
             enc, k = ENCODINGS[level]
             div = 10.0**k
-            if all(_fits(enc, div, x) for x in (new, *values)):
+            if _fits(enc, div, [*values, new]):
                 break
+        o = self._oldest()
+        if self.q is not None:  # oldest first, as the values now
+            self.q = self.q[o:] + self.q[:o]
+        self.first = self.last - len(values) + 1
         self.level, self.div = level, div
-        if enc == _DEC:
-            self.v = array.array(enc, [-_I32 if math.isnan(x) else _dec(x, div) for x in values])
+        if enc == _D16:
+            self.v, self.prev = array.array(enc), None
+            for x in values:
+                self.v.append(self._step(x))
+        elif enc == _DEC:
+            self.v = array.array(enc, [-_I32 if math.isnan(x) else _dec(x, div) for x in values])  # type: ignore[misc]
         else:
             self.v = array.array(enc, values)
+
+    def _step(self, x: float) -> int:
+        """x as an int16 step from the newest value (fitting), noting it as the newest."""
+        if math.isnan(x):
+            return -_D16_MAX - 1
+        m = _dec(x, self.div)
+        assert m is not None
+        if self.prev is None:  # the first value: earlier samples have none
+            self.base = self.prev = m
+            return 0
+        d, self.prev = m - self.prev, m
+        return d
+
+    def _fits_next(self, x: float) -> bool:
+        tc = self.v.typecode
+        if math.isnan(x) or tc == _F64:
+            return True
+        if tc == _F32:
+            return array.array("f", (x,))[0] == x
+        m = _dec(x, self.div)
+        if m is None:
+            return False
+        return tc == _DEC or self.prev is None or abs(m - self.prev) <= _D16_MAX
 
     def add(self, r: int, x: float, q: int) -> None:
         """The sample of round r (rounds between the newest sample and r become gaps)."""
@@ -127,13 +199,21 @@ class Ring:
         self._put(r, x, q)
 
     def _put(self, r: int, x: float, q: int) -> None:
-        if not _fits(self.v.typecode, self.div, x):
+        if not self._fits_next(x):
             self._recode(x)
-        e: float | int | None = x
-        if self.v.typecode == _DEC:
-            e = -_I32 if math.isnan(x) else _dec(x, self.div)
         slot = (r - self.first) % self.size
         grow = slot == len(self.v)
+        tc = self.v.typecode
+        if tc == _D16:
+            if not grow and self.prev is not None:  # the oldest goes: the next one's value becomes the base
+                nxt = self.v[(slot + 1) % self.size]
+                if nxt != -_D16_MAX - 1:
+                    self.base += nxt
+            e: float | int = self._step(x)
+        elif tc == _DEC:
+            e = -_I32 if math.isnan(x) else _dec(x, self.div)  # type: ignore[assignment]
+        else:
+            e = x
         if grow:
             self.v.append(e)
         else:
@@ -160,16 +240,19 @@ class Ring:
 
         `times`: the history's round times (round r at r % size); `rounds`: the rounds taken."""
         out = []
-        size = self.size
-        for r in range(max(self.last - len(self.v) + 1, rounds - size), self.last + 1):
+        size, n = self.size, len(self.v)
+        r0 = self.last - n + 1
+        o = self._oldest()
+        for j, v in enumerate(self.values()):
+            r = r0 + j
+            if r < rounds - size:  # its time is no longer held: older than the window
+                continue
             t = times[r % size]
             if t < t0:
                 continue
-            slot = (r - self.first) % size
-            q = _GOOD if self.q is None else self.q[slot]
+            q = _GOOD if self.q is None else self.q[(o + j) % n]
             if q == _ABSENT:
                 continue
-            v = self.value(slot)
             out.append([round(t, 3), None if math.isnan(v) else v, str(QUALITY_NAMES[q])])
         return out
 
