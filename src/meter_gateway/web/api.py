@@ -64,20 +64,21 @@ def _dec(x: float, div: float) -> int | None:
 
 
 def _fits(enc: str, div: float, values: list[float]) -> bool:
-    """Whether `values` (oldest first, NaN for none) are held exactly in encoding `enc`."""
+    """Whether `values` (oldest first, NaN for none) are held exactly in encoding `enc` (stops at the first not)."""
     if enc == _F64:
         return True
-    if enc == _F32:
-        vs = [x for x in values if not math.isnan(x)]
-        return all(a == x for a, x in zip(array.array("f", vs), vs, strict=True))
-    ms = [None if math.isnan(x) else _dec(x, div) for x in values]
-    if any(m is None for m, x in zip(ms, values, strict=True) if not math.isnan(x)):
-        return False
-    if enc == _DEC:
-        return True
     prev = None
-    for m in ms:
-        if m is not None:
+    for x in values:
+        if math.isnan(x):
+            continue
+        if enc == _F32:
+            if array.array("f", (x,))[0] != x:
+                return False
+            continue
+        m = _dec(x, div)
+        if m is None:
+            return False
+        if enc == _D16:
             if prev is not None and abs(m - prev) > _D16_MAX:
                 return False
             prev = m
@@ -147,11 +148,12 @@ class Ring:
     def _recode(self, new: float) -> None:
         """Move to the first encoding, from the current one on, that holds every value and `new` exactly."""
         values = list(self.values())
+        newest = next((x for x in reversed(values) if not math.isnan(x)), math.nan)
         level, enc, div = len(ENCODINGS) - 1, _F64, 1.0  # float64 holds every value
         for level in range(self.level + 1, len(ENCODINGS)):
             enc, k = ENCODINGS[level]
             div = 10.0**k
-            if _fits(enc, div, [*values, new]):
+            if _fits(enc, div, [newest, new]) and _fits(enc, div, [*values, new]):  # the cheap test first
                 break
         o = self._oldest()
         if self.q is not None:  # oldest first, as the values now
