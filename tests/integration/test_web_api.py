@@ -367,3 +367,17 @@ async def test_https_secure_cookie_and_cli_read_with_the_control_token(tmp_path)
     finally:
         await asyncio.wait_for(g.stop(), 15)
     assert not (tmp_path / "control.token").exists()  # removed at stop
+
+
+async def test_overview_streams_share_one_document(gw):
+    """Pages opened together get the overview built once per table version and STREAM_INTERVAL, not once each."""
+    from meter_gateway.web.api import STREAM_INTERVAL
+
+    web = gw.server("prometheus").web
+    first = web._event_data(None, 7, 100.0)
+    assert json.loads(first)["meters"]
+    assert web._event_data(None, 7, 100.0 + STREAM_INTERVAL / 2) is first  # another page, same version: shared
+    changed = web._event_data(None, 8, 100.0 + STREAM_INTERVAL / 2)
+    assert changed is not first  # the table changed: built again
+    later = web._event_data(None, 8, 100.0 + 2 * STREAM_INTERVAL)
+    assert later is not changed  # older than STREAM_INTERVAL: built again (a page never gets an old one)

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,40 +41,235 @@ QUALITY_NAMES = list(Quality)
 SECRET = "(hidden)"
 
 
+_ABSENT = 255  # quality code of a round in which a point was not sampled (a gap: no sample in the answer)
+_GOOD = QUALITY_CODES[Quality.GOOD]
+_I32 = 2**31  # int32 decimals hold |m| < _I32; -_I32 marks "no value"
+_D16_MAX = 2**15 - 1  # int16 steps hold |d| <= _D16_MAX; -2**15 marks "no value"
+_D16, _F32, _DEC, _F64 = "h", "f", "i", "d"
+#: value encodings from the most compact; a ring only moves down this list (at most len - 1 recodings)
+ENCODINGS: tuple[tuple[str, int], ...] = (
+    *((_D16, k) for k in range(10)),
+    (_F32, 0),
+    *((_DEC, k) for k in range(10)),
+    (_F64, 0),
+)
+
+
+def _dec(x: float, div: float) -> int | None:
+    """x as an int32 m with m / div == x exactly (div a power of ten), else None."""
+    if not math.isfinite(x) or (x == 0 and math.copysign(1.0, x) < 0):
+        return None
+    m = round(x * div)
+    return m if -_I32 < m < _I32 and m / div == x else None
+
+
+def _fits(enc: str, div: float, values: list[float]) -> bool:
+    """Whether `values` (oldest first, NaN for none) are held exactly in encoding `enc` (stops at the first not)."""
+    if enc == _F64:
+        return True
+    prev = None
+    for x in values:
+        if math.isnan(x):
+            continue
+        if enc == _F32:
+            if array.array("f", (x,))[0] != x:
+                return False
+            continue
+        m = _dec(x, div)
+        if m is None:
+            return False
+        if enc == _D16:
+            if prev is not None and abs(m - prev) > _D16_MAX:
+                return False
+            prev = m
+    return True
+
+
 class Ring:
-    """A fixed-size ring of (time, value, quality) samples in compact arrays (17 bytes a sample)."""
+    """One point's samples, one per round of its RecentHistory (which keeps the rounds' times once for all rings).
 
-    def __init__(self, size: int) -> None:
+    Values are kept exactly, in the most compact of: int16 steps between decimals m / 10**k (while every value is
+    one and steps are small, e.g. energies of 0.01 kWh registers), float32 (while every value is one), int32
+    decimals or float64; a ring moves to a wider encoding when a value needs it and stays there. Qualities take a
+    byte a sample only while the window holds a sample that is not good. Grows sample by sample up to `size`,
+    then overwrites the oldest.
+    """
+
+    __slots__ = ("bad", "base", "div", "first", "last", "level", "prev", "q", "size", "v")
+
+    def __init__(self, size: int, first: int) -> None:
         self.size = size
-        self.t = array.array("d", bytes(8 * size))
-        self.v = array.array("d", bytes(8 * size))
-        self.q = bytearray(size)
-        self.n = 0  # samples written in all
+        self._reset(first)
 
-    def add(self, t: float, v: float, q: int) -> None:
-        """Append one sample, dropping the oldest when full."""
-        i = self.n % self.size
-        self.t[i], self.v[i], self.q[i] = t, v, q
-        self.n += 1
+    def _reset(self, first: int) -> None:
+        self.first = first  # round of the ring's slot 0
+        self.last = first - 1  # round of the newest sample
+        self.level = 0  # index in ENCODINGS
+        self.div = 1.0
+        self.v = array.array(_D16)
+        self.base = 0  # int16 steps: the decimal of the oldest sample (or of the first one with a value after it)
+        self.prev: int | None = None  # int16 steps: the decimal of the newest sample with a value
+        self.q: bytearray | None = None  # None: every sample in the window is good
+        self.bad = first - 1  # newest round whose sample is not good (or absent)
 
-    def since(self, t0: float) -> list[list[Any]]:
-        """Samples newer than t0, oldest first: [time, value or None, quality]."""
+    def __len__(self) -> int:
+        return len(self.v)
+
+    @property
+    def encoding(self) -> str:
+        """The value encoding: h (int16 steps), f (float32), i (int32 decimals) or d (float64)."""
+        return self.v.typecode
+
+    def _oldest(self) -> int:
+        """The slot of the oldest sample."""
+        n = len(self.v)
+        return 0 if n < self.size else (self.last + 1 - self.first) % n
+
+    def values(self) -> Iterator[float]:
+        """The values, oldest first (NaN for none)."""
+        v, n, div = self.v, len(self.v), self.div
+        o = self._oldest()
+        tc = v.typecode
+        m = self.base
+        for j in range(n):
+            x = v[(o + j) % n]
+            if tc == _D16:
+                if x == -_D16_MAX - 1:
+                    yield math.nan
+                    continue
+                if j:
+                    m += x
+                yield m / div
+            elif tc == _DEC:
+                yield math.nan if x == -_I32 else x / div
+            else:
+                yield x
+
+    def _recode(self, new: float) -> None:
+        """Move to the first encoding, from the current one on, that holds every value and `new` exactly."""
+        values = list(self.values())
+        newest = next((x for x in reversed(values) if not math.isnan(x)), math.nan)
+        level, enc, div = len(ENCODINGS) - 1, _F64, 1.0  # float64 holds every value
+        for level in range(self.level + 1, len(ENCODINGS)):
+            enc, k = ENCODINGS[level]
+            div = 10.0**k
+            if _fits(enc, div, [newest, new]) and _fits(enc, div, [*values, new]):  # the cheap test first
+                break
+        o = self._oldest()
+        if self.q is not None:  # oldest first, as the values now
+            self.q = self.q[o:] + self.q[:o]
+        self.first = self.last - len(values) + 1
+        self.level, self.div = level, div
+        if enc == _D16:
+            self.v, self.prev = array.array(enc), None
+            for x in values:
+                self.v.append(self._step(x))
+        elif enc == _DEC:
+            self.v = array.array(enc, [-_I32 if math.isnan(x) else _dec(x, div) for x in values])  # type: ignore[misc]
+        else:
+            self.v = array.array(enc, values)
+
+    def _step(self, x: float) -> int:
+        """x as an int16 step from the newest value (fitting), noting it as the newest."""
+        if math.isnan(x):
+            return -_D16_MAX - 1
+        m = _dec(x, self.div)
+        assert m is not None
+        if self.prev is None:  # the first value: earlier samples have none
+            self.base = self.prev = m
+            return 0
+        d, self.prev = m - self.prev, m
+        return d
+
+    def _fits_next(self, x: float) -> bool:
+        tc = self.v.typecode
+        if math.isnan(x) or tc == _F64:
+            return True
+        if tc == _F32:
+            return array.array("f", (x,))[0] == x
+        m = _dec(x, self.div)
+        if m is None:
+            return False
+        return tc == _DEC or self.prev is None or abs(m - self.prev) <= _D16_MAX
+
+    def add(self, r: int, x: float, q: int) -> None:
+        """The sample of round r (rounds between the newest sample and r become gaps)."""
+        if r - self.last > self.size:  # everything held is older than the window
+            self._reset(r)
+        while self.last < r - 1:
+            self._put(self.last + 1, math.nan, _ABSENT)
+        self._put(r, x, q)
+
+    def _put(self, r: int, x: float, q: int) -> None:
+        if not self._fits_next(x):
+            self._recode(x)
+        slot = (r - self.first) % self.size
+        grow = slot == len(self.v)
+        tc = self.v.typecode
+        if tc == _D16:
+            if not grow and self.prev is not None:  # the oldest goes: the next one's value becomes the base
+                nxt = self.v[(slot + 1) % self.size]
+                if nxt != -_D16_MAX - 1:
+                    self.base += nxt
+            e: float | int = self._step(x)
+        elif tc == _DEC:
+            e = -_I32 if math.isnan(x) else _dec(x, self.div)  # type: ignore[assignment]
+        else:
+            e = x
+        if grow:
+            self.v.append(e)
+        else:
+            self.v[slot] = e
+        if q != _GOOD:
+            self.bad = r
+            if self.q is None:
+                self.q = bytearray([_GOOD]) * (len(self.v) - grow)
+        elif self.q is not None and self.bad <= r - self.size:
+            self.q = None  # no sample in the window is bad any more
+        if self.q is not None:
+            if grow:
+                self.q.append(q)
+            else:
+                self.q[slot] = q
+        if grow and len(self.v) == self.size:  # full: drop the room appending kept for growth
+            self.v = self.v[:]
+            if self.q is not None:
+                self.q = self.q[:]
+        self.last = r
+
+    def samples(self, times: array.array, rounds: int, t0: float) -> list[list[Any]]:
+        """Samples taken at t0 or later, oldest first: [time, value or None, quality].
+
+        `times`: the history's round times (round r at r % size); `rounds`: the rounds taken."""
         out = []
-        for k in range(max(0, self.n - self.size), self.n):
-            i = k % self.size
-            if self.t[i] >= t0:
-                v = self.v[i]
-                out.append([round(self.t[i], 3), None if math.isnan(v) else v, str(QUALITY_NAMES[self.q[i]])])
+        size, n = self.size, len(self.v)
+        r0 = self.last - n + 1
+        o = self._oldest()
+        for j, v in enumerate(self.values()):
+            r = r0 + j
+            if r < rounds - size:  # its time is no longer held: older than the window
+                continue
+            t = times[r % size]
+            if t < t0:
+                continue
+            q = _GOOD if self.q is None else self.q[(o + j) % n]
+            if q == _ABSENT:
+                continue
+            out.append([round(t, 3), None if math.isnan(v) else v, str(QUALITY_NAMES[q])])
         return out
 
 
 class RecentHistory:
-    """Per meter, HISTORY_POINTS sampled from the table every HISTORY_STEP s for HISTORY_HOURS (bounded RAM)."""
+    """Per meter, HISTORY_POINTS sampled from the table every HISTORY_STEP s for HISTORY_HOURS (bounded RAM).
+
+    Every ring is sampled in the same rounds: the rounds' times are kept once, here."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
         self.rings: dict[tuple[str, str], Ring] = {}
         self.size = int(HISTORY_HOURS * 3600 / HISTORY_STEP)
+        self.times = array.array("d")  # time of round r at r % size (grows up to size)
+        self.rounds = 0  # rounds taken
 
     def sample(self) -> None:
         """Take one sample of every meter's history points (meters gone are forgotten)."""
@@ -81,6 +277,12 @@ class RecentHistory:
         ids = set(self.table.meter_ids)
         for key in [k for k in self.rings if k[0] not in ids]:
             del self.rings[key]
+        r = self.rounds
+        if len(self.times) < self.size:
+            self.times.append(now)
+        else:
+            self.times[r % self.size] = now
+        self.rounds = r + 1
         for mid in ids:
             for p in HISTORY_POINTS:
                 if not self.table.supports(mid, p):
@@ -88,9 +290,14 @@ class RecentHistory:
                 v = self.table.get(mid, p)
                 ring = self.rings.get((mid, p))
                 if ring is None:
-                    ring = self.rings[(mid, p)] = Ring(self.size)
+                    ring = self.rings[(mid, p)] = Ring(self.size, r)
                 good = v.value is not None and v.quality in (Quality.GOOD, Quality.STALE)
-                ring.add(now, float(v.value) if good else math.nan, QUALITY_CODES[v.quality])
+                ring.add(r, float(v.value) if good else math.nan, QUALITY_CODES[v.quality])
+
+    def since(self, mid: str, point: str, t0: float) -> list[list[Any]]:
+        """The samples of one meter's point taken at t0 or later, oldest first: [time, value or None, quality]."""
+        ring = self.rings.get((mid, point))
+        return ring.samples(self.times, self.rounds, t0) if ring is not None else []
 
     async def run(self) -> None:
         """Sample forever, every HISTORY_STEP seconds."""
@@ -151,6 +358,7 @@ class WebApi:
         self.history = RecentHistory(ports.table)
         self.hub = ChangeHub()
         self._tasks: list[asyncio.Task] = []
+        self._overview: tuple[int, float, str] | None = None  # (table version, loop time, JSON) of the last one
 
     def add_routes(self) -> None:
         """Register every route with the role it needs."""
@@ -363,8 +571,7 @@ class WebApi:
             return _err(400, f"hours: a number of hours, more than 0 and at most {MAX_HISTORY_HOURS}")
         now = self.table.clock()
         t0 = now - hours * 3600
-        ring = self.history.rings.get((mid, point))
-        samples = ring.since(t0) if ring is not None else []
+        samples = self.history.since(mid, point, t0)
         source = ["recent"]
         pdef = self.facts.catalogue.get(point)
         rec = self.ports.status.journal
@@ -438,9 +645,8 @@ class WebApi:
                 if mid is not None and mid not in self.table.meter_ids:
                     await resp.write(b'event: gone\ndata: {"error": "meter removed"}\n\n')
                     break
-                doc = self.meter_doc(mid) if mid is not None else self.overview_doc()
                 n += 1
-                data = json.dumps(doc, default=str, separators=(",", ":"))
+                data = self._event_data(mid, version, now)
                 await resp.write(f"id: {n}\nevent: {'overview' if mid is None else 'meter'}\ndata: {data}\n\n".encode())
                 seen, last_sent = version, now
             elif now - last_beat >= HEARTBEAT:
@@ -448,6 +654,18 @@ class WebApi:
                 last_beat = now
             await asyncio.sleep(max(0.0, STREAM_INTERVAL - (loop.time() - now)))  # coalesce: <= 2 events/s
             await self._wait_change(min(HEARTBEAT, OVERVIEW_REFRESH), stopping)
+
+    def _event_data(self, mid: str | None, version: int, now: float) -> str:
+        """A stream event's JSON; the overview's is shared by the streams due within STREAM_INTERVAL of the
+        same table version (it is the same document: a page more does not cost the gateway another one)."""
+        if mid is not None:
+            return json.dumps(self.meter_doc(mid), default=str, separators=(",", ":"))
+        cached = self._overview
+        if cached is not None and cached[0] == version and 0 <= now - cached[1] < STREAM_INTERVAL:
+            return cached[2]
+        data = json.dumps(self.overview_doc(), default=str, separators=(",", ":"))
+        self._overview = (version, now, data)
+        return data
 
     async def _wait_change(self, timeout: float, stopping: asyncio.Event) -> None:
         stop = asyncio.ensure_future(stopping.wait())
