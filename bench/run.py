@@ -112,7 +112,8 @@ async def main() -> dict:
         results[key] = sc
         print(
             f"scale           {sc['meters']} meters, {label:13}: full table {sc['startup_to_full_table_s']} s "
-            f"(servers up at {sc['started_s']} s), {sc['rss_mib']} MiB, CPU {sc['cpu_share_steady'] * 100:.1f} %",
+            f"(servers up at {sc['started_s']} s), {sc['rss_mib']} MiB ({sc.get('rss_after_scrapes_mib')} MiB after 3 "
+            f"scrapes), CPU {sc['cpu_share_steady'] * 100:.1f} %",
             flush=True,
         )
     results["duration_s"] = round(time.monotonic() - t0, 1)

@@ -4,7 +4,8 @@ The gateway runs in its own process (`scale.py child`, fed the configuration on 
 (BACnet/IP, Modbus TCP, HTTP/Prometheus, all on loopback; SCALE_UPSTREAMS=none or e.g. modbus_tcp,prometheus).
 Measures the time from before parsing the configuration to the first full table (every supported point good),
 that process's resident memory and its CPU share while polling at the configured rates (the profile's default
-intervals), measured once the start-up's profile checks are over (`profile_checks_done_s`).
+intervals), measured once the start-up's profile checks are over (`profile_checks_done_s`); then, with the HTTP side
+on, its memory after three /metrics scrapes from another process (`rss_after_scrapes_mib`, a Prometheus's share).
 
 SCALE_PROFILE=FILE records the gateway process with py-spy (start-up and steady state; `make bench` installs it
 with the bench extra): FILE ending in .svg gives a flame graph, .json a speedscope file, anything else py-spy's
@@ -183,6 +184,17 @@ async def measure(text: str, steady_s: float, trace_top: int = 0) -> dict:
             _print_top(f"after {steady_s:g} s steady", snap.statistics("lineno"), trace_top)
             _print_top("growth over the steady window", snap.compare_to(snap_full, "lineno"), trace_top)
         tx = sum(r.driver.stats.transactions for r in gw.buses.values())
+        rss_steady = rss_mib()
+        # then what a Prometheus adds: three /metrics scrapes from another process (after the CPU window)
+        scraped = None
+        http = gw.server("prometheus")
+        if http is not None and http.address() is not None:
+            host, port = http.address()
+            url = f"http://{host}:{port}/metrics"
+            code = f"import urllib.request as u\nfor _ in range(3): u.urlopen({url!r}, timeout=30).read()"
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+            if await proc.wait() == 0:
+                scraped = round(rss_mib(), 1)
         return {
             "meters": len(ids),
             "points": points,
@@ -190,7 +202,8 @@ async def measure(text: str, steady_s: float, trace_top: int = 0) -> dict:
             "started_s": round(started, 2),
             "startup_to_full_table_s": round(full, 2),
             "profile_checks_done_s": round(checked, 2),
-            "rss_mib": round(rss_mib(), 1),
+            "rss_mib": round(rss_steady, 1),
+            "rss_after_scrapes_mib": scraped,
             "rss_at_full_table_mib": round(rss_full, 1),
             "rss_before_start_mib": round(rss0, 1),
             "cpu_share_steady": round(cpu_share, 4),
