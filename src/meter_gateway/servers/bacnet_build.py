@@ -9,11 +9,18 @@ object of a kind (units, COV increment, out-of-service, event state, texts...).
 `ObjectTemplates.make(cls, kwargs)` builds the first object of a (class, keyword names) shape normally and keeps a
 snapshot of its instance dictionary. Every further object of that shape starts from a copy of the snapshot:
 immutable values (bacpypes3 atomic values: numbers, enumerations, strings, identifiers) are shared with the first
-object; mutable ones (bit strings, arrays, constructed values) are never shared: each comes from the object's own
-keywords; the property-monitor table is new; and every keyword that is mutable or whose value differs from the
-first object's is assigned through the object's normal `__setattr__` (cast, property setters such as
-object-identifier and object-name). The result is the object
-bacpypes3 would have built (tests compare both, element by element and encoded, for every object kind served).
+object, and equal values given by later objects share one instance too (units, limits, texts); mutable ones (bit
+strings, arrays, constructed values) are never shared: each comes from the object's own keywords; the
+property-monitor table is new; elements left unset are not stored when the class reads them as None
+(`absent_is_none`). Every keyword that is mutable or whose value differs from the first object's is stored as
+bacpypes3's assignment stores it: cast to the element's type (object identifier and object name into the private
+attributes their property setters fill while the object is in no application; any other Python property through
+its setter). The result is the object bacpypes3 would have built (tests/unit/test_bacnet_build.py compares both,
+property by property as encoded, for every object kind served, and checks that nothing mutable is shared).
+
+`store_unwatched` is the same idea for table changes: a present value and a reliability stored into an object no
+property monitor watches (no COV subscriber, no event algorithm), as the assignment would, forgetting the object's
+encodings kept by the read fast path (`_gw_enc`, servers/bacnet_fast.py).
 
 A shape is only copied when building it normally left no trace outside its own elements: no event or fault
 algorithm, no property monitor, no notification class to link (intrinsic reporting attaches algorithms to the
