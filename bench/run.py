@@ -108,7 +108,7 @@ async def main() -> dict:
         ("scale", True, "all upstreams"),
         ("scale_without_bacnet", ("modbus_tcp", "prometheus"), "no BACnet"),
     ):
-        sc = await scale.run(250, 20.0, ups)
+        sc = await scale.run(250, 30.0, ups)
         results[key] = sc
         print(
             f"scale           {sc['meters']} meters, {label:13}: full table {sc['startup_to_full_table_s']} s "
