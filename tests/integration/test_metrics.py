@@ -170,11 +170,12 @@ async def test_shipped_demo_config_serves_metrics(gateways):
 
 FLOOD = """
 import sys, threading, time, urllib.request
-url, seconds, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+url, seconds, n, least, most = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 count = [0] * n
+start = time.monotonic()
 def hammer(i):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    # at least `seconds`, and on until `least` scrapes were answered (at most `most` s)
+    while (t := time.monotonic() - start) < seconds or (sum(count) < least and t < most):
         try:
             urllib.request.urlopen(url, timeout=5).read()
             count[i] += 1
@@ -213,9 +214,11 @@ async def test_scrape_flood_does_not_starve_polling(gateways):
         f"http://{host}:{port}/metrics",
         str(seconds),
         "8",
+        "2",  # answered scrapes: the flood goes on until there are two (each waits 9x its duration, see below)
+        "60",
         stdout=asyncio.subprocess.PIPE,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60 + 30)
     elapsed = loop.time() - t0
     served = int(out)
     polls = sum(s.polls - before[mid] for mid, s in runner.schedules.items())
