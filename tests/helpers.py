@@ -112,8 +112,11 @@ class GatewayRun:
             cwd=cwd,
         )
 
-    def wait_for(self, text: str, timeout: float = 20.0) -> bool:
-        """Wait until `text` is in the log (False at the timeout or when the process has ended without it)."""
+    def wait_for(self, text: str, timeout: float = 60.0) -> bool:
+        """Wait until `text` is in the log (False at the timeout or when the process has ended without it).
+
+        The default bound is generous: a process start on a loaded 2-core machine took 16 s once (imports).
+        """
         end = time.monotonic() + timeout
         while time.monotonic() < end and self.p.poll() is None:
             if text in self.log.read_text():
