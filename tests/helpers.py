@@ -28,6 +28,14 @@ async def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
     return pred()
 
 
+async def more_polls(gw, n: int = 2, timeout: float = 30.0) -> bool:
+    """Wait until every meter of the gateway has had `n` more good polls (e.g. after freezing the simulators, so that
+    a poll in flight before it has ended and the table holds frozen values); an event, not a guessed duration."""
+    scheds = [s for runner in gw.buses.values() for s in runner.schedules.values()]
+    start = [s.polls for s in scheds]
+    return await wait_for(lambda: all(s.polls >= p0 + n for s, p0 in zip(scheds, start, strict=True)), timeout)
+
+
 #: examples per fuzz target: short in `make test`, long in `make fuzz` (FUZZ_EXAMPLES=100000)
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 

@@ -11,7 +11,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import FAST, wait_for
+from helpers import FAST, more_polls, wait_for
 from meter_gateway.core.quality import Quality
 
 YAML = f"""
@@ -72,7 +72,7 @@ async def _settled(gw):
     assert await wait_for(good, 15)
     for sim in gw.simulators.values():
         sim.model.frozen = True
-    await asyncio.sleep(1.2)
+    assert await more_polls(gw)  # the table holds frozen values
 
 
 async def test_metrics_match_the_simulators(gateways):
