@@ -203,10 +203,17 @@ async def test_scrape_flood_does_not_starve_polling(gateways):
     assert await wait_for(lambda: all(gw.table.is_online(m) for m in gw.table.meter_ids), 20)
     host, port = next(s for s in gw.servers if s.name == "prometheus").address()
     runner = gw.buses["tcp"]
-    seconds = 5.0
-    before = {mid: s.polls for mid, s in runner.schedules.items()}
     loop = asyncio.get_running_loop()
-    t0 = loop.time()
+
+    def polls() -> int:
+        return sum(s.polls for s in runner.schedules.values())
+
+    # first the polls this machine manages without the flood (CI machines may be loaded; an idle one makes them all)
+    p0, t0 = polls(), loop.time()
+    await asyncio.sleep(3.0)
+    base_rate = (polls() - p0) / (loop.time() - t0)
+    seconds = 5.0
+    p0, t0 = polls(), loop.time()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -221,11 +228,12 @@ async def test_scrape_flood_does_not_starve_polling(gateways):
     out, _ = await asyncio.wait_for(proc.communicate(), 60 + 30)
     elapsed = loop.time() - t0
     served = int(out)
-    polls = sum(s.polls - before[mid] for mid, s in runner.schedules.items())
-    expected = len(runner.schedules) * elapsed / 0.5
-    print(f"scrapes served {served}, polls {polls} of {expected:.0f} scheduled in {elapsed:.1f} s")
+    rate = (polls() - p0) / elapsed
+    scheduled = len(runner.schedules) / 0.5
+    print(f"scrapes {served} in {elapsed:.1f} s; polls/s {rate:.1f} (no flood {base_rate:.1f}, due {scheduled:.0f})")
     # the flood ran and was answered; few answers by design: each collection waits 9x its own duration, which grows
     # on a loaded machine (17 in 5 s on an idle one, 4 under heavy load)
     assert served >= 2
-    # every meter keeps its rhythm: at most a quarter of the scheduled polls may be lost to the flood
-    assert polls >= 0.75 * expected, (polls, expected)
+    # every meter keeps its rhythm: at most a quarter of the polls may be lost to the flood (of those scheduled, or of
+    # those the machine made without the flood when it is loaded)
+    assert rate >= 0.75 * min(base_rate, scheduled), (rate, base_rate, scheduled)
