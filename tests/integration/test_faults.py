@@ -39,7 +39,9 @@ CAT = load_catalogue()
 
 def yaml_for(usb_port: str) -> str:
     """Four buses: simulated RTU and M-Bus lines, a simulated Modbus TCP endpoint, a 'USB adapter' at a device path."""
-    common = f"timeout: 0.2, retries: 0, fail_after: {FAIL_AFTER}, backoff_max: 2"
+    # one retry, as real installations have: a reply slowed by a loaded machine is not a failed poll (retries: 0 let
+    # single slow replies fail polls, and a meter probed with one class after each never had its energy read)
+    common = f"timeout: 0.2, retries: 1, fail_after: {FAIL_AFTER}, backoff_max: 2"
     meters = "\n".join(
         f"  - {{id: {mid}, bus: {bus}, address: {addr}, profile: generic, bacnet_instance_base: {base},"
         f" modbus_unit: {unit}, poll_intervals: {INTERVALS}}}"
