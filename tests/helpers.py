@@ -28,6 +28,14 @@ async def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
     return pred()
 
 
+async def more_polls(gw, n: int = 2, timeout: float = 30.0) -> bool:
+    """Wait until every meter of the gateway has had `n` more good polls (e.g. after freezing the simulators, so that
+    a poll in flight before it has ended and the table holds frozen values); an event, not a guessed duration."""
+    scheds = [s for runner in gw.buses.values() for s in runner.schedules.values()]
+    start = [s.polls for s in scheds]
+    return await wait_for(lambda: all(s.polls >= p0 + n for s, p0 in zip(scheds, start, strict=True)), timeout)
+
+
 #: examples per fuzz target: short in `make test`, long in `make fuzz` (FUZZ_EXAMPLES=100000)
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 
@@ -112,8 +120,11 @@ class GatewayRun:
             cwd=cwd,
         )
 
-    def wait_for(self, text: str, timeout: float = 20.0) -> bool:
-        """Wait until `text` is in the log (False at the timeout or when the process has ended without it)."""
+    def wait_for(self, text: str, timeout: float = 60.0) -> bool:
+        """Wait until `text` is in the log (False at the timeout or when the process has ended without it).
+
+        The default bound is generous: a process start on a loaded 2-core machine took 16 s once (imports).
+        """
         end = time.monotonic() + timeout
         while time.monotonic() < end and self.p.poll() is None:
             if text in self.log.read_text():

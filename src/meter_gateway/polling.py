@@ -252,6 +252,7 @@ class BusRunner:
         self.table.set_comm(mid, True)
         bad = {}
         was_bad = bool(s.bad_points)
+        healed = s.bad_points.intersection(points)  # flagged by an earlier poll, read again now
         for r in readings:
             if r.error is not None:
                 # sentinel, exception reply, undecodable: not published, last good value kept and flagged
@@ -266,6 +267,12 @@ class BusRunner:
         elif was_bad and not bad and not s.bad_points:
             log.info("meter %s: every point publishes again", mid)
         s.bad_points |= set(bad)
+        if healed and not bad and s.bad_points:
+            # the meter answers what it refused before (as after a spell of exception replies): points of other
+            # classes flagged then are read again now, not at their next slot (for configuration, up to its interval)
+            for pc, names in s.points_by_class.items():
+                if pc not in classes and pc in s.due and s.bad_points.intersection(names):
+                    s.due[pc] = t0
         for pc in classes:
             prev = s.last_read.get(pc)
             if prev is not None:

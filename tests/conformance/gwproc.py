@@ -22,7 +22,7 @@ BACNET_STACK = Path(os.environ.get("BACNET_STACK_BIN") or ROOT.parent / "shared"
 CONFIG = """
 gateway: {{name: conformance, location: Test bench, timezone: {tz}}}
 buses:
-  - {{id: rtu, type: modbus_rtu, simulated: true, timeout: 0.2, retries: 0, fail_after: 1, backoff_max: 1}}
+  - {{id: rtu, type: modbus_rtu, simulated: true, timeout: 1.0, retries: 1}}  # a slow first reply is no loss
 meters:
   - {{id: gen, bus: rtu, address: 1, profile: generic, mid: false, allow_config_writes: true,
      bacnet_instance_base: 1000, modbus_unit: 1,
@@ -105,12 +105,12 @@ def start_gateway(tmp: Path, config: str) -> GatewayProcess:
     def started() -> bool:
         return bool(pattern.search(log.read_text())) or proc.poll() is not None
 
-    if not _wait_for(started, 30) or proc.poll() is not None:
+    if not _wait_for(started, 60) or proc.poll() is not None:  # generous: a loaded machine starts slowly
         proc.kill()
         raise RuntimeError(f"gateway did not start:\n{log.read_text()}")
     port = int(pattern.search(log.read_text()).group(1))
     gp = GatewayProcess(proc, tmp, log, port)
-    assert _wait_for(lambda: "meter gen: communication established" in gp.log_text(), 20), gp.log_text()
+    assert _wait_for(lambda: "meter gen: communication established" in gp.log_text(), 60), gp.log_text()
     return gp
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import FAST, BacnetClient, audit_attempts, wait_for
+from helpers import FAST, BacnetClient, audit_attempts, more_polls, wait_for
 from meter_gateway.aio import cancel_and_wait
 from meter_gateway.bacnet_model import object_specs
 from meter_gateway.config import parse_config
@@ -76,7 +76,7 @@ async def test_read_every_object_type(bacnet):
     assert await wait_for(lambda: gw.table.get("gen", "Demand_Interval").quality is Quality.GOOD, 10)
     sim = gw.simulators["gen"].model
     sim.frozen = True
-    await asyncio.sleep(1.2)
+    assert await more_polls(gw)  # the table holds frozen values
     # accumulator: 0.01 kWh units with scale 10^-2
     acc = (
         await c(

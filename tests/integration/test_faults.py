@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import statistics
 import struct
 import urllib.request
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from helpers import BacnetClient, wait_for
 from meter_gateway.bacnet_model import present_value
 from meter_gateway.core.catalogue import PollClass, load_catalogue
-from meter_gateway.core.quality import Quality
+from meter_gateway.core.quality import PointValue, Quality
 from meter_gateway.profiles import load_profiles
 from meter_gateway.servers.prometheus import MEASURES
 from meter_gateway.sim.modbus import RtuSimBus, make_meter
@@ -38,7 +39,9 @@ CAT = load_catalogue()
 
 def yaml_for(usb_port: str) -> str:
     """Four buses: simulated RTU and M-Bus lines, a simulated Modbus TCP endpoint, a 'USB adapter' at a device path."""
-    common = f"timeout: 0.2, retries: 0, fail_after: {FAIL_AFTER}, backoff_max: 2"
+    # one retry, as real installations have: a reply slowed by a loaded machine is not a failed poll (retries: 0 let
+    # single slow replies fail polls, and a meter probed with one class after each never had its energy read)
+    common = f"timeout: 0.2, retries: 1, fail_after: {FAIL_AFTER}, backoff_max: 2"
     meters = "\n".join(
         f"  - {{id: {mid}, bus: {bus}, address: {addr}, profile: generic, bacnet_instance_base: {base},"
         f" modbus_unit: {unit}, poll_intervals: {INTERVALS}}}"
@@ -194,14 +197,14 @@ class Upstreams:
             sample=sample,
         )
 
-    async def watch_until(self, meter_id: str, point: str, expect: Expect, max_attempts: int) -> tuple[View, int]:
-        """Look until `expect` shows everywhere; returns the view and the meter's poll attempts it took."""
+    async def watch_until(self, meter_id: str, point: str, expect: Expect, max_attempts: int) -> View:
+        """Look until `expect` shows everywhere, within `max_attempts` polls of the meter; returns the view."""
         sched = self.gw.runner_of(meter_id).schedules[meter_id]
         a0 = sched.attempts
         while True:
             v = await self.view(meter_id, point)
             if expect.met_by(v):
-                return v, sched.attempts - a0
+                return v
             if sched.attempts - a0 > max_attempts:
                 table = self.gw.table.meter_values(meter_id)
                 off = {
@@ -209,6 +212,30 @@ class Upstreams:
                 }
                 raise AssertionError(f"not shown after {max_attempts} polls: {expect} {v}, not good: {off}")
             await asyncio.sleep(0.05)
+
+
+class TableWatch:
+    """The poll attempt of a meter that first gave a point a quality in the table (a table listener).
+
+    The listener runs inside the poll that changes the table, so the count is exact however slowly the upstreams
+    are looked at; counting polls until a look through three upstreams ends would add the polls that ran meanwhile.
+    """
+
+    def __init__(self, gw, meter_id: str, point: str, quality: Quality) -> None:
+        self.table = gw.table
+        self.sched = gw.runner_of(meter_id).schedules[meter_id]
+        self.a0 = self.sched.attempts
+        self.meter_id, self.point, self.quality = meter_id, point, quality
+        self.at: int | None = None  # attempts since the watch began, when the quality came
+        self.table.add_listener(self._changed)
+
+    def _changed(self, meter_id: str, point: str, old: PointValue, new: PointValue) -> None:
+        if self.at is None and meter_id == self.meter_id and point == self.point and new.quality is self.quality:
+            self.at = self.sched.attempts - self.a0
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.table.remove_listener(self._changed)
 
 
 @dataclass
@@ -284,12 +311,17 @@ async def test_fault_shows_on_every_upstream_then_recovers(rig, fault: Fault):
     healthy = {mid: gw.runner_of(mid).schedules[mid] for mid in gw.table.meter_ids if mid not in fault.victims}
     polls0 = {mid: s.polls for mid, s in healthy.items()}
     read0 = {mid: s.last_read[PollClass.POWER] for mid, s in healthy.items()}
+    # each healthy meter's recent period before the fault: a loaded machine stretches every period, fault or not
+    base = {mid: max(P, statistics.fmean(list(s.periods.get(PollClass.POWER, [P]))[-5:])) for mid, s in healthy.items()}
     losses0 = {mid: gw.table.meter(mid).errors for mid in healthy}
     crc0 = gw.runner_of(victim).driver.stats.crc_errors
 
+    flagged = TableWatch(gw, victim, fault.point, fault.expect.quality)
     await fault.inject(gw, usb)
-    shown, polls_to_show = await ups.watch_until(victim, fault.point, fault.expect, max_attempts=FAIL_AFTER + 2)
-    assert polls_to_show <= 2, f"{fault.name}: flags shown only after {polls_to_show} polls of {victim}"
+    shown = await ups.watch_until(victim, fault.point, fault.expect, max_attempts=FAIL_AFTER + 2)
+    flagged.close()
+    polls_to_show = flagged.at
+    assert polls_to_show is not None and polls_to_show <= 2, f"{fault.name}: flagged by poll {polls_to_show}"
     if fault.expect is BAD:
         # the implausible reading is not published anywhere: the last good value stays, the alarm is counted
         kept = gw.table.get(victim, fault.point).value
@@ -304,8 +336,11 @@ async def test_fault_shows_on_every_upstream_then_recovers(rig, fault: Fault):
         assert gw.runner_of(victim).driver.stats.crc_errors > crc0
     await asyncio.sleep(2 * P)  # the fault lasts a while: the victim is backed off, the others go on
 
+    mended = TableWatch(gw, victim, fault.point, Quality.GOOD)
     await fault.clear(gw, usb)
-    back, polls_to_recover = await ups.watch_until(victim, fault.point, GOOD, max_attempts=6)
+    back = await ups.watch_until(victim, fault.point, GOOD, max_attempts=6)
+    mended.close()
+    polls_to_recover = mended.at
     if fault.point == "Active_Energy_Import":
         assert back.modbus_value >= before.modbus_value
     print(f"{fault.name}: flags on all upstreams after {polls_to_show} poll(s), good again after {polls_to_recover}")
@@ -316,4 +351,6 @@ async def test_fault_shows_on_every_upstream_then_recovers(rig, fault: Fault):
         assert n >= 3, (mid, n)
         mean = (s.last_read[PollClass.POWER] - read0[mid]) / n
         print(f"  {mid}: {n} polls, mean period {mean:.3f} s, max {max(list(s.periods[PollClass.POWER])[-n:]):.3f} s")
-        assert mean <= 1.25 * P, f"{mid} slowed to a {mean:.2f} s period during {fault.name}"
+        assert mean <= 1.25 * base[mid], (
+            f"{mid} slowed to a {mean:.2f} s period during {fault.name} ({base[mid]:.2f} s before)"
+        )

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from helpers import FAST, wait_for
+from helpers import FAST, more_polls, wait_for
 from meter_gateway.core.catalogue import PointKind, load_catalogue
 from meter_gateway.core.quality import Quality
 from meter_gateway.core.upstream_map import DIAGNOSTICS
@@ -57,7 +57,7 @@ async def _settled(gw) -> None:
     assert await wait_for(good, 15)
     for sim in gw.simulators.values():
         sim.model.frozen = True
-    await asyncio.sleep(1.2)  # one more poll of every class with frozen values
+    assert await more_polls(gw)  # a poll of every class with frozen values (one may have been in flight)
 
 
 def _read_point(regs_by_table, p):
