@@ -111,7 +111,7 @@ async def measure(text: str, steady_s: float, trace_top: int = 0) -> dict:
 
     `trace_top` > 0: trace allocations from parsing on and print the top sites to stderr (see the module text)."""
     from meter_gateway.app import Gateway
-    from meter_gateway.commands.run import freeze_long_lived
+    from meter_gateway.commands.run import freeze_long_lived, keep_heap_compact
     from meter_gateway.config import parse_config
     from meter_gateway.core.quality import Quality
     from meter_gateway.profiles import load_profiles
@@ -120,6 +120,7 @@ async def measure(text: str, steady_s: float, trace_top: int = 0) -> dict:
         import tracemalloc
 
         tracemalloc.start()
+    keep_heap_compact()  # as `meter-gateway run` does
     rss0 = rss_mib()
     t0 = time.monotonic()
     profiles = load_profiles()

@@ -18,6 +18,7 @@ from bacnet_peer import client_app, free_udp_port
 from pymodbus.client import AsyncModbusTcpClient
 
 from meter_gateway.app import Gateway
+from meter_gateway.commands.run import keep_heap_compact
 from meter_gateway.config import parse_config
 from meter_gateway.core.catalogue import PollClass
 from meter_gateway.profiles import load_profiles
@@ -82,6 +83,7 @@ async def main(duration: float) -> int:
         "  prometheus: {enabled: true, bind: 127.0.0.1, port: 0}\n"
     )
     profiles = load_profiles()
+    keep_heap_compact()  # as `meter-gateway run` does
     gw = Gateway(parse_config(text, profiles=profiles), profiles)
     await gw.start()
     rng = random.Random(1)
