@@ -52,22 +52,16 @@ class _Template:
 
     __slots__ = ("cls", "given", "mutable", "plain", "private", "shared", "values")
 
-    def __init__(self, obj: Any, kwargs: dict[str, Any], mutable: frozenset[str]) -> None:
-        cls = self.cls = type(obj)
+    def __init__(self, cls: type, state: dict[str, Any], kwargs: dict[str, Any], mutable: frozenset[str]) -> None:
+        self.cls = cls
         self.mutable = mutable
         # an element that is None in the object and None in its class (`absent_is_none`) needs no entry of its own
-        state = _state(obj)
         unset = {k for k, v in state.items() if v is None and inspect.getattr_static(cls, k, _ABSENT) is None}
         self.shared = {k: None if k in mutable else v for k, v in state.items() if k not in unset}
         self.given = dict(kwargs)
         self.values: dict[tuple[str, type, Any], Any] = {}
         # elements stored as they are (not Python properties): assigned here as bacpypes3 would store them
-        self.plain = {
-            k: cls._elements[k]
-            for k in kwargs
-            if not isinstance(inspect.getattr_static(cls, k, None), property)
-            and cls._elements[k].set_attribute.__func__ is ElementInterface.set_attribute.__func__
-        }
+        self.plain = {k: element for k in kwargs if (element := _plain(cls, k)) is not None}
         # object-identifier and object-name: Python properties of bacpypes3's local Object over private attributes
         self.private = {
             k: (slot, cls._elements[k])
@@ -139,11 +133,11 @@ class ObjectTemplates:
         obj = cls(**kwargs)
         self.built += 1
         if template is False and self.copy:
-            mutable = frozenset(
-                k for k, v in _state(obj).items() if not isinstance(v, IMMUTABLE) or isinstance(v, list)
-            )
+            state = _state(obj)
+            mutable = frozenset(k for k, v in state.items() if not isinstance(v, IMMUTABLE) or isinstance(v, list))
             # a mutable value that no keyword gives could only be shared or deep-copied: build such shapes normally
-            self._shapes[key] = _Template(obj, kwargs, mutable) if _copyable(obj) and mutable <= kwargs.keys() else None
+            copyable = _copyable(obj) and mutable <= kwargs.keys()
+            self._shapes[key] = _Template(cls, state, kwargs, mutable) if copyable else None
         return obj
 
 
